@@ -1,0 +1,168 @@
+//! The built-in processors, one file each, and the config entry that names them.
+//!
+//! Each processor imports only the processor trait and the phase types
+//! (`crate::prelude`): none of them knows about protobuf or the server.
+
+pub mod digest;
+pub mod echo;
+pub mod timer;
+pub mod trivial;
+
+use std::fmt;
+
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::chain::ChainBuilder;
+
+pub use digest::{Digest, DigestSettings};
+pub use echo::Echo;
+pub use timer::Timer;
+pub use trivial::Trivial;
+
+/// One entry of a route's `processors:` list: either a bare name (`- trivial`) or a
+/// one-key map of name to settings (`- digest: {body_mode: streamed}`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessorSpec {
+    /// See [`trivial`].
+    Trivial,
+    /// See [`timer`].
+    Timer,
+    /// See [`digest`].
+    Digest(DigestSettings),
+    /// See [`echo`].
+    Echo,
+}
+
+/// Names accepted in config, for error messages.
+pub const NAMES: &[&str] = &["trivial", "timer", "digest", "echo"];
+
+impl ProcessorSpec {
+    /// The name used in config and in `x-ext-procs-applied`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProcessorSpec::Trivial => "trivial",
+            ProcessorSpec::Timer => "timer",
+            ProcessorSpec::Digest(_) => "digest",
+            ProcessorSpec::Echo => "echo",
+        }
+    }
+
+    /// Appends the processor to a chain.
+    pub fn add_to(&self, chain: ChainBuilder) -> ChainBuilder {
+        match self {
+            ProcessorSpec::Trivial => chain.processor(Trivial),
+            ProcessorSpec::Timer => chain.processor(Timer),
+            ProcessorSpec::Digest(s) => chain.processor(Digest::new(s.clone())),
+            ProcessorSpec::Echo => chain.processor(Echo),
+        }
+    }
+}
+
+/// Settings of a processor that has none: only `{}` or nothing is accepted.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoSettings {}
+
+fn by_name<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<ProcessorSpec, A::Error> {
+    Ok(match name {
+        "trivial" => {
+            map.next_value::<Option<NoSettings>>()?;
+            ProcessorSpec::Trivial
+        }
+        "timer" => {
+            map.next_value::<Option<NoSettings>>()?;
+            ProcessorSpec::Timer
+        }
+        "echo" => {
+            map.next_value::<Option<NoSettings>>()?;
+            ProcessorSpec::Echo
+        }
+        "digest" => {
+            ProcessorSpec::Digest(map.next_value::<Option<DigestSettings>>()?.unwrap_or_default())
+        }
+        other => return Err(de::Error::unknown_variant(other, NAMES)),
+    })
+}
+
+impl<'de> Deserialize<'de> for ProcessorSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SpecVisitor;
+
+        impl<'de> Visitor<'de> for SpecVisitor {
+            type Value = ProcessorSpec;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(
+                    f,
+                    "a processor name ({}) or a one-key map of name to settings",
+                    NAMES.join(", ")
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<ProcessorSpec, E> {
+                let mut none = de::value::MapDeserializer::<_, E>::new(
+                    std::iter::once((name, ())),
+                );
+                let key: String = none.next_key()?.unwrap_or_default();
+                by_name(&key, &mut none)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ProcessorSpec, A::Error> {
+                let name: String = map
+                    .next_key()?
+                    .ok_or_else(|| de::Error::custom("empty processor entry"))?;
+                let spec = by_name(&name, &mut map)?;
+                if map.next_key::<IgnoredAny>()?.is_some() {
+                    return Err(de::Error::custom(
+                        "one processor per list entry (write each as its own `- name: {...}`)",
+                    ));
+                }
+                Ok(spec)
+            }
+        }
+
+        deserializer.deserialize_any(SpecVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_names_and_maps_parse() {
+        let specs: Vec<ProcessorSpec> =
+            serde_yaml::from_str("- trivial\n- digest: {body_mode: streamed}\n- echo: {}\n- timer:\n")
+                .unwrap();
+        assert_eq!(
+            specs,
+            vec![
+                ProcessorSpec::Trivial,
+                ProcessorSpec::Digest(DigestSettings {
+                    body_mode: digest::DigestBodyMode::Streamed
+                }),
+                ProcessorSpec::Echo,
+                ProcessorSpec::Timer,
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_names_and_settings_are_errors_with_a_line() {
+        let err = serde_yaml::from_str::<Vec<ProcessorSpec>>("- trivial\n- nope\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant `nope`"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        let err = serde_yaml::from_str::<Vec<ProcessorSpec>>("- digest: {mode: x}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `mode`"), "{err}");
+        let err = serde_yaml::from_str::<Vec<ProcessorSpec>>("- trivial: {x: 1}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `x`"), "{err}");
+    }
+}

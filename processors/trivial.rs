@@ -1,0 +1,49 @@
+//! `trivial`: copies Envoy's `x-request-id` into `x-extra-request-id` on the upstream
+//! request and on the response, the smallest processor that proves both directions.
+
+use crate::prelude::*;
+
+/// See the module documentation.
+#[derive(Debug, Clone, Default)]
+pub struct Trivial;
+
+/// Header written on the upstream request and on the response.
+pub const HEADER: &str = "x-extra-request-id";
+
+impl Processor for Trivial {
+    type State = ();
+
+    fn name(&self) -> &str {
+        "trivial"
+    }
+
+    fn needs(&self) -> PhaseNeeds {
+        PhaseNeeds::HEADERS
+    }
+
+    async fn on_request_headers(
+        &self,
+        ctx: &mut RequestCtx,
+        _: &mut (),
+        _: &HeadersPhase,
+        out: &mut Mutations,
+    ) -> Flow {
+        if !ctx.request_id.is_empty() {
+            out.set(HEADER, ctx.request_id.clone());
+        }
+        Flow::Continue
+    }
+
+    async fn on_response_headers(
+        &self,
+        ctx: &mut RequestCtx,
+        _: &mut (),
+        _: &HeadersPhase,
+        out: &mut Mutations,
+    ) -> Flow {
+        if !ctx.request_id.is_empty() {
+            out.set(HEADER, ctx.request_id.clone());
+        }
+        Flow::Continue
+    }
+}

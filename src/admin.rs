@@ -1,0 +1,83 @@
+//! The admin HTTP server (axum): liveness, readiness, the effective config and the
+//! routes, on an address of its own (loopback by default) so it is never exposed on
+//! the port Envoy talks to.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router as AxumRouter};
+use tokio::net::TcpListener;
+
+use crate::config::GatewayConfig;
+use crate::router::RouteSummary;
+use crate::server::{Readiness, RouterHandle};
+
+/// What the admin endpoints read.
+#[derive(Clone)]
+pub struct AdminState {
+    config: Arc<GatewayConfig>,
+    routes: RouterHandle,
+    readiness: Readiness,
+}
+
+impl AdminState {
+    /// State over the served config and routes.
+    pub fn new(config: GatewayConfig, routes: RouterHandle, readiness: Readiness) -> Self {
+        Self {
+            config: Arc::new(config),
+            routes,
+            readiness,
+        }
+    }
+}
+
+/// The admin routes.
+pub fn app(state: AdminState) -> AxumRouter {
+    AxumRouter::new()
+        .route("/", get(index))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/routes", get(routes))
+        .route("/config", get(config))
+        .with_state(state)
+}
+
+/// Serves the admin routes until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "extproc-gateway admin\n\n/healthz  alive\n/readyz   ready to serve (503 while starting or draining)\n/routes   routes, their match and chain\n/config   effective config\n",
+    )
+}
+
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    if s.readiness.get() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn routes(State(s): State<AdminState>) -> Json<Vec<RouteSummary>> {
+    Json(s.routes.current().routes().iter().map(|r| r.summary()).collect())
+}
+
+async fn config(State(s): State<AdminState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/yaml")],
+        s.config.to_yaml(),
+    )
+}

@@ -1,0 +1,176 @@
+//! A route's chain: processors stacked as tower layers, built once per config load.
+//!
+//! Processor k wraps processors k+1..n, so a processor that answers the client simply
+//! does not call the rest: the chain stops there. Mutations accumulate in chain order
+//! in the request as it travels inwards.
+
+mod processor_layer;
+mod service;
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tower::Layer;
+
+pub use processor_layer::{ProcessorLayer, ProcessorService};
+pub use service::{PhaseFuture, PhaseOutcome, PhaseRequest, PhaseService};
+
+use crate::phase::{Flow, Phase};
+use crate::processor::{PhaseNeeds, Processor, RequestCtx};
+
+/// Default name of the response header listing the processors that ran.
+pub const APPLIED_HEADER: &str = "x-ext-procs-applied";
+
+type Wrap = Box<dyn FnOnce(PhaseService) -> PhaseService + Send>;
+
+/// Collects processors (and any other tower layers over phases) in chain order.
+#[derive(Default)]
+pub struct ChainBuilder {
+    wraps: Vec<Wrap>,
+    names: Vec<Arc<str>>,
+    needs: PhaseNeeds,
+    applied_header: Option<String>,
+}
+
+impl ChainBuilder {
+    /// Appends a processor to the chain.
+    pub fn processor<P: Processor>(mut self, processor: P) -> Self {
+        let index = self.names.len();
+        self.names.push(Arc::from(processor.name()));
+        self.needs = self.needs.union(processor.needs());
+        let layer = ProcessorLayer::new(Arc::new(processor), index);
+        self.wraps
+            .push(Box::new(move |inner| PhaseService::new(layer.layer(inner))));
+        self
+    }
+
+    /// Appends a cross-cutting tower layer (metrics, tracing, timeouts): it wraps every
+    /// processor added after it.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<PhaseService> + Send + 'static,
+        L::Service: tower::Service<PhaseRequest, Response = PhaseOutcome, Error = std::convert::Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<PhaseRequest>>::Future: Send + 'static,
+    {
+        self.wraps
+            .push(Box::new(move |inner| PhaseService::new(layer.layer(inner))));
+        self
+    }
+
+    /// Names the response header that lists the processors that ran (`None` turns it
+    /// off). Default: `x-ext-procs-applied`.
+    pub fn applied_header(mut self, name: Option<String>) -> Self {
+        self.applied_header = name.map(|n| n.to_ascii_lowercase());
+        self
+    }
+
+    /// Stacks the layers: the first added is the outermost.
+    pub fn build(self) -> Chain {
+        let mut service = PhaseService::terminal();
+        for wrap in self.wraps.into_iter().rev() {
+            service = wrap(service);
+        }
+        let mut needs = self.needs;
+        if self.applied_header.is_some() && !self.names.is_empty() {
+            needs.response_headers = true;
+        }
+        Chain {
+            service,
+            names: self.names.into(),
+            needs,
+            applied_header: self.applied_header,
+        }
+    }
+}
+
+/// A built chain, shared by every stream on its route.
+#[derive(Clone, Debug)]
+pub struct Chain {
+    service: PhaseService,
+    names: Arc<[Arc<str>]>,
+    needs: PhaseNeeds,
+    applied_header: Option<String>,
+}
+
+impl Chain {
+    /// Starts a chain with `x-ext-procs-applied` on.
+    pub fn builder() -> ChainBuilder {
+        ChainBuilder::default().applied_header(Some(APPLIED_HEADER.to_string()))
+    }
+
+    /// A chain that changes nothing and asks Envoy for nothing beyond headers.
+    pub fn empty() -> Chain {
+        ChainBuilder::default().build()
+    }
+
+    /// Processor names in chain order.
+    pub fn names(&self) -> &[Arc<str>] {
+        &self.names
+    }
+
+    /// The union of what the processors need: drives `mode_override`.
+    pub fn needs(&self) -> PhaseNeeds {
+        self.needs
+    }
+
+    /// A fresh per-request context sized for this chain.
+    pub fn new_ctx(&self, route: Arc<str>) -> RequestCtx {
+        RequestCtx::new(route, self.names.len())
+    }
+
+    /// Runs one phase, then stamps the list of processors that ran on the response.
+    pub async fn run(&self, req: PhaseRequest) -> PhaseOutcome {
+        let mut outcome = match self.service.run(req).await {
+            Ok(outcome) => outcome,
+            Err(never) => match never {},
+        };
+        if let Some(header) = &self.applied_header {
+            self.stamp_applied(header, &mut outcome);
+        }
+        outcome
+    }
+
+    fn stamp_applied(&self, header: &str, outcome: &mut PhaseOutcome) {
+        let ran = self.ran_list(&outcome.ctx);
+        if ran.is_empty() {
+            return;
+        }
+        match (&mut outcome.flow, &outcome.phase) {
+            (Flow::Respond(response), _) => {
+                response.headers.retain(|(n, _)| n != header);
+                response.headers.push((header.to_string(), ran));
+            }
+            (Flow::Continue, Phase::ResponseHeaders(h)) => {
+                let value = match h.headers.get(header) {
+                    Some(existing) if !existing.is_empty() => {
+                        let mut v = BytesMut::with_capacity(existing.len() + 1 + ran.len());
+                        v.put_slice(existing);
+                        v.put_u8(b',');
+                        v.put_slice(&ran);
+                        v.freeze()
+                    }
+                    _ => ran,
+                };
+                outcome.mutations.set(header.to_string(), value);
+            }
+            _ => {}
+        }
+    }
+
+    fn ran_list(&self, ctx: &RequestCtx) -> Bytes {
+        let mut out = BytesMut::new();
+        for (i, name) in self.names.iter().enumerate() {
+            if ctx.has_run(i) {
+                if !out.is_empty() {
+                    out.put_u8(b',');
+                }
+                out.put_slice(name.as_bytes());
+            }
+        }
+        out.freeze()
+    }
+}

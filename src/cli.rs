@@ -1,0 +1,89 @@
+//! The `extproc-gateway` command line. Every server setting comes from the config
+//! file, and can be overridden by an environment variable and then by a flag.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ConfigError, GatewayConfig};
+
+/// One ext_proc server for Envoy that runs a chain of processors per route.
+#[derive(Debug, Parser)]
+#[command(name = "extproc-gateway", version, about)]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings for `serve` (also accepted without the word `serve`).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Serve(ServeArgs),
+    /// Validate a config file and print its effective routes.
+    CheckConfig {
+        /// The YAML file.
+        file: PathBuf,
+    },
+    /// Print the embedded default config.
+    PrintConfig,
+    /// Run a small HTTP upstream that answers every request with a JSON echo of its
+    /// method, path, headers and body (for trying the gateway and for load tests).
+    EchoUpstream {
+        /// Listen address.
+        #[arg(long, env = "ECHO_ADDR", default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+    },
+}
+
+/// Settings of `serve`; each overrides the config file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Config file (YAML). Without one, the embedded default is served.
+    #[arg(long, short = 'c', env = "EXTPROC_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// ext_proc gRPC listen address (overrides server.grpc_addr).
+    #[arg(long, env = "EXTPROC_GRPC_ADDR", global = true)]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Admin HTTP listen address (overrides server.admin_addr).
+    #[arg(long, env = "EXTPROC_ADMIN_ADDR", global = true)]
+    pub admin_addr: Option<SocketAddr>,
+    /// Largest gRPC message in bytes (overrides server.max_message_bytes).
+    #[arg(long, env = "EXTPROC_MAX_MESSAGE_BYTES", global = true)]
+    pub max_message_bytes: Option<usize>,
+    /// Drain time after SIGTERM, e.g. `10s` (overrides server.shutdown_grace).
+    #[arg(long, env = "EXTPROC_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, global = true)]
+    pub shutdown_grace: Option<Duration>,
+    /// Log filter, e.g. `info` or `extproc_gateway=debug`.
+    #[arg(long, env = "EXTPROC_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+impl ServeArgs {
+    /// Loads the config (file or embedded default) and applies the overrides.
+    pub fn resolve(&self) -> Result<GatewayConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => GatewayConfig::load(path)?,
+            None => GatewayConfig::embedded()?,
+        };
+        if let Some(a) = self.grpc_addr {
+            config.server.grpc_addr = a;
+        }
+        if let Some(a) = self.admin_addr {
+            config.server.admin_addr = a;
+        }
+        if let Some(n) = self.max_message_bytes {
+            config.server.max_message_bytes = n;
+        }
+        if let Some(g) = self.shutdown_grace {
+            config.server.shutdown_grace = g;
+        }
+        Ok(config)
+    }
+}

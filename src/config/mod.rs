@@ -1,0 +1,282 @@
+//! The gateway's config: parsed from YAML, validated as a whole, then turned into a
+//! [`Router`] of chains once per load. Nothing half-valid is ever served: any error
+//! names the file, the line or field, and what is wrong.
+
+mod schema;
+
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+
+pub use schema::{GatewayConfig, HeaderMatchConfig, MatchConfig, RouteConfig, ServerConfig};
+
+use crate::chain::Chain;
+use crate::router::{PathMatch, Route, RouteMatch, Router, ValueMatch};
+
+/// The config served when no file is given.
+pub const DEFAULT_YAML: &str = include_str!("default.yaml");
+
+/// Most processors a chain may hold (their run marks fit one machine word).
+pub const MAX_CHAIN_LEN: usize = 64;
+
+/// A config that cannot be served, with where and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {location}: {message}")]
+pub struct ConfigError {
+    /// The file (or `<embedded default>`).
+    pub source_name: String,
+    /// `line L column C` or the field path.
+    pub location: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl GatewayConfig {
+    /// The embedded default.
+    pub fn embedded() -> Result<Self, ConfigError> {
+        Self::parse(DEFAULT_YAML, "<embedded default>")
+    }
+
+    /// Reads and validates a YAML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: name.clone(),
+            location: "file".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, &name)
+    }
+
+    /// Parses and validates YAML text; `source_name` names it in errors.
+    pub fn parse(text: &str, source_name: &str) -> Result<Self, ConfigError> {
+        let config: GatewayConfig = serde_yaml::from_str(text).map_err(|e| {
+            let location = e
+                .location()
+                .map(|l| format!("line {} column {}", l.line(), l.column()))
+                .unwrap_or_else(|| "document".into());
+            // serde_yaml appends the position to its message; keep only the reason.
+            let message = e.to_string();
+            let message = message
+                .split(" at line ")
+                .next()
+                .unwrap_or(&message)
+                .to_string();
+            ConfigError {
+                source_name: source_name.to_string(),
+                location,
+                message,
+            }
+        })?;
+        config.build_router().map_err(|(field, message)| ConfigError {
+            source_name: source_name.to_string(),
+            location: field,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Builds the routes and their chains. Errors carry the field path.
+    pub fn build_router(&self) -> Result<Router, (String, String)> {
+        let mut routes = Vec::with_capacity(self.routes.len());
+        let mut names = std::collections::HashSet::new();
+        let mut catch_all: Option<String> = None;
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = |f: &str| format!("routes[{i}].{f}");
+            if r.name.trim().is_empty() {
+                return Err((at("name"), "route name must not be empty".into()));
+            }
+            if !names.insert(r.name.clone()) {
+                return Err((at("name"), format!("duplicate route name `{}`", r.name)));
+            }
+            if let Some(previous) = &catch_all {
+                return Err((
+                    at("match"),
+                    format!(
+                        "route `{}` is unreachable: route `{previous}` before it matches every request",
+                        r.name
+                    ),
+                ));
+            }
+            if r.processors.len() > MAX_CHAIN_LEN {
+                return Err((
+                    at("processors"),
+                    format!("at most {MAX_CHAIN_LEN} processors per route"),
+                ));
+            }
+            let matcher = match &r.matcher {
+                Some(m) => route_match(m).map_err(|(f, msg)| (at(&format!("match.{f}")), msg))?,
+                None => RouteMatch::default(),
+            };
+            if matcher.is_catch_all() {
+                catch_all = Some(r.name.clone());
+            }
+            let mut chain = Chain::builder().applied_header(self.applied_header_name());
+            for p in &r.processors {
+                chain = p.add_to(chain);
+            }
+            routes.push(Route {
+                name: r.name.as_str().into(),
+                matcher,
+                chain: chain.build(),
+            });
+        }
+        Ok(Router::new(routes))
+    }
+
+    /// The applied-processors header, or `None` when turned off (empty string).
+    pub fn applied_header_name(&self) -> Option<String> {
+        let name = self.applied_header.trim();
+        (!name.is_empty()).then(|| name.to_ascii_lowercase())
+    }
+
+    /// The config as YAML (for `print-config`, `check-config` and `/config`).
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn regex(field: &str, pattern: &str) -> Result<Regex, (String, String)> {
+    // Anchored: a route regex must match the whole value, as in Envoy's safe_regex.
+    Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| (field.to_string(), format!("invalid regex: {e}")))
+}
+
+fn route_match(m: &MatchConfig) -> Result<RouteMatch, (String, String)> {
+    let paths = [&m.path_exact, &m.path_prefix, &m.path_regex]
+        .iter()
+        .filter(|p| p.is_some())
+        .count();
+    if paths > 1 {
+        return Err((
+            "path_exact".into(),
+            "set at most one of path_exact, path_prefix, path_regex".into(),
+        ));
+    }
+    let path = if let Some(p) = &m.path_exact {
+        Some(PathMatch::Exact(p.clone()))
+    } else if let Some(p) = &m.path_prefix {
+        Some(PathMatch::Prefix(p.clone()))
+    } else if let Some(p) = &m.path_regex {
+        Some(PathMatch::Regex(regex("path_regex", p)?))
+    } else {
+        None
+    };
+    for (i, method) in m.methods.iter().enumerate() {
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err((
+                format!("methods[{i}]"),
+                format!("`{method}` is not an upper-case HTTP method"),
+            ));
+        }
+    }
+    let mut headers = Vec::new();
+    for (i, h) in m.headers.iter().enumerate() {
+        let field = format!("headers[{i}]");
+        if h.name.is_empty() {
+            return Err((format!("{field}.name"), "header name must not be empty".into()));
+        }
+        let set = [
+            h.exact.is_some(),
+            h.prefix.is_some(),
+            h.regex.is_some(),
+            h.present.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if set != 1 {
+            return Err((
+                field,
+                "set exactly one of exact, prefix, regex, present".into(),
+            ));
+        }
+        let value = if let Some(v) = &h.exact {
+            ValueMatch::Exact(v.clone())
+        } else if let Some(v) = &h.prefix {
+            ValueMatch::Prefix(v.clone())
+        } else if let Some(v) = &h.regex {
+            ValueMatch::Regex(regex(&format!("{field}.regex"), v)?)
+        } else {
+            ValueMatch::Present(h.present.unwrap_or(true))
+        };
+        headers.push((h.name.to_ascii_lowercase(), value));
+    }
+    Ok(RouteMatch {
+        path,
+        authority: m.authority.clone(),
+        methods: m.methods.clone(),
+        headers,
+        route_name: m.route_name.clone(),
+        grpc_metadata: m
+            .grpc_metadata
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect(),
+    })
+}
+
+/// Where a config came from, for logs.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// The embedded default.
+    Embedded,
+    /// A file.
+    File(PathBuf),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = GatewayConfig::embedded().unwrap();
+        let router = c.build_router().unwrap();
+        assert_eq!(router.routes().len(), 1);
+        assert!(router.routes()[0].matcher.is_catch_all());
+    }
+
+    fn err(yaml: &str) -> String {
+        GatewayConfig::parse(yaml, "test.yaml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_file_location_and_reason() {
+        let e = err("routes:\n  - name: a\n    processors: [trivial]\n    colour: red\n");
+        assert!(e.starts_with("test.yaml: line 4 column 5: "), "{e}");
+        assert!(e.contains("unknown field `colour`"), "{e}");
+
+        let e = err("routes:\n  - name: a\n    processors: [trivial, bogus]\n");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("unknown variant `bogus`"), "{e}");
+
+        let e = err("routes:\n  - name: a\n    match: {path_regex: '('}\n    processors: []\n");
+        assert!(e.contains("routes[0].match.path_regex"), "{e}");
+        assert!(e.contains("invalid regex"), "{e}");
+
+        let e = err("routes:\n  - name: a\n    processors: []\n  - name: b\n    processors: []\n");
+        assert!(e.contains("routes[1].match"), "{e}");
+        assert!(e.contains("unreachable"), "{e}");
+
+        let e = err("routes:\n  - name: a\n    match: {path_prefix: /a}\n    processors: []\n  - name: a\n    processors: []\n");
+        assert!(e.contains("duplicate route name"), "{e}");
+
+        let e = err("server: {grpc_addr: 'nope'}\nroutes: []\n");
+        assert!(e.contains("line 1"), "{e}");
+
+        let e = err("routes:\n  - name: a\n    match: {headers: [{name: x, exact: a, prefix: b}]}\n    processors: []\n");
+        assert!(e.contains("routes[0].match.headers[0]"), "{e}");
+
+        let e = err("routes:\n  - name: a\n    match: {methods: [get]}\n    processors: []\n");
+        assert!(e.contains("routes[0].match.methods[0]"), "{e}");
+    }
+
+    #[test]
+    fn applied_header_can_be_renamed_or_turned_off() {
+        let c = GatewayConfig::parse("applied_header: X-Chain\nroutes: []\n", "t").unwrap();
+        assert_eq!(c.applied_header_name().as_deref(), Some("x-chain"));
+        let c = GatewayConfig::parse("applied_header: ''\nroutes: []\n", "t").unwrap();
+        assert_eq!(c.applied_header_name(), None);
+    }
+}

@@ -1,0 +1,119 @@
+//! The YAML shape of the config. Unknown keys are errors everywhere, so a typo is
+//! caught at start-up instead of silently ignored.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::processors::ProcessorSpec;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Listeners and limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Response header listing the processors that ran; empty turns it off.
+    #[serde(default = "default_applied_header")]
+    pub applied_header: String,
+    /// Routes in match order.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+fn default_applied_header() -> String {
+    crate::chain::APPLIED_HEADER.to_string()
+}
+
+/// Listeners and limits.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where Envoy connects (ext_proc and gRPC health).
+    pub grpc_addr: SocketAddr,
+    /// The admin HTTP server (health, routes, config).
+    pub admin_addr: SocketAddr,
+    /// Largest gRPC message accepted or sent; buffered bodies must fit.
+    pub max_message_bytes: usize,
+    /// How long in-flight streams may run after SIGTERM/SIGINT.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            max_message_bytes: 64 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name (logs, metrics, `/routes`).
+    pub name: String,
+    /// Conditions; absent means every request.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matcher: Option<MatchConfig>,
+    /// The chain, in order.
+    #[serde(default)]
+    pub processors: Vec<ProcessorSpec>,
+}
+
+/// Route conditions; all that are set must hold.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Path equals (query string excluded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_exact: Option<String>,
+    /// Path starts with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Whole path matches this regex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<String>,
+    /// `:authority` equals (case-insensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    /// `:method` is one of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Header conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatchConfig>,
+    /// Envoy route name (`xds.route_name`; list it in the filter's `request_attributes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_name: Option<String>,
+    /// gRPC initial metadata entries (ExtProcPerRoute `grpc_initial_metadata`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub grpc_metadata: BTreeMap<String, String>,
+}
+
+/// One header condition: exactly one of `exact`, `prefix`, `regex`, `present`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatchConfig {
+    /// Header name.
+    pub name: String,
+    /// Value equals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// Value starts with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Whole value matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// Header present (true) or absent (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}

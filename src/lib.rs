@@ -1,0 +1,30 @@
+//! extproc-gateway: one ext_proc server for Envoy that runs a chain of processors per
+//! route, in place of one Envoy filter (and one gRPC stream) per behaviour.
+//!
+//! The crate is both the `extproc-gateway` binary and a library: implement
+//! [`Processor`](processor::Processor) for your own logic, stack it with the built-in
+//! [`processors`] in a [`Chain`](chain::Chain), and test it with the in-process
+//! [`testing::Driver`] that plays Envoy's side of the stream.
+
+pub mod admin;
+pub mod chain;
+pub mod cli;
+pub mod config;
+pub mod phase;
+pub mod processor;
+#[path = "../processors/mod.rs"]
+pub mod processors;
+pub mod proto;
+pub mod router;
+pub mod server;
+pub mod testing;
+pub mod wire;
+
+/// The names a processor author needs, in one import.
+pub mod prelude {
+    pub use crate::chain::{Chain, ChainBuilder};
+    pub use crate::phase::{
+        BodyPhase, Flow, Headers, HeadersPhase, ImmediateResponse, Mutations, Phase, PhaseKind,
+    };
+    pub use crate::processor::{BodyNeed, PhaseNeeds, Processor, RequestCtx};
+}

@@ -1,0 +1,96 @@
+//! The `extproc-gateway` binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use extproc_gateway::cli::{Cli, Command};
+use extproc_gateway::config::GatewayConfig;
+use extproc_gateway::{server, testing};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serve_args = match &cli.command {
+        Some(Command::Serve(args)) => args.clone(),
+        _ => cli.serve.clone(),
+    };
+    init_logging(&serve_args.log);
+    match cli.command {
+        Some(Command::PrintConfig) => {
+            print!("{}", extproc_gateway::config::DEFAULT_YAML);
+            ExitCode::SUCCESS
+        }
+        Some(Command::CheckConfig { file }) => match GatewayConfig::load(&file) {
+            Ok(config) => {
+                println!("{}: ok", file.display());
+                match config.build_router() {
+                    Ok(router) => {
+                        for r in router.routes() {
+                            let s = r.summary();
+                            println!(
+                                "route {}: {} -> [{}] (phases: {})",
+                                s.name,
+                                s.matcher,
+                                s.processors.join(", "),
+                                s.phases.join(", ")
+                            );
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err((field, msg)) => {
+                        eprintln!("{}: {field}: {msg}", file.display());
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::EchoUpstream { addr }) => run(async move {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            tracing::info!(%addr, "echo upstream serving");
+            tokio::select! {
+                r = testing::upstream::serve(listener) => r?,
+                _ = server::shutdown_signal() => {}
+            }
+            Ok(())
+        }),
+        None | Some(Command::Serve(_)) => {
+            let config = match serve_args.resolve() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            run(server::serve(config, server::shutdown_signal(), |_| {}))
+        }
+    }
+}
+
+fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("extproc-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,454 @@
+//! What a processor sees and what it answers, free of any protobuf type.
+//!
+//! Envoy splits an HTTP exchange into up to six phases. Processors receive them as
+//! [`Phase`] events and record their changes in a [`Mutations`] builder, or stop the
+//! exchange with an [`ImmediateResponse`]. The wire module is the only place that turns
+//! these into ext_proc messages.
+
+use bytes::Bytes;
+
+/// One of the six points at which Envoy consults an ext_proc server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PhaseKind {
+    /// Request headers, before Envoy picks the upstream.
+    RequestHeaders,
+    /// A request body chunk (or the whole body when buffered).
+    RequestBody,
+    /// Request trailers (HTTP/2 or when the client sent them).
+    RequestTrailers,
+    /// Response headers from the upstream (or a local reply).
+    ResponseHeaders,
+    /// A response body chunk (or the whole body when buffered).
+    ResponseBody,
+    /// Response trailers.
+    ResponseTrailers,
+}
+
+impl PhaseKind {
+    /// All phases in the order Envoy sends them.
+    pub const ALL: [PhaseKind; 6] = [
+        PhaseKind::RequestHeaders,
+        PhaseKind::RequestBody,
+        PhaseKind::RequestTrailers,
+        PhaseKind::ResponseHeaders,
+        PhaseKind::ResponseBody,
+        PhaseKind::ResponseTrailers,
+    ];
+
+    /// Stable snake_case name, used in logs, metrics labels and config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseKind::RequestHeaders => "request_headers",
+            PhaseKind::RequestBody => "request_body",
+            PhaseKind::RequestTrailers => "request_trailers",
+            PhaseKind::ResponseHeaders => "response_headers",
+            PhaseKind::ResponseBody => "response_body",
+            PhaseKind::ResponseTrailers => "response_trailers",
+        }
+    }
+
+    /// True for the three phases that travel towards the upstream.
+    pub fn is_request(self) -> bool {
+        matches!(
+            self,
+            PhaseKind::RequestHeaders | PhaseKind::RequestBody | PhaseKind::RequestTrailers
+        )
+    }
+}
+
+impl std::fmt::Display for PhaseKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An ordered header list as Envoy sends it. Names are lower case; values are raw bytes
+/// because HTTP allows non-UTF-8 values and copying them into `String`s would cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    entries: Vec<(String, Bytes)>,
+}
+
+impl Headers {
+    /// An empty list.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an entry at the end (a repeated name keeps both values, as on the wire).
+    pub fn push(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
+        self.entries.push((name.into(), value.into()));
+    }
+
+    /// The first value of `name` (compared case-insensitively).
+    pub fn get(&self, name: &str) -> Option<&Bytes> {
+        self.entries
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The first value of `name` when it is valid UTF-8.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Every value of `name`, in order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Bytes> + 'a {
+        self.entries
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// All entries in wire order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Bytes)> {
+        self.entries.iter().map(|(n, v)| (n.as_str(), v))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl<N: Into<String>, V: Into<Bytes>> FromIterator<(N, V)> for Headers {
+    fn from_iter<T: IntoIterator<Item = (N, V)>>(iter: T) -> Self {
+        Self {
+            entries: iter
+                .into_iter()
+                .map(|(n, v)| (n.into(), v.into()))
+                .collect(),
+        }
+    }
+}
+
+/// Request or response headers, and whether a body follows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeadersPhase {
+    /// The headers, pseudo headers (`:method`, `:path`, `:status`, ...) included.
+    pub headers: Headers,
+    /// True when no body or trailers follow.
+    pub end_of_stream: bool,
+}
+
+/// One body message: a chunk when streamed, the whole body when buffered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BodyPhase {
+    /// The bytes of this chunk.
+    pub chunk: Bytes,
+    /// True on the last chunk.
+    pub end_of_stream: bool,
+}
+
+/// One event of the HTTP exchange, as a processor sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// See [`PhaseKind::RequestHeaders`].
+    RequestHeaders(HeadersPhase),
+    /// See [`PhaseKind::RequestBody`].
+    RequestBody(BodyPhase),
+    /// See [`PhaseKind::RequestTrailers`].
+    RequestTrailers(Headers),
+    /// See [`PhaseKind::ResponseHeaders`].
+    ResponseHeaders(HeadersPhase),
+    /// See [`PhaseKind::ResponseBody`].
+    ResponseBody(BodyPhase),
+    /// See [`PhaseKind::ResponseTrailers`].
+    ResponseTrailers(Headers),
+}
+
+impl Phase {
+    /// Which of the six phases this is.
+    pub fn kind(&self) -> PhaseKind {
+        match self {
+            Phase::RequestHeaders(_) => PhaseKind::RequestHeaders,
+            Phase::RequestBody(_) => PhaseKind::RequestBody,
+            Phase::RequestTrailers(_) => PhaseKind::RequestTrailers,
+            Phase::ResponseHeaders(_) => PhaseKind::ResponseHeaders,
+            Phase::ResponseBody(_) => PhaseKind::ResponseBody,
+            Phase::ResponseTrailers(_) => PhaseKind::ResponseTrailers,
+        }
+    }
+}
+
+/// How a header write combines with a header already present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderAction {
+    /// Replace any existing value, or add.
+    Set,
+    /// Add another value alongside existing ones.
+    Append,
+    /// Add only when the header is absent.
+    AddIfAbsent,
+}
+
+/// A header write recorded by a processor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderWrite {
+    /// Lower-case header name.
+    pub name: String,
+    /// Raw value.
+    pub value: Bytes,
+    /// How it combines with an existing header.
+    pub action: HeaderAction,
+}
+
+/// A change to the body of the current message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyChange {
+    /// Replace the body (or this chunk) with these bytes.
+    Replace(Bytes),
+    /// Send an empty body (or chunk).
+    Clear,
+}
+
+/// The changes the chain makes in one phase, merged in chain order.
+///
+/// Merging rules (what an operator expects from several filters in a row): a later
+/// `set` of a header replaces earlier writes of it, a removal cancels earlier writes and
+/// removes the original, appends accumulate, and nothing is sent twice.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mutations {
+    writes: Vec<HeaderWrite>,
+    removes: Vec<String>,
+    body: Option<BodyChange>,
+    clear_route_cache: bool,
+}
+
+impl Mutations {
+    /// No changes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces `name` (or adds it). A later `set` of the same name wins.
+    pub fn set(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
+        let name = lower(name.into());
+        self.writes.retain(|w| w.name != name);
+        self.writes.push(HeaderWrite {
+            name,
+            value: value.into(),
+            action: HeaderAction::Set,
+        });
+    }
+
+    /// Adds another value of `name`, keeping existing ones.
+    pub fn append(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
+        let value = value.into();
+        let name = lower(name.into());
+        if self
+            .writes
+            .iter()
+            .any(|w| w.name == name && w.value == value && w.action == HeaderAction::Append)
+        {
+            return;
+        }
+        self.writes.push(HeaderWrite {
+            name,
+            value,
+            action: HeaderAction::Append,
+        });
+    }
+
+    /// Adds `name` only if neither the message nor an earlier processor has it.
+    pub fn add_if_absent(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
+        let name = lower(name.into());
+        if self.writes.iter().any(|w| w.name == name) {
+            return;
+        }
+        self.writes.push(HeaderWrite {
+            name,
+            value: value.into(),
+            action: HeaderAction::AddIfAbsent,
+        });
+    }
+
+    /// Removes `name` from the message and cancels earlier writes of it.
+    pub fn remove(&mut self, name: impl Into<String>) {
+        let name = lower(name.into());
+        self.writes.retain(|w| w.name != name);
+        if !self.removes.contains(&name) {
+            self.removes.push(name);
+        }
+    }
+
+    /// Replaces the body of the current message.
+    pub fn replace_body(&mut self, body: impl Into<Bytes>) {
+        self.body = Some(BodyChange::Replace(body.into()));
+    }
+
+    /// Empties the body of the current message.
+    pub fn clear_body(&mut self) {
+        self.body = Some(BodyChange::Clear);
+    }
+
+    /// Asks Envoy to re-select the route (needed when a header written for routing
+    /// changed; Envoy ignores it on the response path).
+    pub fn clear_route_cache(&mut self) {
+        self.clear_route_cache = true;
+    }
+
+    /// Header writes in the order they will be applied.
+    pub fn writes(&self) -> &[HeaderWrite] {
+        &self.writes
+    }
+
+    /// Header names to remove.
+    pub fn removes(&self) -> &[String] {
+        &self.removes
+    }
+
+    /// The body change, if any.
+    pub fn body(&self) -> Option<&BodyChange> {
+        self.body.as_ref()
+    }
+
+    /// Whether a route re-selection was asked for.
+    pub fn route_cache_cleared(&self) -> bool {
+        self.clear_route_cache
+    }
+
+    /// The value this phase will set for `name`, if a processor wrote it.
+    pub fn written(&self, name: &str) -> Option<&Bytes> {
+        self.writes
+            .iter()
+            .rev()
+            .find(|w| w.name.eq_ignore_ascii_case(name))
+            .map(|w| &w.value)
+    }
+
+    /// True when nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+            && self.removes.is_empty()
+            && self.body.is_none()
+            && !self.clear_route_cache
+    }
+}
+
+fn lower(mut name: String) -> String {
+    name.make_ascii_lowercase();
+    name
+}
+
+/// A reply Envoy sends to the client in place of the upstream's response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImmediateResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: Vec<(String, Bytes)>,
+    /// Response body.
+    pub body: Bytes,
+    /// Shown in Envoy's access log as the response code details.
+    pub details: String,
+}
+
+impl ImmediateResponse {
+    /// A reply with the given status and no headers or body.
+    pub fn new(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Bytes::new(),
+            details: String::new(),
+        }
+    }
+
+    /// A reply whose body is the JSON object `{"error": reason}` plus the given
+    /// status; the shape every built-in processor uses for its refusals.
+    pub fn json_error(status: u16, reason: &str) -> Self {
+        let body = serde_json::json!({ "error": reason }).to_string();
+        Self::new(status)
+            .header("content-type", "application/json")
+            .body(body)
+            .details(reason)
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.push((lower(name.into()), value.into()));
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Sets the details Envoy logs; spaces become underscores as Envoy requires.
+    pub fn details(mut self, details: &str) -> Self {
+        self.details = details
+            .chars()
+            .map(|c| if c.is_whitespace() { '_' } else { c })
+            .collect();
+        self
+    }
+}
+
+/// What a processor decides for one phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flow {
+    /// Let the exchange go on (with whatever was written to [`Mutations`]).
+    Continue,
+    /// Answer the client now; the chain stops and the upstream is not called (or its
+    /// response is replaced).
+    Respond(ImmediateResponse),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_set_wins_and_nothing_is_duplicated() {
+        let mut m = Mutations::new();
+        m.set("X-A", "1");
+        m.append("x-b", "1");
+        m.set("x-a", "2");
+        m.append("x-b", "1");
+        m.append("x-b", "2");
+        let got: Vec<_> = m
+            .writes()
+            .iter()
+            .map(|w| (w.name.as_str(), w.value.as_ref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("x-b", &b"1"[..]), ("x-a", &b"2"[..]), ("x-b", &b"2"[..])]
+        );
+    }
+
+    #[test]
+    fn remove_cancels_earlier_writes_and_set_after_remove_survives() {
+        let mut m = Mutations::new();
+        m.set("x-a", "1");
+        m.remove("X-A");
+        assert!(m.writes().is_empty());
+        assert_eq!(m.removes(), ["x-a".to_string()]);
+        m.set("x-a", "3");
+        assert_eq!(m.written("x-a").map(|v| v.as_ref()), Some(&b"3"[..]));
+        assert_eq!(m.removes().len(), 1);
+    }
+
+    #[test]
+    fn headers_lookup_is_case_insensitive() {
+        let h: Headers = [("x-a", "1"), ("x-a", "2")].into_iter().collect();
+        assert_eq!(h.get_str("X-A"), Some("1"));
+        assert_eq!(h.get_all("x-a").count(), 2);
+    }
+
+    #[test]
+    fn details_have_no_spaces() {
+        let r = ImmediateResponse::json_error(401, "token expired");
+        assert_eq!(r.details, "token_expired");
+        assert_eq!(&r.body[..], br#"{"error":"token expired"}"#);
+    }
+}

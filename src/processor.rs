@@ -1,0 +1,295 @@
+//! The one trait a processor implements, and the per-request context it shares.
+//!
+//! The shape follows Pingora's `ProxyHttp`: a hook per phase that defaults to
+//! "continue", and a typed per-request state (`Processor::State`) instead of a
+//! string-keyed map, so cross-phase data is checked by the compiler.
+
+use std::any::Any;
+use std::future::{ready, Future};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::phase::{BodyPhase, Flow, Headers, HeadersPhase, Mutations, PhaseKind};
+
+/// How much of a body a processor needs to see.
+///
+/// Ordered: a chain asks Envoy for the largest need among its processors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
+pub enum BodyNeed {
+    /// The body is not needed; Envoy does not send it.
+    #[default]
+    None,
+    /// Chunks as they arrive (Envoy's STREAMED mode); headers are already upstream.
+    Streamed,
+    /// The whole body in one message, headers held until it is answered, so header
+    /// changes made while reading the body still reach the upstream (BUFFERED mode).
+    Buffered,
+}
+
+/// Which phases a processor (or a whole chain) wants Envoy to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct PhaseNeeds {
+    /// Request headers.
+    pub request_headers: bool,
+    /// Request body.
+    pub request_body: BodyNeed,
+    /// Request trailers.
+    pub request_trailers: bool,
+    /// Response headers.
+    pub response_headers: bool,
+    /// Response body.
+    pub response_body: BodyNeed,
+    /// Response trailers.
+    pub response_trailers: bool,
+}
+
+impl PhaseNeeds {
+    /// Nothing at all.
+    pub const NONE: PhaseNeeds = PhaseNeeds {
+        request_headers: false,
+        request_body: BodyNeed::None,
+        request_trailers: false,
+        response_headers: false,
+        response_body: BodyNeed::None,
+        response_trailers: false,
+    };
+
+    /// Request and response headers only: the common case.
+    pub const HEADERS: PhaseNeeds = PhaseNeeds {
+        request_headers: true,
+        response_headers: true,
+        ..PhaseNeeds::NONE
+    };
+
+    /// What two processors together need.
+    pub fn union(self, other: PhaseNeeds) -> PhaseNeeds {
+        PhaseNeeds {
+            request_headers: self.request_headers || other.request_headers,
+            request_body: self.request_body.max(other.request_body),
+            request_trailers: self.request_trailers || other.request_trailers,
+            response_headers: self.response_headers || other.response_headers,
+            response_body: self.response_body.max(other.response_body),
+            response_trailers: self.response_trailers || other.response_trailers,
+        }
+    }
+
+    /// Whether a phase of this kind should reach the processor.
+    pub fn wants(&self, kind: PhaseKind) -> bool {
+        match kind {
+            PhaseKind::RequestHeaders => self.request_headers,
+            PhaseKind::RequestBody => self.request_body != BodyNeed::None,
+            PhaseKind::RequestTrailers => self.request_trailers,
+            PhaseKind::ResponseHeaders => self.response_headers,
+            PhaseKind::ResponseBody => self.response_body != BodyNeed::None,
+            PhaseKind::ResponseTrailers => self.response_trailers,
+        }
+    }
+}
+
+/// Everything the gateway knows about one HTTP request, lent to every phase.
+///
+/// Standard fields are filled from the request headers when Envoy sends them (a stream
+/// whose request headers are skipped leaves them empty). Each processor of the chain
+/// also keeps its own typed state here, private to it.
+pub struct RequestCtx {
+    route: Arc<str>,
+    /// `:method` of the request.
+    pub method: String,
+    /// `:path` of the request (with query string).
+    pub path: String,
+    /// `:authority` of the request.
+    pub authority: String,
+    /// `x-request-id` of the request (Envoy generates one by default).
+    pub request_id: String,
+    /// When the gateway received the first message of the stream.
+    pub started: Instant,
+    /// The same moment on the wall clock, for timestamps sent to the upstream.
+    pub started_at: SystemTime,
+    /// Request attributes Envoy sent (`request_attributes` of the filter), flattened
+    /// to `name -> JSON value`, e.g. `xds.route_name`.
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// gRPC initial metadata of the stream (`grpc_initial_metadata` of the filter or of
+    /// ExtProcPerRoute), ASCII entries only.
+    pub grpc_metadata: Vec<(String, String)>,
+    /// Whether the request headers said no body follows.
+    pub request_end_of_stream: bool,
+    ran: u64,
+    states: Vec<Option<Box<dyn Any + Send>>>,
+}
+
+impl RequestCtx {
+    /// A fresh context for a stream on `route` whose chain has `processors` entries.
+    pub fn new(route: Arc<str>, processors: usize) -> Self {
+        let mut states = Vec::new();
+        states.resize_with(processors, || None);
+        Self {
+            route,
+            method: String::new(),
+            path: String::new(),
+            authority: String::new(),
+            request_id: String::new(),
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            attributes: serde_json::Map::new(),
+            grpc_metadata: Vec::new(),
+            request_end_of_stream: false,
+            ran: 0,
+            states,
+        }
+    }
+
+    /// The name of the route serving this request.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// Fills the standard fields from request headers.
+    pub fn fill_from_request_headers(&mut self, headers: &HeadersPhase) {
+        let get = |name: &str| headers.headers.get_str(name).unwrap_or("").to_string();
+        self.method = get(":method");
+        self.path = get(":path");
+        self.authority = get(":authority");
+        self.request_id = get("x-request-id");
+        self.request_end_of_stream = headers.end_of_stream;
+    }
+
+    /// Records that the processor at chain position `index` ran.
+    pub(crate) fn mark_ran(&mut self, index: usize) {
+        if index < 64 {
+            self.ran |= 1 << index;
+        }
+    }
+
+    /// Whether the processor at chain position `index` has run for this request.
+    pub fn has_run(&self, index: usize) -> bool {
+        index < 64 && self.ran & (1 << index) != 0
+    }
+
+    pub(crate) fn take_state<S: Default + Send + 'static>(&mut self, index: usize) -> Box<S> {
+        self.states
+            .get_mut(index)
+            .and_then(Option::take)
+            .and_then(|b| b.downcast::<S>().ok())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn put_state<S: Send + 'static>(&mut self, index: usize, state: Box<S>) {
+        if index >= self.states.len() {
+            self.states.resize_with(index + 1, || None);
+        }
+        self.states[index] = Some(state);
+    }
+}
+
+impl std::fmt::Debug for RequestCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestCtx")
+            .field("route", &self.route)
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("authority", &self.authority)
+            .field("request_id", &self.request_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A unit of request logic: one behaviour, one hook per phase.
+///
+/// Every hook defaults to "continue without changes", so a processor implements only
+/// the phases it cares about and declares them in [`Processor::needs`]; the gateway asks
+/// Envoy only for the phases some processor of the route needs. Hooks are async so a
+/// processor may call out (a cache, a policy service) without blocking the runtime.
+///
+/// ```
+/// use extproc_gateway::prelude::*;
+///
+/// struct AddTenant;
+///
+/// impl Processor for AddTenant {
+///     type State = ();
+///     fn name(&self) -> &str { "add_tenant" }
+///     fn needs(&self) -> PhaseNeeds { PhaseNeeds { request_headers: true, ..PhaseNeeds::NONE } }
+///     async fn on_request_headers(&self, _: &mut RequestCtx, _: &mut (), h: &HeadersPhase, out: &mut Mutations) -> Flow {
+///         if h.headers.get("x-tenant-id").is_none() {
+///             out.set("x-tenant-id", "public");
+///         }
+///         Flow::Continue
+///     }
+/// }
+/// ```
+pub trait Processor: Send + Sync + 'static {
+    /// Per-request state the processor keeps across phases; `()` when it needs none.
+    type State: Default + Send + 'static;
+
+    /// Name used in config, logs, metrics and `x-ext-procs-applied`.
+    fn name(&self) -> &str;
+
+    /// The phases this processor reads.
+    fn needs(&self) -> PhaseNeeds;
+
+    /// Request headers arrived.
+    fn on_request_headers(
+        &self,
+        _ctx: &mut RequestCtx,
+        _state: &mut Self::State,
+        _headers: &HeadersPhase,
+        _out: &mut Mutations,
+    ) -> impl Future<Output = Flow> + Send {
+        ready(Flow::Continue)
+    }
+
+    /// A request body message arrived.
+    fn on_request_body(
+        &self,
+        _ctx: &mut RequestCtx,
+        _state: &mut Self::State,
+        _body: &BodyPhase,
+        _out: &mut Mutations,
+    ) -> impl Future<Output = Flow> + Send {
+        ready(Flow::Continue)
+    }
+
+    /// Request trailers arrived.
+    fn on_request_trailers(
+        &self,
+        _ctx: &mut RequestCtx,
+        _state: &mut Self::State,
+        _trailers: &Headers,
+        _out: &mut Mutations,
+    ) -> impl Future<Output = Flow> + Send {
+        ready(Flow::Continue)
+    }
+
+    /// Response headers arrived.
+    fn on_response_headers(
+        &self,
+        _ctx: &mut RequestCtx,
+        _state: &mut Self::State,
+        _headers: &HeadersPhase,
+        _out: &mut Mutations,
+    ) -> impl Future<Output = Flow> + Send {
+        ready(Flow::Continue)
+    }
+
+    /// A response body message arrived.
+    fn on_response_body(
+        &self,
+        _ctx: &mut RequestCtx,
+        _state: &mut Self::State,
+        _body: &BodyPhase,
+        _out: &mut Mutations,
+    ) -> impl Future<Output = Flow> + Send {
+        ready(Flow::Continue)
+    }
+
+    /// Response trailers arrived.
+    fn on_response_trailers(
+        &self,
+        _ctx: &mut RequestCtx,
+        _state: &mut Self::State,
+        _trailers: &Headers,
+        _out: &mut Mutations,
+    ) -> impl Future<Output = Flow> + Send {
+        ready(Flow::Continue)
+    }
+}

@@ -1,0 +1,42 @@
+//! Code generated from `proto/` (the ext_proc v3 API, wire-compatible with Envoy's).
+//! Only the wire module and the server use it; processors never see these types.
+#![allow(missing_docs, clippy::all)]
+
+/// Envoy's API packages, nested as their protobuf package names.
+pub mod envoy {
+    pub mod config {
+        pub mod core {
+            pub mod v3 {
+                tonic::include_proto!("envoy.config.core.v3");
+            }
+        }
+    }
+    pub mod extensions {
+        pub mod filters {
+            pub mod http {
+                pub mod ext_proc {
+                    pub mod v3 {
+                        tonic::include_proto!("envoy.extensions.filters.http.ext_proc.v3");
+                    }
+                }
+            }
+        }
+    }
+    pub mod service {
+        pub mod ext_proc {
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.ext_proc.v3");
+            }
+        }
+    }
+    pub mod r#type {
+        pub mod v3 {
+            tonic::include_proto!("envoy.r#type.v3");
+        }
+    }
+}
+
+pub use envoy::config::core::v3 as core;
+pub use envoy::extensions::filters::http::ext_proc::v3 as mode;
+pub use envoy::service::ext_proc::v3 as ext_proc;
+pub use envoy::r#type::v3 as http_status;

@@ -1,0 +1,239 @@
+//! The per-stream state machine: one `Exchange` per HTTP request, fed Envoy's messages
+//! in order, answering each with exactly one response of the matching kind.
+//!
+//! It knows nothing of tonic: the gRPC service feeds it decoded messages, and the
+//! in-process test driver feeds it the same way.
+
+use std::sync::Arc;
+
+use crate::chain::PhaseRequest;
+use crate::phase::{Flow, Phase, PhaseKind};
+use crate::proto::ext_proc::{ProcessingRequest, ProcessingResponse};
+use crate::router::{Route, RouteInput, Router};
+use crate::wire::{self, BodyModes, Reply};
+
+/// Why a stream had to end: the gRPC status it maps to, with a message for the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeError {
+    /// The message itself is malformed (INVALID_ARGUMENT).
+    #[error("invalid message: {0}")]
+    InvalidArgument(String),
+    /// The message is well formed but not allowed at this point (FAILED_PRECONDITION).
+    #[error("message out of order: {0}")]
+    OutOfOrder(String),
+}
+
+/// What the gateway has seen of one direction (request or response).
+#[derive(Debug, Default, Clone, Copy)]
+struct Direction {
+    headers: bool,
+    body: bool,
+    body_ended: bool,
+    trailers: bool,
+}
+
+/// A stream that has received its first message.
+struct Active {
+    route: Arc<Route>,
+    ctx: Option<crate::processor::RequestCtx>,
+    modes: BodyModes,
+    request: Direction,
+    response: Direction,
+}
+
+/// What happened to one message.
+#[derive(Debug)]
+pub enum Handled {
+    /// Send this response.
+    Reply(Box<ProcessingResponse>),
+    /// Send nothing (observability mode, or a duplicated chunk after end of stream).
+    Silent,
+}
+
+/// The state of one ext_proc stream.
+pub struct Exchange {
+    router: Arc<Router>,
+    grpc_metadata: Vec<(String, String)>,
+    active: Option<Active>,
+    finished: bool,
+    stopped: bool,
+}
+
+impl Exchange {
+    /// A stream served by `router`, opened with the given gRPC initial metadata.
+    pub fn new(router: Arc<Router>, grpc_metadata: Vec<(String, String)>) -> Self {
+        Self {
+            router,
+            grpc_metadata,
+            active: None,
+            finished: false,
+            stopped: false,
+        }
+    }
+
+    /// True once an immediate response was sent: the stream should close.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The route chosen at the first message.
+    pub fn route(&self) -> Option<&Arc<Route>> {
+        self.active.as_ref().map(|a| &a.route)
+    }
+
+    /// Handles one message from Envoy.
+    pub async fn handle(&mut self, mut message: ProcessingRequest) -> Result<Handled, ExchangeError> {
+        let observability = message.observability_mode;
+        let phase =
+            wire::decode(&mut message).map_err(|e| ExchangeError::InvalidArgument(e.to_string()))?;
+        if self.active.is_none() {
+            self.start(&message, &phase);
+        }
+        let Some(active) = self.active.as_mut() else {
+            return Err(ExchangeError::InvalidArgument("stream not started".into()));
+        };
+        if !check_order(active, &phase)? {
+            tracing::debug!(route = %active.route.name, "ignoring a body chunk after end of stream");
+            return Ok(Handled::Silent);
+        }
+        if self.stopped {
+            // Observability mode after a processor answered: the chain is over.
+            return Ok(Handled::Silent);
+        }
+        let kind = phase.kind();
+        let Some(mut ctx) = active.ctx.take() else {
+            return Err(ExchangeError::InvalidArgument("request context lost".into()));
+        };
+        if let Phase::RequestHeaders(h) = &phase {
+            ctx.fill_from_request_headers(h);
+        }
+        let outcome = active.route.chain.run(PhaseRequest::new(phase, ctx)).await;
+        let mut reply = Reply {
+            mode_override: None,
+            modes: active.modes,
+        };
+        if kind == PhaseKind::RequestHeaders {
+            let mode = wire::mode_override(active.route.chain.needs(), active.modes);
+            active.modes = BodyModes {
+                request: mode.request_body_mode,
+                response: mode.response_body_mode,
+            };
+            reply.mode_override = Some(mode);
+        }
+        let response = wire::encode(&outcome, &reply);
+        if matches!(outcome.flow, Flow::Respond(_)) {
+            self.stopped = true;
+            self.finished = !observability;
+        }
+        active.ctx = Some(outcome.ctx);
+        if observability {
+            return Ok(Handled::Silent);
+        }
+        Ok(Handled::Reply(Box::new(response)))
+    }
+
+    fn start(&mut self, message: &ProcessingRequest, phase: &Phase) {
+        let attributes = wire::attributes(message);
+        let headers = match phase {
+            Phase::RequestHeaders(h) => Some(&h.headers),
+            _ => None,
+        };
+        let route = self
+            .router
+            .select(&RouteInput {
+                headers,
+                attributes: &attributes,
+                grpc_metadata: &self.grpc_metadata,
+            })
+            .clone();
+        let mut ctx = route.chain.new_ctx(route.name.clone());
+        fill_from_attributes(&mut ctx, &attributes);
+        ctx.attributes = attributes;
+        ctx.grpc_metadata = std::mem::take(&mut self.grpc_metadata);
+        let modes = message
+            .protocol_config
+            .as_ref()
+            .map(|p| BodyModes {
+                request: p.request_body_mode,
+                response: p.response_body_mode,
+            })
+            .unwrap_or_default();
+        self.active = Some(Active {
+            route,
+            ctx: Some(ctx),
+            modes,
+            request: Direction::default(),
+            response: Direction::default(),
+        });
+    }
+}
+
+/// Standard fields for a stream that did not start with request headers.
+fn fill_from_attributes(
+    ctx: &mut crate::processor::RequestCtx,
+    attributes: &serde_json::Map<String, serde_json::Value>,
+) {
+    let get = |k: &str| {
+        attributes
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    ctx.method = get("request.method");
+    ctx.path = get("request.path");
+    ctx.authority = get("request.host");
+    ctx.request_id = get("request.id");
+}
+
+/// Checks per-direction order: headers, then body chunks, then trailers. Returns
+/// `Ok(false)` for a full-duplex chunk after end of stream, which Envoy is known to
+/// duplicate on large bodies and which must be ignored, not answered.
+fn check_order(active: &mut Active, phase: &Phase) -> Result<bool, ExchangeError> {
+    let kind = phase.kind();
+    let request = kind.is_request();
+    let duplex = active.modes.duplex(request);
+    let dir = if request {
+        &mut active.request
+    } else {
+        &mut active.response
+    };
+    let side = if request { "request" } else { "response" };
+    match phase {
+        Phase::RequestHeaders(_) | Phase::ResponseHeaders(_) => {
+            if dir.headers || dir.body || dir.trailers {
+                return Err(ExchangeError::OutOfOrder(format!(
+                    "{side} headers after {side} headers, body or trailers"
+                )));
+            }
+            dir.headers = true;
+        }
+        Phase::RequestBody(b) | Phase::ResponseBody(b) => {
+            if dir.trailers {
+                return Err(ExchangeError::OutOfOrder(format!(
+                    "{side} body after {side} trailers"
+                )));
+            }
+            if dir.body_ended {
+                if duplex {
+                    return Ok(false);
+                }
+                return Err(ExchangeError::OutOfOrder(format!(
+                    "{side} body after its end_of_stream"
+                )));
+            }
+            dir.body = true;
+            dir.body_ended = b.end_of_stream;
+        }
+        Phase::RequestTrailers(_) | Phase::ResponseTrailers(_) => {
+            if dir.trailers {
+                return Err(ExchangeError::OutOfOrder(format!(
+                    "{side} trailers arrived twice"
+                )));
+            }
+            dir.trailers = true;
+            dir.body_ended = true;
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,149 @@
+//! The ext_proc gRPC server (with gRPC health on the same port), the admin server
+//! beside it, and graceful shutdown.
+
+mod exchange;
+mod service;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+pub use exchange::{Exchange, ExchangeError, Handled};
+pub use service::{ExtProcService, RouterHandle};
+
+use crate::config::GatewayConfig;
+use crate::proto::ext_proc::external_processor_server::ExternalProcessorServer;
+
+/// Whether the gateway should receive traffic: set once the gRPC listener serves,
+/// cleared when draining. Read by `/readyz`.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Marks ready or not.
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+
+    /// Whether ready.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Addresses the gateway actually bound (port 0 in config picks a free one).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// ext_proc + gRPC health.
+    pub grpc: SocketAddr,
+    /// Admin HTTP.
+    pub admin: SocketAddr,
+}
+
+/// Runs the gateway until `shutdown` resolves, then drains: readiness and gRPC health
+/// turn to not-serving, the listener stops accepting, and in-flight streams get
+/// `server.shutdown_grace` to finish. `on_bound` is told the bound addresses.
+pub async fn serve(
+    config: GatewayConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+    on_bound: impl FnOnce(Bound) + Send,
+) -> anyhow::Result<()> {
+    let router = config
+        .build_router()
+        .map_err(|(field, msg)| anyhow::anyhow!("{field}: {msg}"))?;
+    let routes = RouterHandle::new(router);
+    let readiness = Readiness::default();
+
+    let grpc_listener = TcpListener::bind(config.server.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {}", config.server.grpc_addr))?;
+    let admin_listener = TcpListener::bind(config.server.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen for admin on {}", config.server.admin_addr))?;
+    let bound = Bound {
+        grpc: grpc_listener.local_addr()?,
+        admin: admin_listener.local_addr()?,
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ExternalProcessorServer<ExtProcService>>()
+        .await;
+    let limit = config.server.max_message_bytes;
+    let ext_proc = ExternalProcessorServer::new(ExtProcService::new(routes.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let grace = config.server.shutdown_grace;
+    let admin_state = crate::admin::AdminState::new(config, routes, readiness.clone());
+    let admin = tokio::spawn(crate::admin::serve(
+        admin_listener,
+        admin_state,
+        wait_for(drain_rx.clone()),
+    ));
+
+    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health_service)
+            .add_service(ext_proc)
+            .serve_with_incoming_shutdown(incoming, wait_for(drain_rx)),
+    );
+    readiness.set(true);
+    tracing::info!(grpc = %bound.grpc, admin = %bound.admin, "extproc-gateway serving");
+    on_bound(bound);
+
+    shutdown.await;
+    tracing::info!(grace = ?grace, "draining: no new streams, waiting for in-flight ones");
+    readiness.set(false);
+    health
+        .set_not_serving::<ExternalProcessorServer<ExtProcService>>()
+        .await;
+    let _ = drain_tx.send(true);
+    match tokio::time::timeout(grace, grpc).await {
+        Ok(Ok(result)) => result.context("gRPC server failed")?,
+        Ok(Err(join)) => return Err(anyhow::anyhow!("gRPC server task failed: {join}")),
+        Err(_) => tracing::warn!("grace period over; closing remaining streams"),
+    }
+    admin.abort();
+    Ok(())
+}
+
+async fn wait_for(mut drain: tokio::sync::watch::Receiver<bool>) {
+    let _ = drain.wait_for(|d| *d).await;
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,134 @@
+//! The tonic `ExternalProcessor` service: one [`Exchange`] per gRPC stream.
+
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+
+use futures_util::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::exchange::{Exchange, ExchangeError, Handled};
+use crate::proto::ext_proc::external_processor_server::ExternalProcessor;
+use crate::proto::ext_proc::{ProcessingRequest, ProcessingResponse};
+use crate::router::Router;
+
+/// The routes in force. A reload swaps the inner `Arc`; streams already open keep the
+/// router they started with.
+#[derive(Clone)]
+pub struct RouterHandle(Arc<RwLock<Arc<Router>>>);
+
+impl RouterHandle {
+    /// Serves `router` until replaced.
+    pub fn new(router: Router) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(router))))
+    }
+
+    /// The router new streams use.
+    pub fn current(&self) -> Arc<Router> {
+        match self.0.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the router for new streams.
+    pub fn replace(&self, router: Router) {
+        let new = Arc::new(router);
+        match self.0.write() {
+            Ok(mut r) => *r = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+}
+
+/// The ext_proc gRPC service.
+#[derive(Clone)]
+pub struct ExtProcService {
+    router: RouterHandle,
+}
+
+impl ExtProcService {
+    /// A service routing with `router`.
+    pub fn new(router: RouterHandle) -> Self {
+        Self { router }
+    }
+}
+
+/// Metadata keys that belong to gRPC/HTTP framing rather than to the operator.
+fn is_transport_key(key: &str) -> bool {
+    key.starts_with("grpc-") || matches!(key, "te" | "content-type" | "user-agent")
+}
+
+impl From<ExchangeError> for Status {
+    fn from(e: ExchangeError) -> Self {
+        match e {
+            ExchangeError::InvalidArgument(m) => Status::invalid_argument(m),
+            ExchangeError::OutOfOrder(m) => Status::failed_precondition(m),
+        }
+    }
+}
+
+struct StreamState {
+    inbound: Streaming<ProcessingRequest>,
+    exchange: Exchange,
+    done: bool,
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalProcessor for ExtProcService {
+    type ProcessStream = ResponseStream;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let grpc_metadata: Vec<(String, String)> = request
+            .metadata()
+            .iter()
+            .filter_map(|entry| match entry {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    let key = k.as_str();
+                    if is_transport_key(key) {
+                        return None;
+                    }
+                    Some((key.to_string(), v.to_str().ok()?.to_string()))
+                }
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            })
+            .collect();
+        let state = StreamState {
+            inbound: request.into_inner(),
+            exchange: Exchange::new(self.router.current(), grpc_metadata),
+            done: false,
+        };
+        let stream = futures_util::stream::unfold(state, |mut st| async move {
+            if st.done {
+                return None;
+            }
+            loop {
+                match st.inbound.message().await {
+                    Ok(Some(message)) => match st.exchange.handle(message).await {
+                        Ok(Handled::Reply(response)) => {
+                            st.done = st.exchange.is_finished();
+                            return Some((Ok(*response), st));
+                        }
+                        Ok(Handled::Silent) => continue,
+                        Err(e) => {
+                            let route = st.exchange.route().map(|r| r.name.to_string());
+                            tracing::warn!(route = ?route, error = %e, "ending ext_proc stream");
+                            st.done = true;
+                            return Some((Err(Status::from(e)), st));
+                        }
+                    },
+                    Ok(None) => return None,
+                    Err(status) => {
+                        tracing::debug!(%status, "ext_proc stream closed by peer");
+                        return None;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

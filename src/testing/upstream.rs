@@ -1,0 +1,53 @@
+//! A small HTTP upstream that answers every request with a JSON echo of what reached
+//! it: `{"method", "path", "headers": {name: value}, "body"}`. It shows what the
+//! gateway changed on the way to the upstream, for tests, demos and load tests.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::Json;
+use tokio::net::TcpListener;
+
+/// What the upstream saw, as it answers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Echoed {
+    /// Request method.
+    pub method: String,
+    /// Path with query.
+    pub path: String,
+    /// Headers; repeated names joined with `,`.
+    pub headers: BTreeMap<String, String>,
+    /// Body as UTF-8 (lossy).
+    pub body: String,
+}
+
+async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Json<Echoed> {
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in &headers {
+        let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        map.entry(name.as_str().to_string())
+            .and_modify(|e| {
+                e.push(',');
+                e.push_str(&v);
+            })
+            .or_insert(v);
+    }
+    Json(Echoed {
+        method: method.to_string(),
+        path: uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| uri.path().to_string()),
+        headers: map,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// Serves the echo on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .fallback(echo)
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024));
+    axum::serve(listener, app).await
+}
