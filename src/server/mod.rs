@@ -82,10 +82,11 @@ pub async fn serve(
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let grace = config.server.shutdown_grace;
     let admin_state = crate::admin::AdminState::new(config, routes, readiness.clone());
+    // The admin server outlives the drain so `/readyz` can report it.
     let admin = tokio::spawn(crate::admin::serve(
         admin_listener,
         admin_state,
-        wait_for(drain_rx.clone()),
+        std::future::pending(),
     ));
 
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));

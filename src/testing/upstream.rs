@@ -3,6 +3,8 @@
 //! gateway changed on the way to the upstream, for tests, demos and load tests.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, Uri};
@@ -46,8 +48,17 @@ async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Json
 
 /// Serves the echo on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
+    serve_counting(listener, Arc::new(AtomicU64::new(0))).await
+}
+
+/// Like [`serve`], counting the requests that reached the upstream (tests use it to
+/// prove an immediate response kept a request away from the upstream).
+pub async fn serve_counting(listener: TcpListener, hits: Arc<AtomicU64>) -> std::io::Result<()> {
     let app = axum::Router::new()
-        .fallback(echo)
+        .fallback(move |method, uri, headers, body| {
+            hits.fetch_add(1, Ordering::Relaxed);
+            echo(method, uri, headers, body)
+        })
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024));
     axum::serve(listener, app).await
 }

