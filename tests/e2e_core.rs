@@ -55,7 +55,7 @@ fn spec() -> EnvoySpec {
 
 struct Stack {
     envoy: Envoy,
-    gateway: Gateway,
+    _gateway: Gateway,
     upstream: Upstream,
     client: HttpClient,
 }
@@ -67,7 +67,7 @@ async fn stack(spec: EnvoySpec) -> Option<Stack> {
     let envoy = Envoy::start(&bin, &spec, gateway.grpc_port, upstream.port).await;
     Some(Stack {
         envoy,
-        gateway,
+        _gateway: gateway,
         upstream,
         client: client(),
     })
@@ -356,4 +356,32 @@ async fn root_envoy_yaml_validates() {
     let text = std::fs::read_to_string(root.join("envoy.yaml")).expect("envoy.yaml");
     assert!(text.contains("allow_mode_override: true"));
     assert!(text.contains("envoy.filters.http.ext_proc"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_envoy_yaml_with_embedded_default_config_serves_traffic() {
+    let Some(bin) = envoy_bin() else { return };
+    let upstream = Upstream::start().await;
+    // No config file: the embedded default, as the README's run command serves it.
+    let gateway = Gateway::start_without_config().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("envoy.yaml")).expect("envoy.yaml");
+    let (port, admin) = (free_port(), free_port());
+    let config = text
+        .replace("port_value: 10000", &format!("port_value: {port}"))
+        .replace("port_value: 9901", &format!("port_value: {admin}"))
+        .replace("port_value: 50051", &format!("port_value: {}", gateway.grpc_port))
+        .replace("port_value: 8080", &format!("port_value: {}", upstream.port))
+        .replace("address: 0.0.0.0", "address: 127.0.0.1");
+    let envoy = Envoy::start_config(&bin, config, port, admin).await;
+    let c = client();
+    let r = send(&c, envoy.port, "POST", "/hello", &[("x-request-id", "r-42")], full("hi")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-ext-procs-applied"), Some("trivial,timer,digest,echo"));
+    assert_eq!(r.header("x-extra-request-id"), Some("r-42"));
+    let want = digest("unknown", "POST", "/hello", b"hi");
+    assert_eq!(r.header("x-request-digest"), Some(want.as_str()));
+    assert_eq!(r.echoed().headers.get("x-request-digest"), Some(&want));
+    assert_eq!(envoy.ext_proc_stat("streams_failed").await, 0);
+    assert_eq!(envoy.ext_proc_stat("spurious_msgs_received").await, 0);
 }

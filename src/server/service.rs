@@ -67,6 +67,21 @@ impl From<ExchangeError> for Status {
     }
 }
 
+/// Turns a failure to read the next message into the status that ends the stream, or
+/// `None` when the peer simply went away.
+fn inbound_error(status: Status) -> Option<Status> {
+    match status.code() {
+        tonic::Code::Internal if status.message().contains("decode") => Some(Status::invalid_argument(
+            format!("malformed ProcessingRequest: {}", status.message()),
+        )),
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => Some(status),
+        _ => {
+            tracing::debug!(%status, "ext_proc stream closed by peer");
+            None
+        }
+    }
+}
+
 struct StreamState {
     inbound: Streaming<ProcessingRequest>,
     exchange: Exchange,
@@ -123,8 +138,15 @@ impl ExternalProcessor for ExtProcService {
                     },
                     Ok(None) => return None,
                     Err(status) => {
-                        tracing::debug!(%status, "ext_proc stream closed by peer");
-                        return None;
+                        st.done = true;
+                        let route = st.exchange.route().map(|r| r.name.to_string());
+                        return match inbound_error(status) {
+                            Some(status) => {
+                                tracing::warn!(route = ?route, %status, "ending ext_proc stream");
+                                Some((Err(status), st))
+                            }
+                            None => None,
+                        };
                     }
                 }
             }

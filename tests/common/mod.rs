@@ -132,16 +132,26 @@ impl Gateway {
 
     /// Same, with extra command-line arguments.
     pub async fn start_with(config_yaml: &str, extra: &[&str]) -> Gateway {
+        Self::launch(Some(config_yaml), extra).await
+    }
+
+    /// The embedded default config (no file), on free ports.
+    pub async fn start_without_config() -> Gateway {
+        Self::launch(None, &[]).await
+    }
+
+    async fn launch(config_yaml: Option<&str>, extra: &[&str]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = dir.path().join("gateway.yaml");
-        std::fs::write(&cfg, config_yaml).expect("write config");
         let grpc_port = free_port();
         let admin_port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_extproc-gateway"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--grpc-addr")
+        cmd.arg("serve").env_remove("EXTPROC_CONFIG");
+        if let Some(yaml) = config_yaml {
+            let cfg = dir.path().join("gateway.yaml");
+            std::fs::write(&cfg, yaml).expect("write config");
+            cmd.arg("--config").arg(cfg);
+        }
+        cmd.arg("--grpc-addr")
             .arg(format!("127.0.0.1:{grpc_port}"))
             .arg("--admin-addr")
             .arg(format!("127.0.0.1:{admin_port}"))

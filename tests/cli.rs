@@ -1,0 +1,165 @@
+//! The `extproc-gateway` command line: config checking, the embedded default, and
+//! settings from file, environment and flags in that order of precedence.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn gateway() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_extproc-gateway"));
+    for var in [
+        "EXTPROC_CONFIG",
+        "EXTPROC_GRPC_ADDR",
+        "EXTPROC_ADMIN_ADDR",
+        "EXTPROC_MAX_MESSAGE_BYTES",
+        "EXTPROC_SHUTDOWN_GRACE",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+#[test]
+fn check_config_prints_routes_of_a_good_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("good.yaml");
+    std::fs::write(
+        &file,
+        "routes:\n  - name: api\n    match: {path_prefix: /api, methods: [POST]}\n    processors: [trivial, digest]\n  - name: rest\n    processors: [timer]\n",
+    )
+    .unwrap();
+    let out = gateway().arg("check-config").arg(&file).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("route api: path prefix /api and method in [POST] -> [trivial, digest]"), "{stdout}");
+    assert!(stdout.contains("request_body (buffered)"), "{stdout}");
+    assert!(stdout.contains("route rest: any request -> [timer]"), "{stdout}");
+}
+
+#[test]
+fn bad_config_is_rejected_with_file_line_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "routes:\n  - name: api\n    processors:\n      - trivial\n      - digest: {bodymode: streamed}\n",
+    )
+    .unwrap();
+    for args in [vec!["check-config"], vec!["serve", "--config"]] {
+        let out = gateway()
+            .args(&args)
+            .arg(&file)
+            .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted a bad config");
+        assert!(stderr.contains("bad.yaml: line 5 column"), "{stderr}");
+        assert!(stderr.contains("unknown field `bodymode`"), "{stderr}");
+    }
+    // A semantic error names the field.
+    std::fs::write(
+        &file,
+        "routes:\n  - name: a\n    match: {path_regex: '[z-a]'}\n    processors: []\n",
+    )
+    .unwrap();
+    let out = gateway().arg("check-config").arg(&file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("routes[0].match.path_regex: invalid regex"), "{stderr}");
+    // A missing file says so.
+    let out = gateway()
+        .args(["--config", "/nonexistent/x.yaml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.yaml: file: cannot read"));
+}
+
+#[test]
+fn print_config_is_the_embedded_default_and_valid() {
+    let out = gateway().arg("print-config").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, extproc_gateway::config::DEFAULT_YAML);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("default.yaml");
+    std::fs::write(&file, &text).unwrap();
+    let out = gateway().arg("check-config").arg(&file).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("route default: any request -> [trivial, timer, digest, echo]"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_overrides_file_and_flags_override_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yaml");
+    let (file_admin, env_admin, flag_admin) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        &file,
+        format!("server:\n  grpc_addr: 127.0.0.1:{}\n  admin_addr: 127.0.0.1:{file_admin}\nroutes: []\n", free_port()),
+    )
+    .unwrap();
+
+    let check = |admin: u16| async move {
+        for _ in 0..200 {
+            if let Some((200, body)) = http_get(admin, "/readyz").await {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nothing ready on admin port {admin}");
+    };
+
+    // File only.
+    let mut child = gateway().arg("--config").arg(&file).spawn().unwrap();
+    check(file_admin).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Environment beats the file.
+    let mut child = gateway()
+        .env("EXTPROC_CONFIG", &file)
+        .env("EXTPROC_ADMIN_ADDR", format!("127.0.0.1:{env_admin}"))
+        .spawn()
+        .unwrap();
+    check(env_admin).await;
+    assert!(http_get(file_admin, "/readyz").await.is_none());
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The flag beats the environment.
+    let mut child = gateway()
+        .env("EXTPROC_CONFIG", &file)
+        .env("EXTPROC_ADMIN_ADDR", format!("127.0.0.1:{env_admin}"))
+        .args(["--admin-addr", &format!("127.0.0.1:{flag_admin}")])
+        .spawn()
+        .unwrap();
+    check(flag_admin).await;
+    assert!(http_get(env_admin, "/readyz").await.is_none());
+    // The admin server reports the effective routes and config.
+    let (_, routes) = http_get(flag_admin, "/routes").await.unwrap();
+    assert_eq!(routes, "[]");
+    let (_, config) = http_get(flag_admin, "/config").await.unwrap();
+    assert!(config.contains(&format!("admin_addr: 127.0.0.1:{flag_admin}")), "{config}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_start_error() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let out = gateway()
+        .args(["--grpc-addr", &format!("127.0.0.1:{port}")])
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("cannot listen for gRPC on 127.0.0.1:{port}")), "{stderr}");
+}

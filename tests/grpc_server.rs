@@ -1,0 +1,321 @@
+//! The gateway binary spoken to directly over gRPC: bad input ends only its own stream
+//! with a clear status, health is served on the ext_proc port, large messages fit, and
+//! SIGTERM drains in-flight streams.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use extproc_gateway::proto::ext_proc::external_processor_client::ExternalProcessorClient;
+use extproc_gateway::proto::ext_proc::{
+    processing_request::Request as Req, processing_response::Response as Resp, HttpBody,
+    HttpHeaders, ProcessingRequest, ProcessingResponse,
+};
+use extproc_gateway::testing::header_map;
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::Streaming;
+
+const CONFIG: &str = r#"
+routes:
+  - name: digest
+    match: {path_prefix: /digest}
+    processors: [digest]
+  - name: default
+    processors: [trivial]
+"#;
+
+async fn connect(port: u16) -> ExternalProcessorClient<Channel> {
+    ExternalProcessorClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("connect")
+        .max_encoding_message_size(64 * 1024 * 1024)
+        .max_decoding_message_size(64 * 1024 * 1024)
+}
+
+/// One open ext_proc stream.
+struct Stream {
+    tx: mpsc::Sender<ProcessingRequest>,
+    rx: Streaming<ProcessingResponse>,
+}
+
+impl Stream {
+    async fn open(client: &mut ExternalProcessorClient<Channel>) -> Stream {
+        let (tx, rx) = mpsc::channel(8);
+        let rx = client
+            .process(ReceiverStream::new(rx))
+            .await
+            .expect("open stream")
+            .into_inner();
+        Stream { tx, rx }
+    }
+
+    async fn call(&mut self, req: Req) -> Result<Option<ProcessingResponse>, tonic::Status> {
+        self.tx
+            .send(ProcessingRequest {
+                request: Some(req),
+                ..Default::default()
+            })
+            .await
+            .expect("send");
+        tokio::time::timeout(Duration::from_secs(10), self.rx.message())
+            .await
+            .expect("answer timed out")
+    }
+}
+
+fn request_headers(path: &str, eos: bool) -> Req {
+    Req::RequestHeaders(HttpHeaders {
+        headers: Some(header_map(&[
+            (":method", "POST"),
+            (":path", path),
+            ("x-request-id", "r1"),
+        ])),
+        end_of_stream: eos,
+        ..Default::default()
+    })
+}
+
+fn response_headers() -> Req {
+    Req::ResponseHeaders(HttpHeaders {
+        headers: Some(header_map(&[(":status", "200")])),
+        end_of_stream: true,
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_ends_only_its_own_stream_with_a_clear_status() {
+    let gw = Gateway::start(CONFIG).await;
+    let mut client = connect(gw.grpc_port).await;
+
+    let mut good = Stream::open(&mut client).await;
+    let first = good.call(request_headers("/x", true)).await.expect("ok");
+    assert!(matches!(
+        first.and_then(|r| r.response),
+        Some(Resp::RequestHeaders(_))
+    ));
+
+    // Request headers twice: FAILED_PRECONDITION.
+    let mut bad = Stream::open(&mut client).await;
+    bad.call(request_headers("/x", false)).await.expect("first ok");
+    let err = bad.call(request_headers("/x", false)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("request headers"), "{}", err.message());
+
+    // A message with no phase: INVALID_ARGUMENT.
+    let mut empty = Stream::open(&mut client).await;
+    empty
+        .tx
+        .send(ProcessingRequest::default())
+        .await
+        .expect("send");
+    let err = empty.rx.message().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    // Body after end of stream (not full duplex): FAILED_PRECONDITION.
+    let mut late = Stream::open(&mut client).await;
+    late.call(request_headers("/digest", false)).await.expect("ok");
+    let body = |eos| {
+        Req::RequestBody(HttpBody {
+            body: Bytes::from_static(b"abc"),
+            end_of_stream: eos,
+            ..Default::default()
+        })
+    };
+    late.call(body(true)).await.expect("ok");
+    let err = late.call(body(true)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    // The good stream, on the same connection, carries on.
+    let answer = good.call(response_headers()).await.expect("ok").expect("answer");
+    let Some(Resp::ResponseHeaders(h)) = answer.response else {
+        panic!("wrong kind: {answer:?}")
+    };
+    let set = h.response.and_then(|c| c.header_mutation).expect("mutation");
+    assert!(set
+        .set_headers
+        .iter()
+        .any(|o| o.header.as_ref().is_some_and(|h| h.key == "x-extra-request-id" && &h.raw_value[..] == b"r1")));
+    // And the process is still up.
+    assert!(matches!(http_get(gw.admin_port, "/healthz").await, Some((200, _))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_protobuf_gets_invalid_argument() {
+    let gw = Gateway::start(CONFIG).await;
+    let client: hyper_util::client::legacy::Client<_, Body> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    // A gRPC frame whose payload is not a ProcessingRequest (field 2, wire type 7).
+    let garbage = [0xffu8, 0xff, 0xff, 0x17, 0x00];
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(garbage.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&garbage);
+    let req = hyper::Request::post(format!(
+        "http://127.0.0.1:{}/envoy.service.ext_proc.v3.ExternalProcessor/Process",
+        gw.grpc_port
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(full(frame))
+    .expect("request");
+    let resp = client.request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await.expect("body");
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    assert_eq!(
+        trailers.get("grpc-status").and_then(|v| v.to_str().ok()),
+        Some("3"),
+        "INVALID_ARGUMENT expected: {trailers:?}"
+    );
+    let message = trailers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(message.contains("malformed"), "{message}");
+    assert!(matches!(http_get(gw.admin_port, "/healthz").await, Some((200, _))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_is_served_on_the_ext_proc_port() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let gw = Gateway::start(CONFIG).await;
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", gw.grpc_port))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel);
+    for service in ["", "envoy.service.ext_proc.v3.ExternalProcessor"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("check")
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_bodies_far_above_four_mib_are_accepted() {
+    let gw = Gateway::start(CONFIG).await;
+    let mut client = connect(gw.grpc_port).await;
+    let mut s = Stream::open(&mut client).await;
+    s.call(request_headers("/digest/big", false)).await.expect("ok");
+    let body = Bytes::from(vec![7u8; 20 * 1024 * 1024]);
+    let answer = s
+        .call(Req::RequestBody(HttpBody {
+            body: body.clone(),
+            end_of_stream: true,
+            ..Default::default()
+        }))
+        .await
+        .expect("20 MiB body accepted")
+        .expect("answer");
+    let Some(Resp::RequestBody(b)) = answer.response else {
+        panic!("wrong kind")
+    };
+    let digest_header = b
+        .response
+        .and_then(|c| c.header_mutation)
+        .and_then(|m| m.set_headers.into_iter().find_map(|o| o.header))
+        .expect("digest header");
+    assert_eq!(digest_header.key, "x-request-digest");
+    assert_eq!(
+        std::str::from_utf8(&digest_header.raw_value).unwrap(),
+        digest("unknown", "POST", "/digest/big", &body)
+    );
+
+    // Above the configured limit: a clear RESOURCE_EXHAUSTED / OUT_OF_RANGE status.
+    let small = Gateway::start_with(CONFIG, &["--max-message-bytes", "1048576"]).await;
+    let mut client = connect(small.grpc_port).await;
+    let mut s = Stream::open(&mut client).await;
+    s.call(request_headers("/digest/big", false)).await.expect("ok");
+    let err = s
+        .call(Req::RequestBody(HttpBody {
+            body: Bytes::from(vec![1u8; 2 * 1024 * 1024]),
+            end_of_stream: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{err:?}"
+    );
+    assert!(matches!(http_get(small.admin_port, "/healthz").await, Some((200, _))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_streams_then_exits() {
+    let mut gw = Gateway::start_with(CONFIG, &["--shutdown-grace", "20s"]).await;
+    let mut client = connect(gw.grpc_port).await;
+    let mut s = Stream::open(&mut client).await;
+    s.call(request_headers("/x", true)).await.expect("ok");
+
+    gw.signal("TERM");
+    // Not ready while draining; the admin server still answers.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some((503, _)) = http_get(gw.admin_port, "/readyz").await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "readyz never turned 503");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // New connections are refused.
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", gw.grpc_port))
+        .await
+        .is_err());
+    // The in-flight stream finishes its exchange.
+    let answer = s.call(response_headers()).await.expect("ok").expect("answer");
+    assert!(matches!(answer.response, Some(Resp::ResponseHeaders(_))));
+    drop(s);
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = gw.proc.child.try_wait().expect("wait") {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "gateway did not exit after drain");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grace_period_bounds_the_drain() {
+    let mut gw = Gateway::start_with(CONFIG, &["--shutdown-grace", "300ms"]).await;
+    let mut client = connect(gw.grpc_port).await;
+    let mut s = Stream::open(&mut client).await;
+    s.call(request_headers("/x", true)).await.expect("ok");
+    let start = Instant::now();
+    gw.signal("TERM");
+    // The stream is never finished; the grace period ends the process anyway.
+    loop {
+        if let Some(status) = gw.proc.child.try_wait().expect("wait") {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "gateway outlived its grace period"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(start.elapsed() >= Duration::from_millis(250));
+}
