@@ -79,9 +79,10 @@ fn by_name<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<ProcessorS
             map.next_value::<Option<NoSettings>>()?;
             ProcessorSpec::Echo
         }
-        "digest" => {
-            ProcessorSpec::Digest(map.next_value::<Option<DigestSettings>>()?.unwrap_or_default())
-        }
+        "digest" => ProcessorSpec::Digest(
+            map.next_value::<Option<DigestSettings>>()?
+                .unwrap_or_default(),
+        ),
         other => return Err(de::Error::unknown_variant(other, NAMES)),
     })
 }
@@ -102,9 +103,7 @@ impl<'de> Deserialize<'de> for ProcessorSpec {
             }
 
             fn visit_str<E: de::Error>(self, name: &str) -> Result<ProcessorSpec, E> {
-                let mut none = de::value::MapDeserializer::<_, E>::new(
-                    std::iter::once((name, ())),
-                );
+                let mut none = de::value::MapDeserializer::<_, E>::new(std::iter::once((name, ())));
                 let key: String = none.next_key()?.unwrap_or_default();
                 by_name(&key, &mut none)
             }
@@ -133,9 +132,10 @@ mod tests {
 
     #[test]
     fn bare_names_and_maps_parse() {
-        let specs: Vec<ProcessorSpec> =
-            serde_yaml::from_str("- trivial\n- digest: {body_mode: streamed}\n- echo: {}\n- timer:\n")
-                .unwrap();
+        let specs: Vec<ProcessorSpec> = serde_yaml::from_str(
+            "- trivial\n- digest: {body_mode: streamed}\n- echo: {}\n- timer:\n",
+        )
+        .unwrap();
         assert_eq!(
             specs,
             vec![

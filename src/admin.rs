@@ -72,7 +72,14 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn routes(State(s): State<AdminState>) -> Json<Vec<RouteSummary>> {
-    Json(s.routes.current().routes().iter().map(|r| r.summary()).collect())
+    Json(
+        s.routes
+            .current()
+            .routes()
+            .iter()
+            .map(|r| r.summary())
+            .collect(),
+    )
 }
 
 async fn config(State(s): State<AdminState>) -> impl IntoResponse {

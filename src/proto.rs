@@ -38,5 +38,5 @@ pub mod envoy {
 
 pub use envoy::config::core::v3 as core;
 pub use envoy::extensions::filters::http::ext_proc::v3 as mode;
-pub use envoy::service::ext_proc::v3 as ext_proc;
 pub use envoy::r#type::v3 as http_status;
+pub use envoy::service::ext_proc::v3 as ext_proc;

@@ -11,8 +11,8 @@ use bytes::Bytes;
 
 use crate::chain::PhaseOutcome;
 use crate::phase::{
-    BodyChange, BodyPhase, Flow, HeaderAction, Headers, HeadersPhase, ImmediateResponse,
-    Mutations, Phase, PhaseKind,
+    BodyChange, BodyPhase, Flow, HeaderAction, Headers, HeadersPhase, ImmediateResponse, Mutations,
+    Phase, PhaseKind,
 };
 use crate::processor::{BodyNeed, PhaseNeeds};
 use crate::proto::core::{header_value_option::HeaderAppendAction, HeaderValue, HeaderValueOption};

@@ -34,9 +34,15 @@ fn check_config_prints_routes_of_a_good_file() {
     let out = gateway().arg("check-config").arg(&file).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("route api: path prefix /api and method in [POST] -> [trivial, digest]"), "{stdout}");
+    assert!(
+        stdout.contains("route api: path prefix /api and method in [POST] -> [trivial, digest]"),
+        "{stdout}"
+    );
     assert!(stdout.contains("request_body (buffered)"), "{stdout}");
-    assert!(stdout.contains("route rest: any request -> [timer]"), "{stdout}");
+    assert!(
+        stdout.contains("route rest: any request -> [timer]"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -69,7 +75,10 @@ fn bad_config_is_rejected_with_file_line_and_reason() {
     let out = gateway().arg("check-config").arg(&file).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("routes[0].match.path_regex: invalid regex"), "{stderr}");
+    assert!(
+        stderr.contains("routes[0].match.path_regex: invalid regex"),
+        "{stderr}"
+    );
     // A missing file says so.
     let out = gateway()
         .args(["--config", "/nonexistent/x.yaml"])
@@ -91,7 +100,10 @@ fn print_config_is_the_embedded_default_and_valid() {
     let out = gateway().arg("check-config").arg(&file).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(stdout.contains("route default: any request -> [trivial, timer, digest, echo]"), "{stdout}");
+    assert!(
+        stdout.contains("route default: any request -> [trivial, timer, digest, echo]"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +157,10 @@ async fn environment_overrides_file_and_flags_override_environment() {
     let (_, routes) = http_get(flag_admin, "/routes").await.unwrap();
     assert_eq!(routes, "[]");
     let (_, config) = http_get(flag_admin, "/config").await.unwrap();
-    assert!(config.contains(&format!("admin_addr: 127.0.0.1:{flag_admin}")), "{config}");
+    assert!(
+        config.contains(&format!("admin_addr: 127.0.0.1:{flag_admin}")),
+        "{config}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -161,5 +176,8 @@ fn a_port_in_use_is_a_clear_start_error() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("cannot listen for gRPC on 127.0.0.1:{port}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen for gRPC on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
 }

@@ -81,7 +81,10 @@ impl Stack {
     async fn assert_clean(&self) {
         assert_eq!(self.envoy.ext_proc_stat("spurious_msgs_received").await, 0);
         assert_eq!(self.envoy.ext_proc_stat("streams_failed").await, 0);
-        assert_eq!(self.envoy.ext_proc_stat("rejected_header_mutations").await, 0);
+        assert_eq!(
+            self.envoy.ext_proc_stat("rejected_header_mutations").await,
+            0
+        );
         assert_eq!(self.envoy.ext_proc_stat("message_timeouts").await, 0);
     }
 }
@@ -100,13 +103,19 @@ async fn header_mutations_reach_upstream_and_client_and_mode_override_skips_bodi
         .await;
     assert_eq!(r.status, 200, "{:?}", r);
     let echoed = r.echoed();
-    assert_eq!(echoed.headers.get("x-extra-request-id").map(String::as_str), Some("rid-1"));
+    assert_eq!(
+        echoed.headers.get("x-extra-request-id").map(String::as_str),
+        Some("rid-1")
+    );
     assert_eq!(echoed.body, "a body the trivial chain never reads");
     assert_eq!(r.header("x-extra-request-id"), Some("rid-1"));
     assert_eq!(r.header("x-ext-procs-applied"), Some("trivial"));
     // Only request headers and response headers: mode_override turned the body off.
     let sent = s.envoy.ext_proc_stat("stream_msgs_sent").await - before;
-    assert_eq!(sent, 2, "messages sent to the gateway for a headers-only chain");
+    assert_eq!(
+        sent, 2,
+        "messages sent to the gateway for a headers-only chain"
+    );
     s.assert_clean().await;
 }
 
@@ -129,11 +138,21 @@ async fn buffered_body_header_mutation_reaches_upstream() {
     assert_eq!(echoed.body.len(), body.len());
     assert_eq!(echoed.headers.get("x-request-digest"), Some(&want));
     assert_eq!(r.header("x-request-digest"), Some(want.as_str()));
-    assert_eq!(r.header("x-ext-procs-applied"), Some("trivial,timer,digest,echo"));
+    assert_eq!(
+        r.header("x-ext-procs-applied"),
+        Some("trivial,timer,digest,echo")
+    );
     let started = r.header("x-request-started").expect("x-request-started");
-    assert_eq!(echoed.headers.get("x-request-started").map(String::as_str), Some(started));
+    assert_eq!(
+        echoed.headers.get("x-request-started").map(String::as_str),
+        Some(started)
+    );
     assert!(started.ends_with('Z') && started.len() == 27, "{started}");
-    let ns: u64 = r.header("x-duration-ns").expect("duration").parse().expect("integer");
+    let ns: u64 = r
+        .header("x-duration-ns")
+        .expect("duration")
+        .parse()
+        .expect("integer");
     assert!(ns > 0);
     // Request headers, one buffered body message, response headers.
     let sent = s.envoy.ext_proc_stat("stream_msgs_sent").await - before;
@@ -159,13 +178,20 @@ async fn streamed_body_is_hashed_chunk_by_chunk() {
         .await;
     assert_eq!(r.status, 200);
     let echoed = r.echoed();
-    assert_eq!(echoed.body.as_bytes(), &whole[..], "body intact through STREAMED mode");
+    assert_eq!(
+        echoed.body.as_bytes(),
+        &whole[..],
+        "body intact through STREAMED mode"
+    );
     let want = digest("unknown", "POST", "/streamed/upload", &whole);
     assert_eq!(r.header("x-request-digest"), Some(want.as_str()));
     // Streamed: headers left before the body was read, so no digest upstream.
     assert_eq!(echoed.headers.get("x-request-digest"), None);
     let sent = s.envoy.ext_proc_stat("stream_msgs_sent").await - before;
-    assert!(sent > 3, "expected several body messages, got {sent} messages in all");
+    assert!(
+        sent > 3,
+        "expected several body messages, got {sent} messages in all"
+    );
     s.assert_clean().await;
 }
 
@@ -206,16 +232,29 @@ async fn immediate_response_reaches_client_without_upstream() {
     let hits = s.upstream.hits();
     // No body: answered at request headers.
     let r = s
-        .send("GET", "/anything", &[("x-echo-only", "true"), ("x-a", "1")], empty())
+        .send(
+            "GET",
+            "/anything",
+            &[("x-echo-only", "true"), ("x-a", "1")],
+            empty(),
+        )
         .await;
     assert_eq!(r.status, 200);
     assert!(r.body.is_empty());
     assert_eq!(r.header("x-a"), Some("1"));
     // The chain stopped at echo, the last processor; every earlier one ran.
-    assert_eq!(r.header("x-ext-procs-applied"), Some("trivial,timer,digest,echo"));
+    assert_eq!(
+        r.header("x-ext-procs-applied"),
+        Some("trivial,timer,digest,echo")
+    );
     // With a body: answered at the (buffered) request body.
     let r = s
-        .send("POST", "/anything", &[("x-echo-only", "t")], full("payload"))
+        .send(
+            "POST",
+            "/anything",
+            &[("x-echo-only", "t")],
+            full("payload"),
+        )
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(&r.body[..], b"payload");
@@ -244,7 +283,11 @@ async fn two_hundred_concurrent_requests_all_succeed() {
                 .await;
             assert_eq!(r.status, 200, "request {i}");
             let want = digest("t", "POST", &path, body.as_bytes());
-            assert_eq!(r.header("x-request-digest"), Some(want.as_str()), "request {i}");
+            assert_eq!(
+                r.header("x-request-digest"),
+                Some(want.as_str()),
+                "request {i}"
+            );
             assert_eq!(r.echoed().body, body, "request {i}");
         }));
     }
@@ -304,7 +347,12 @@ async fn observability_mode_gets_no_answers_and_traffic_flows() {
     let Some(s) = stack(spec).await else { return };
     for i in 0..5 {
         let r = s
-            .send("GET", &format!("/trivial/{i}"), &[("x-request-id", "obs")], empty())
+            .send(
+                "GET",
+                &format!("/trivial/{i}"),
+                &[("x-request-id", "obs")],
+                empty(),
+            )
             .await;
         assert_eq!(r.status, 200);
         // Nothing the gateway would have written is applied: it sent nothing back.
@@ -328,7 +376,12 @@ async fn stream_without_request_headers_still_works() {
     };
     let Some(s) = stack(spec).await else { return };
     let r = s
-        .send("GET", "/trivial/skip", &[("x-request-id", "rid-skip")], empty())
+        .send(
+            "GET",
+            "/trivial/skip",
+            &[("x-request-id", "rid-skip")],
+            empty(),
+        )
         .await;
     assert_eq!(r.status, 200);
     // The route was chosen from Envoy's request.path attribute (sent with the response
@@ -370,14 +423,31 @@ async fn root_envoy_yaml_with_embedded_default_config_serves_traffic() {
     let config = text
         .replace("port_value: 10000", &format!("port_value: {port}"))
         .replace("port_value: 9901", &format!("port_value: {admin}"))
-        .replace("port_value: 50051", &format!("port_value: {}", gateway.grpc_port))
-        .replace("port_value: 8080", &format!("port_value: {}", upstream.port))
+        .replace(
+            "port_value: 50051",
+            &format!("port_value: {}", gateway.grpc_port),
+        )
+        .replace(
+            "port_value: 8080",
+            &format!("port_value: {}", upstream.port),
+        )
         .replace("address: 0.0.0.0", "address: 127.0.0.1");
     let envoy = Envoy::start_config(&bin, config, port, admin).await;
     let c = client();
-    let r = send(&c, envoy.port, "POST", "/hello", &[("x-request-id", "r-42")], full("hi")).await;
+    let r = send(
+        &c,
+        envoy.port,
+        "POST",
+        "/hello",
+        &[("x-request-id", "r-42")],
+        full("hi"),
+    )
+    .await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("x-ext-procs-applied"), Some("trivial,timer,digest,echo"));
+    assert_eq!(
+        r.header("x-ext-procs-applied"),
+        Some("trivial,timer,digest,echo")
+    );
     assert_eq!(r.header("x-extra-request-id"), Some("r-42"));
     let want = digest("unknown", "POST", "/hello", b"hi");
     assert_eq!(r.header("x-request-digest"), Some(want.as_str()));

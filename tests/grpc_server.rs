@@ -102,10 +102,16 @@ async fn bad_input_ends_only_its_own_stream_with_a_clear_status() {
 
     // Request headers twice: FAILED_PRECONDITION.
     let mut bad = Stream::open(&mut client).await;
-    bad.call(request_headers("/x", false)).await.expect("first ok");
+    bad.call(request_headers("/x", false))
+        .await
+        .expect("first ok");
     let err = bad.call(request_headers("/x", false)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains("request headers"), "{}", err.message());
+    assert!(
+        err.message().contains("request headers"),
+        "{}",
+        err.message()
+    );
 
     // A message with no phase: INVALID_ARGUMENT.
     let mut empty = Stream::open(&mut client).await;
@@ -119,7 +125,9 @@ async fn bad_input_ends_only_its_own_stream_with_a_clear_status() {
 
     // Body after end of stream (not full duplex): FAILED_PRECONDITION.
     let mut late = Stream::open(&mut client).await;
-    late.call(request_headers("/digest", false)).await.expect("ok");
+    late.call(request_headers("/digest", false))
+        .await
+        .expect("ok");
     let body = |eos| {
         Req::RequestBody(HttpBody {
             body: Bytes::from_static(b"abc"),
@@ -132,17 +140,27 @@ async fn bad_input_ends_only_its_own_stream_with_a_clear_status() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
 
     // The good stream, on the same connection, carries on.
-    let answer = good.call(response_headers()).await.expect("ok").expect("answer");
+    let answer = good
+        .call(response_headers())
+        .await
+        .expect("ok")
+        .expect("answer");
     let Some(Resp::ResponseHeaders(h)) = answer.response else {
         panic!("wrong kind: {answer:?}")
     };
-    let set = h.response.and_then(|c| c.header_mutation).expect("mutation");
-    assert!(set
-        .set_headers
-        .iter()
-        .any(|o| o.header.as_ref().is_some_and(|h| h.key == "x-extra-request-id" && &h.raw_value[..] == b"r1")));
+    let set = h
+        .response
+        .and_then(|c| c.header_mutation)
+        .expect("mutation");
+    assert!(set.set_headers.iter().any(|o| o
+        .header
+        .as_ref()
+        .is_some_and(|h| h.key == "x-extra-request-id" && &h.raw_value[..] == b"r1")));
     // And the process is still up.
-    assert!(matches!(http_get(gw.admin_port, "/healthz").await, Some((200, _))));
+    assert!(matches!(
+        http_get(gw.admin_port, "/healthz").await,
+        Some((200, _))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,7 +197,10 @@ async fn malformed_protobuf_gets_invalid_argument() {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     assert!(message.contains("malformed"), "{message}");
-    assert!(matches!(http_get(gw.admin_port, "/healthz").await, Some((200, _))));
+    assert!(matches!(
+        http_get(gw.admin_port, "/healthz").await,
+        Some((200, _))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +233,9 @@ async fn buffered_bodies_far_above_four_mib_are_accepted() {
     let gw = Gateway::start(CONFIG).await;
     let mut client = connect(gw.grpc_port).await;
     let mut s = Stream::open(&mut client).await;
-    s.call(request_headers("/digest/big", false)).await.expect("ok");
+    s.call(request_headers("/digest/big", false))
+        .await
+        .expect("ok");
     let body = Bytes::from(vec![7u8; 20 * 1024 * 1024]);
     let answer = s
         .call(Req::RequestBody(HttpBody {
@@ -241,7 +264,9 @@ async fn buffered_bodies_far_above_four_mib_are_accepted() {
     let small = Gateway::start_with(CONFIG, &["--max-message-bytes", "1048576"]).await;
     let mut client = connect(small.grpc_port).await;
     let mut s = Stream::open(&mut client).await;
-    s.call(request_headers("/digest/big", false)).await.expect("ok");
+    s.call(request_headers("/digest/big", false))
+        .await
+        .expect("ok");
     let err = s
         .call(Req::RequestBody(HttpBody {
             body: Bytes::from(vec![1u8; 2 * 1024 * 1024]),
@@ -257,7 +282,10 @@ async fn buffered_bodies_far_above_four_mib_are_accepted() {
         ),
         "{err:?}"
     );
-    assert!(matches!(http_get(small.admin_port, "/healthz").await, Some((200, _))));
+    assert!(matches!(
+        http_get(small.admin_port, "/healthz").await,
+        Some((200, _))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,7 +310,11 @@ async fn sigterm_drains_in_flight_streams_then_exits() {
         .await
         .is_err());
     // The in-flight stream finishes its exchange.
-    let answer = s.call(response_headers()).await.expect("ok").expect("answer");
+    let answer = s
+        .call(response_headers())
+        .await
+        .expect("ok")
+        .expect("answer");
     assert!(matches!(answer.response, Some(Resp::ResponseHeaders(_))));
     drop(s);
     drop(client);
@@ -292,7 +324,10 @@ async fn sigterm_drains_in_flight_streams_then_exits() {
             assert!(status.success(), "exit status {status}");
             break;
         }
-        assert!(Instant::now() < deadline, "gateway did not exit after drain");
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not exit after drain"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -113,7 +113,11 @@ async fn run_hook<P: Processor>(processor: &P, index: usize, req: &mut PhaseRequ
                     .on_request_headers(ctx, &mut state, h, mutations)
                     .await
             }
-            Phase::RequestBody(b) => processor.on_request_body(ctx, &mut state, b, mutations).await,
+            Phase::RequestBody(b) => {
+                processor
+                    .on_request_body(ctx, &mut state, b, mutations)
+                    .await
+            }
             Phase::RequestTrailers(t) => {
                 processor
                     .on_request_trailers(ctx, &mut state, t, mutations)

@@ -68,11 +68,13 @@ impl GatewayConfig {
                 message,
             }
         })?;
-        config.build_router().map_err(|(field, message)| ConfigError {
-            source_name: source_name.to_string(),
-            location: field,
-            message,
-        })?;
+        config
+            .build_router()
+            .map_err(|(field, message)| ConfigError {
+                source_name: source_name.to_string(),
+                location: field,
+                message,
+            })?;
         Ok(config)
     }
 
@@ -174,7 +176,10 @@ fn route_match(m: &MatchConfig) -> Result<RouteMatch, (String, String)> {
     for (i, h) in m.headers.iter().enumerate() {
         let field = format!("headers[{i}]");
         if h.name.is_empty() {
-            return Err((format!("{field}.name"), "header name must not be empty".into()));
+            return Err((
+                format!("{field}.name"),
+                "header name must not be empty".into(),
+            ));
         }
         let set = [
             h.exact.is_some(),
@@ -238,7 +243,9 @@ mod tests {
     }
 
     fn err(yaml: &str) -> String {
-        GatewayConfig::parse(yaml, "test.yaml").unwrap_err().to_string()
+        GatewayConfig::parse(yaml, "test.yaml")
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]

@@ -82,10 +82,13 @@ impl Exchange {
     }
 
     /// Handles one message from Envoy.
-    pub async fn handle(&mut self, mut message: ProcessingRequest) -> Result<Handled, ExchangeError> {
+    pub async fn handle(
+        &mut self,
+        mut message: ProcessingRequest,
+    ) -> Result<Handled, ExchangeError> {
         let observability = message.observability_mode;
-        let phase =
-            wire::decode(&mut message).map_err(|e| ExchangeError::InvalidArgument(e.to_string()))?;
+        let phase = wire::decode(&mut message)
+            .map_err(|e| ExchangeError::InvalidArgument(e.to_string()))?;
         if self.active.is_none() {
             self.start(&message, &phase);
         }
@@ -102,7 +105,9 @@ impl Exchange {
         }
         let kind = phase.kind();
         let Some(mut ctx) = active.ctx.take() else {
-            return Err(ExchangeError::InvalidArgument("request context lost".into()));
+            return Err(ExchangeError::InvalidArgument(
+                "request context lost".into(),
+            ));
         };
         if let Phase::RequestHeaders(h) = &phase {
             ctx.fill_from_request_headers(h);

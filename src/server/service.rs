@@ -71,9 +71,9 @@ impl From<ExchangeError> for Status {
 /// `None` when the peer simply went away.
 fn inbound_error(status: Status) -> Option<Status> {
     match status.code() {
-        tonic::Code::Internal if status.message().contains("decode") => Some(Status::invalid_argument(
-            format!("malformed ProcessingRequest: {}", status.message()),
-        )),
+        tonic::Code::Internal if status.message().contains("decode") => Some(
+            Status::invalid_argument(format!("malformed ProcessingRequest: {}", status.message())),
+        ),
         tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => Some(status),
         _ => {
             tracing::debug!(%status, "ext_proc stream closed by peer");

@@ -30,8 +30,8 @@ use crate::chain::Chain;
 use crate::phase::PhaseKind;
 use crate::proto::core::{HeaderMap, HeaderValue};
 use crate::proto::ext_proc::{
-    body_mutation, processing_request, processing_response, HeaderMutation, HttpBody,
-    HttpHeaders, HttpTrailers, ProcessingRequest, ProcessingResponse,
+    body_mutation, processing_request, processing_response, HeaderMutation, HttpBody, HttpHeaders,
+    HttpTrailers, ProcessingRequest, ProcessingResponse,
 };
 use crate::proto::mode::ProcessingMode;
 use crate::router::{Route, RouteMatch, Router};
@@ -105,17 +105,15 @@ impl Answer {
             Some(R::RequestTrailers(t)) => {
                 (PhaseKind::RequestTrailers, None, t.header_mutation.as_ref())
             }
-            Some(R::ResponseTrailers(t)) => {
-                (PhaseKind::ResponseTrailers, None, t.header_mutation.as_ref())
-            }
+            Some(R::ResponseTrailers(t)) => (
+                PhaseKind::ResponseTrailers,
+                None,
+                t.header_mutation.as_ref(),
+            ),
             Some(R::ImmediateResponse(i)) => {
                 a.immediate = Some(Immediate {
                     status: i.status.as_ref().map(|s| s.code as u16).unwrap_or(0),
-                    headers: i
-                        .headers
-                        .as_ref()
-                        .map(mutation_pairs)
-                        .unwrap_or_default(),
+                    headers: i.headers.as_ref().map(mutation_pairs).unwrap_or_default(),
                     body: i.body.clone(),
                 });
                 a.raw = raw;
@@ -205,7 +203,10 @@ impl Driver {
     }
 
     /// Sends a raw message; `Ok(None)` when the gateway sends nothing back.
-    pub async fn send(&mut self, message: ProcessingRequest) -> Result<Option<Answer>, ExchangeError> {
+    pub async fn send(
+        &mut self,
+        message: ProcessingRequest,
+    ) -> Result<Option<Answer>, ExchangeError> {
         match self.exchange.handle(message).await? {
             Handled::Reply(r) => Ok(Some(Answer::from_response(*r))),
             Handled::Silent => Ok(None),
@@ -220,7 +221,10 @@ impl Driver {
         }
     }
 
-    async fn expect(&mut self, request: processing_request::Request) -> Result<Answer, ExchangeError> {
+    async fn expect(
+        &mut self,
+        request: processing_request::Request,
+    ) -> Result<Answer, ExchangeError> {
         let message = self.message(request);
         self.send(message)
             .await?
@@ -255,7 +259,10 @@ impl Driver {
     }
 
     /// Request trailers.
-    pub async fn request_trailers(&mut self, trailers: &[(&str, &str)]) -> Result<Answer, ExchangeError> {
+    pub async fn request_trailers(
+        &mut self,
+        trailers: &[(&str, &str)],
+    ) -> Result<Answer, ExchangeError> {
         self.expect(processing_request::Request::RequestTrailers(HttpTrailers {
             trailers: Some(header_map(trailers)),
         }))
@@ -290,10 +297,15 @@ impl Driver {
     }
 
     /// Response trailers.
-    pub async fn response_trailers(&mut self, trailers: &[(&str, &str)]) -> Result<Answer, ExchangeError> {
-        self.expect(processing_request::Request::ResponseTrailers(HttpTrailers {
-            trailers: Some(header_map(trailers)),
-        }))
+    pub async fn response_trailers(
+        &mut self,
+        trailers: &[(&str, &str)],
+    ) -> Result<Answer, ExchangeError> {
+        self.expect(processing_request::Request::ResponseTrailers(
+            HttpTrailers {
+                trailers: Some(header_map(trailers)),
+            },
+        ))
         .await
     }
 }

@@ -461,7 +461,10 @@ impl Envoy {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("gateway never became healthy in Envoy:\n{}", envoy.proc.log_text());
+        panic!(
+            "gateway never became healthy in Envoy:\n{}",
+            envoy.proc.log_text()
+        );
     }
 
     /// Envoy's counters and gauges.
