@@ -38,6 +38,10 @@ pub fn is_truthy(value: &[u8]) -> bool {
     )
 }
 
+fn triggered(headers: &Headers) -> bool {
+    headers.get(TRIGGER).is_some_and(|v| is_truthy(v))
+}
+
 impl Processor for Echo {
     type State = EchoState;
 
@@ -53,6 +57,18 @@ impl Processor for Echo {
         }
     }
 
+    /// The body is read only when this request asks for an echo.
+    fn needs_for(&self, request: &HeadersPhase) -> PhaseNeeds {
+        if triggered(&request.headers) {
+            self.needs()
+        } else {
+            PhaseNeeds {
+                request_headers: true,
+                ..PhaseNeeds::NONE
+            }
+        }
+    }
+
     async fn on_request_headers(
         &self,
         _: &mut RequestCtx,
@@ -60,7 +76,7 @@ impl Processor for Echo {
         h: &HeadersPhase,
         _: &mut Mutations,
     ) -> Flow {
-        if !h.headers.get(TRIGGER).is_some_and(|v| is_truthy(v)) {
+        if !triggered(&h.headers) {
             return Flow::Continue;
         }
         let mut reply = ImmediateResponse::new(200).details("echo");

@@ -3,8 +3,12 @@
 //! Each processor imports only the processor trait and the phase types
 //! (`crate::prelude`): none of them knows about protobuf or the server.
 
+pub mod context_check;
 pub mod digest;
 pub mod echo;
+pub mod headers;
+pub mod instructions;
+pub mod jwt_auth;
 pub mod timer;
 pub mod trivial;
 
@@ -15,8 +19,12 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::chain::ChainBuilder;
 
-pub use digest::{Digest, DigestSettings};
+pub use context_check::ContextCheck;
+pub use digest::{Digest, DigestBodyMode, DigestSettings};
 pub use echo::Echo;
+pub use headers::{HeaderEdits, HeadersSettings, StaticHeaders};
+pub use instructions::HeaderInstructions;
+pub use jwt_auth::{JwtAuth, JwtSettings};
 pub use timer::Timer;
 pub use trivial::Trivial;
 
@@ -33,10 +41,27 @@ pub enum ProcessorSpec {
     Digest(DigestSettings),
     /// See [`echo`].
     Echo,
+    /// See [`jwt_auth`].
+    JwtAuth(JwtSettings),
+    /// See [`context_check`].
+    ContextCheck,
+    /// See [`headers`].
+    Headers(HeadersSettings),
+    /// See [`instructions`].
+    Instructions,
 }
 
 /// Names accepted in config, for error messages.
-pub const NAMES: &[&str] = &["trivial", "timer", "digest", "echo"];
+pub const NAMES: &[&str] = &[
+    "trivial",
+    "timer",
+    "digest",
+    "echo",
+    "jwt_auth",
+    "context_check",
+    "headers",
+    "instructions",
+];
 
 impl ProcessorSpec {
     /// The name used in config and in `x-ext-procs-applied`.
@@ -46,16 +71,33 @@ impl ProcessorSpec {
             ProcessorSpec::Timer => "timer",
             ProcessorSpec::Digest(_) => "digest",
             ProcessorSpec::Echo => "echo",
+            ProcessorSpec::JwtAuth(_) => "jwt_auth",
+            ProcessorSpec::ContextCheck => "context_check",
+            ProcessorSpec::Headers(_) => "headers",
+            ProcessorSpec::Instructions => "instructions",
         }
     }
 
-    /// Appends the processor to a chain.
-    pub fn add_to(&self, chain: ChainBuilder) -> ChainBuilder {
-        match self {
+    /// Appends the processor to a chain. Fails when its resources cannot be loaded
+    /// (e.g. a key file).
+    pub fn add_to(&self, chain: ChainBuilder) -> Result<ChainBuilder, String> {
+        Ok(match self {
             ProcessorSpec::Trivial => chain.processor(Trivial),
             ProcessorSpec::Timer => chain.processor(Timer),
             ProcessorSpec::Digest(s) => chain.processor(Digest::new(s.clone())),
             ProcessorSpec::Echo => chain.processor(Echo),
+            ProcessorSpec::JwtAuth(s) => chain.processor(JwtAuth::new(s.clone())?),
+            ProcessorSpec::ContextCheck => chain.processor(ContextCheck),
+            ProcessorSpec::Headers(s) => chain.processor(StaticHeaders::new(s.clone())?),
+            ProcessorSpec::Instructions => chain.processor(HeaderInstructions),
+        })
+    }
+
+    /// The spec as `/config` shows it: secrets hidden.
+    pub fn redacted(&self) -> ProcessorSpec {
+        match self {
+            ProcessorSpec::JwtAuth(s) => ProcessorSpec::JwtAuth(s.redacted()),
+            other => other.clone(),
         }
     }
 }
@@ -83,6 +125,26 @@ fn by_name<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<ProcessorS
             map.next_value::<Option<DigestSettings>>()?
                 .unwrap_or_default(),
         ),
+        "context_check" => {
+            map.next_value::<Option<NoSettings>>()?;
+            ProcessorSpec::ContextCheck
+        }
+        "instructions" => {
+            map.next_value::<Option<NoSettings>>()?;
+            ProcessorSpec::Instructions
+        }
+        "headers" => {
+            let s: HeadersSettings = map.next_value::<Option<_>>()?.unwrap_or_default();
+            StaticHeaders::new(s.clone()).map_err(de::Error::custom)?;
+            ProcessorSpec::Headers(s)
+        }
+        "jwt_auth" => {
+            let s: JwtSettings = map
+                .next_value::<Option<_>>()?
+                .ok_or_else(|| de::Error::custom("jwt_auth needs settings (a key source)"))?;
+            s.validate().map_err(de::Error::custom)?;
+            ProcessorSpec::JwtAuth(s)
+        }
         other => return Err(de::Error::unknown_variant(other, NAMES)),
     })
 }

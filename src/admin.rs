@@ -85,6 +85,6 @@ async fn routes(State(s): State<AdminState>) -> Json<Vec<RouteSummary>> {
 async fn config(State(s): State<AdminState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/yaml")],
-        s.config.to_yaml(),
+        s.config.to_redacted_yaml(),
     )
 }

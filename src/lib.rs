@@ -10,6 +10,7 @@ pub mod admin;
 pub mod chain;
 pub mod cli;
 pub mod config;
+pub mod jwks;
 pub mod phase;
 pub mod processor;
 #[path = "../processors/mod.rs"]

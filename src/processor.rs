@@ -224,8 +224,17 @@ pub trait Processor: Send + Sync + 'static {
     /// Name used in config, logs, metrics and `x-ext-procs-applied`.
     fn name(&self) -> &str;
 
-    /// The phases this processor reads.
+    /// The phases this processor may read: the route asks Envoy for no more than the
+    /// union of these, and hooks of other phases are never called.
     fn needs(&self) -> PhaseNeeds;
+
+    /// The phases needed for one request, decided from its request headers (sent to
+    /// Envoy as that request's `mode_override`). Narrow it to skip bodies a request
+    /// does not need read, e.g. only when a trigger header is present. Must stay
+    /// within [`Processor::needs`]. Default: `needs()`.
+    fn needs_for(&self, _request: &HeadersPhase) -> PhaseNeeds {
+        self.needs()
+    }
 
     /// Request headers arrived.
     fn on_request_headers(

@@ -101,7 +101,9 @@ fn print_config_is_the_embedded_default_and_valid() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(
-        stdout.contains("route default: any request -> [trivial, timer, digest, echo]"),
+        stdout.contains(
+            "route default: any request -> [trivial, timer, digest, context_check, echo]"
+        ),
         "{stdout}"
     );
 }

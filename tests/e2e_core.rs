@@ -446,7 +446,7 @@ async fn root_envoy_yaml_with_embedded_default_config_serves_traffic() {
     assert_eq!(r.status, 200);
     assert_eq!(
         r.header("x-ext-procs-applied"),
-        Some("trivial,timer,digest,echo")
+        Some("trivial,timer,digest,context_check,echo")
     );
     assert_eq!(r.header("x-extra-request-id"), Some("r-42"));
     let want = digest("unknown", "POST", "/hello", b"hi");

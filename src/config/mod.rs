@@ -4,7 +4,7 @@
 
 mod schema;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use regex::Regex;
 
@@ -114,8 +114,10 @@ impl GatewayConfig {
                 catch_all = Some(r.name.clone());
             }
             let mut chain = Chain::builder().applied_header(self.applied_header_name());
-            for p in &r.processors {
-                chain = p.add_to(chain);
+            for (j, p) in r.processors.iter().enumerate() {
+                chain = p
+                    .add_to(chain)
+                    .map_err(|msg| (at(&format!("processors[{j}] ({})", p.name())), msg))?;
             }
             routes.push(Route {
                 name: r.name.as_str().into(),
@@ -132,9 +134,15 @@ impl GatewayConfig {
         (!name.is_empty()).then(|| name.to_ascii_lowercase())
     }
 
-    /// The config as YAML (for `print-config`, `check-config` and `/config`).
-    pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    /// The config as YAML with secrets hidden (for `/config`).
+    pub fn to_redacted_yaml(&self) -> String {
+        let mut shown = self.clone();
+        for route in &mut shown.routes {
+            for p in &mut route.processors {
+                *p = p.redacted();
+            }
+        }
+        serde_yaml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }
 
@@ -219,15 +227,6 @@ fn route_match(m: &MatchConfig) -> Result<RouteMatch, (String, String)> {
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .collect(),
     })
-}
-
-/// Where a config came from, for logs.
-#[derive(Debug, Clone)]
-pub enum ConfigSource {
-    /// The embedded default.
-    Embedded,
-    /// A file.
-    File(PathBuf),
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::chain::PhaseRequest;
-use crate::phase::{Flow, Phase, PhaseKind};
+use crate::phase::{Flow, Phase};
 use crate::proto::ext_proc::{ProcessingRequest, ProcessingResponse};
 use crate::router::{Route, RouteInput, Router};
 use crate::wire::{self, BodyModes, Reply};
@@ -103,7 +103,6 @@ impl Exchange {
             // Observability mode after a processor answered: the chain is over.
             return Ok(Handled::Silent);
         }
-        let kind = phase.kind();
         let Some(mut ctx) = active.ctx.take() else {
             return Err(ExchangeError::InvalidArgument(
                 "request context lost".into(),
@@ -117,8 +116,8 @@ impl Exchange {
             mode_override: None,
             modes: active.modes,
         };
-        if kind == PhaseKind::RequestHeaders {
-            let mode = wire::mode_override(active.route.chain.needs(), active.modes);
+        if let Phase::RequestHeaders(h) = &outcome.phase {
+            let mode = wire::mode_override(active.route.chain.needs_for(h), active.modes);
             active.modes = BodyModes {
                 request: mode.request_body_mode,
                 response: mode.response_body_mode,

@@ -1,0 +1,158 @@
+//! `context_check`: catches cross-talk between requests. A client sends its own id in
+//! `x-context-id` and the same id as the body; the upstream echoes the request path in
+//! a JSON body. The gateway checks that the body it sees for this stream is this
+//! request's body, and that the response it sees is this request's response. Any
+//! mismatch means data of another request leaked into this one: it answers 500 and
+//! never forwards the mixed-up data.
+
+use bytes::BytesMut;
+
+use crate::prelude::*;
+
+/// Request header carrying the id (and response header echoing it).
+pub const HEADER: &str = "x-context-id";
+
+/// See the module documentation.
+#[derive(Debug, Clone, Default)]
+pub struct ContextCheck;
+
+/// Per-request state.
+#[derive(Default)]
+pub struct ContextState {
+    id: Option<String>,
+    path: String,
+    request_body: BytesMut,
+    response_body: BytesMut,
+}
+
+fn mismatch(reason: &str) -> Flow {
+    tracing::warn!(reason, "context_check detected cross-talk");
+    Flow::Respond(
+        ImmediateResponse::json_error(500, &format!("context mismatch: {reason}"))
+            .details("context_mismatch"),
+    )
+}
+
+impl ContextCheck {
+    fn check_request_body(state: &ContextState) -> Option<Flow> {
+        let id = state.id.as_deref()?;
+        (state.request_body.as_ref() != id.as_bytes())
+            .then(|| mismatch("request body does not equal x-context-id"))
+    }
+}
+
+impl Processor for ContextCheck {
+    type State = ContextState;
+
+    fn name(&self) -> &str {
+        "context_check"
+    }
+
+    fn needs(&self) -> PhaseNeeds {
+        PhaseNeeds {
+            request_body: BodyNeed::Buffered,
+            response_body: BodyNeed::Buffered,
+            ..PhaseNeeds::HEADERS
+        }
+    }
+
+    /// Without an id there is nothing to check: only the (empty) upstream header is
+    /// written, and no body is read.
+    fn needs_for(&self, request: &HeadersPhase) -> PhaseNeeds {
+        if request.headers.get(HEADER).is_some() {
+            self.needs()
+        } else {
+            PhaseNeeds {
+                request_headers: true,
+                ..PhaseNeeds::NONE
+            }
+        }
+    }
+
+    async fn on_request_headers(
+        &self,
+        ctx: &mut RequestCtx,
+        state: &mut ContextState,
+        h: &HeadersPhase,
+        out: &mut Mutations,
+    ) -> Flow {
+        let id = h
+            .headers
+            .get(HEADER)
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        out.set(HEADER, id.clone().unwrap_or_default());
+        state.path = ctx.path.clone();
+        state.id = id;
+        if h.end_of_stream {
+            if let Some(flow) = Self::check_request_body(state) {
+                return flow;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn on_request_body(
+        &self,
+        _: &mut RequestCtx,
+        state: &mut ContextState,
+        body: &BodyPhase,
+        _: &mut Mutations,
+    ) -> Flow {
+        let Some(id) = state.id.as_deref() else {
+            return Flow::Continue;
+        };
+        // Keep at most one byte more than the id: enough to know it differs.
+        let room = (id.len() + 1).saturating_sub(state.request_body.len());
+        let take = room.min(body.chunk.len());
+        state.request_body.extend_from_slice(&body.chunk[..take]);
+        if body.end_of_stream {
+            if let Some(flow) = Self::check_request_body(state) {
+                return flow;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn on_response_headers(
+        &self,
+        _: &mut RequestCtx,
+        state: &mut ContextState,
+        h: &HeadersPhase,
+        out: &mut Mutations,
+    ) -> Flow {
+        // Without a body there is nothing to cross-check; confirm the id now.
+        if h.end_of_stream {
+            if let Some(id) = &state.id {
+                out.set(HEADER, id.clone());
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn on_response_body(
+        &self,
+        _: &mut RequestCtx,
+        state: &mut ContextState,
+        body: &BodyPhase,
+        out: &mut Mutations,
+    ) -> Flow {
+        let Some(id) = state.id.clone() else {
+            return Flow::Continue;
+        };
+        state.response_body.extend_from_slice(&body.chunk);
+        if !body.end_of_stream {
+            return Flow::Continue;
+        }
+        let path = serde_json::from_slice::<serde_json::Value>(&state.response_body)
+            .ok()
+            .and_then(|v| v.get("path").and_then(|p| p.as_str()).map(str::to_string));
+        match path {
+            Some(p) if p == state.path => {
+                out.set(HEADER, id);
+                Flow::Continue
+            }
+            Some(_) => mismatch("response body path does not equal the request path"),
+            None => mismatch("response body is not JSON with a `path` field"),
+        }
+    }
+}

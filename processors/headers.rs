@@ -1,0 +1,140 @@
+//! `headers`: static header changes from config, on the upstream request and on the
+//! response (set, append, remove), as Google's add_header callout and similar demos do.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::prelude::*;
+
+/// Changes for one direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEdits {
+    /// Replace or add.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Add alongside existing values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub append: BTreeMap<String, String>,
+    /// Remove.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl HeaderEdits {
+    fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.append.is_empty() && self.remove.is_empty()
+    }
+
+    fn apply(&self, out: &mut Mutations) {
+        for name in &self.remove {
+            out.remove(name.clone());
+        }
+        for (name, value) in &self.set {
+            out.set(name.clone(), value.clone());
+        }
+        for (name, value) in &self.append {
+            out.append(name.clone(), value.clone());
+        }
+    }
+
+    fn validate(&self, side: &str) -> Result<(), String> {
+        let names = self
+            .set
+            .keys()
+            .chain(self.append.keys())
+            .chain(self.remove.iter());
+        for name in names {
+            if !is_header_name(name) {
+                return Err(format!("{side}: `{name}` is not a valid header name"));
+            }
+        }
+        for (name, value) in self.set.iter().chain(self.append.iter()) {
+            if !is_header_value(value) {
+                return Err(format!(
+                    "{side}: value of `{name}` contains a control character"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Settings of `headers`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadersSettings {
+    /// Changes to the upstream request.
+    #[serde(default)]
+    pub request: HeaderEdits,
+    /// Changes to the response.
+    #[serde(default)]
+    pub response: HeaderEdits,
+}
+
+/// A valid (non-pseudo) HTTP header name: RFC 9110 token characters.
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A header value Envoy will accept: no CR, LF or NUL.
+pub fn is_header_value(value: &str) -> bool {
+    !value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub struct StaticHeaders {
+    settings: HeadersSettings,
+}
+
+impl StaticHeaders {
+    /// Validates the settings (names and values) and builds the processor.
+    pub fn new(settings: HeadersSettings) -> Result<Self, String> {
+        settings.request.validate("request")?;
+        settings.response.validate("response")?;
+        Ok(Self { settings })
+    }
+}
+
+impl Processor for StaticHeaders {
+    type State = ();
+
+    fn name(&self) -> &str {
+        "headers"
+    }
+
+    fn needs(&self) -> PhaseNeeds {
+        PhaseNeeds {
+            request_headers: !self.settings.request.is_empty(),
+            response_headers: !self.settings.response.is_empty(),
+            ..PhaseNeeds::NONE
+        }
+    }
+
+    async fn on_request_headers(
+        &self,
+        _: &mut RequestCtx,
+        _: &mut (),
+        _: &HeadersPhase,
+        out: &mut Mutations,
+    ) -> Flow {
+        self.settings.request.apply(out);
+        Flow::Continue
+    }
+
+    async fn on_response_headers(
+        &self,
+        _: &mut RequestCtx,
+        _: &mut (),
+        _: &HeadersPhase,
+        out: &mut Mutations,
+    ) -> Flow {
+        self.settings.response.apply(out);
+        Flow::Continue
+    }
+}

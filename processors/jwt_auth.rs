@@ -1,0 +1,427 @@
+//! `jwt_auth`: verifies `authorization: Bearer <token>` before the request goes
+//! upstream. A valid token's top-level claims are forwarded as `decoded-<claim>`
+//! headers (client-sent `decoded-*` headers are dropped first, so they cannot be
+//! spoofed) and Envoy re-picks the route, so routes can match on claims. A missing or
+//! invalid token gets 401 with `www-authenticate` and a JSON reason that never repeats
+//! the token or the key; the upstream is not called.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::{Deserialize, Serialize};
+
+use super::headers::{is_header_name, is_header_value};
+use crate::jwks::{self, KeySource, KeyStore};
+use crate::prelude::*;
+
+/// Settings of `jwt_auth`. Exactly one of `jwks_file`, `pem_file`, `jwks_url`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    /// JWKS document on disk (read at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    /// One PEM public key on disk (read at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pem_file: Option<PathBuf>,
+    /// JWKS URL (`http://` or `https://`), fetched in the background.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// How often `jwks_url` is fetched again.
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Extra CA certificates (PEM) to trust for `jwks_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Accepted algorithms. Default: the asymmetric ones. `HS256`/`HS384`/`HS512` must
+    /// be listed explicitly and then verify only with `oct` keys of a JWKS.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Required `iss`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (any one must be present); empty skips the check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Reject tokens without `exp`.
+    #[serde(default = "yes")]
+    pub require_exp: bool,
+    /// Prefix of the claim headers sent upstream.
+    #[serde(default = "default_prefix")]
+    pub claim_header_prefix: String,
+}
+
+fn default_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_prefix() -> String {
+    "decoded-".into()
+}
+
+fn default_algorithms() -> Vec<String> {
+    [
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
+}
+
+fn algorithm(name: &str) -> Result<Algorithm, String> {
+    use Algorithm::*;
+    Ok(match name {
+        "HS256" => HS256,
+        "HS384" => HS384,
+        "HS512" => HS512,
+        "RS256" => RS256,
+        "RS384" => RS384,
+        "RS512" => RS512,
+        "PS256" => PS256,
+        "PS384" => PS384,
+        "PS512" => PS512,
+        "ES256" => ES256,
+        "ES384" => ES384,
+        "EdDSA" => EdDSA,
+        n if n.eq_ignore_ascii_case("none") => {
+            return Err("algorithm `none` is never accepted".into())
+        }
+        other => return Err(format!("unknown algorithm `{other}`")),
+    })
+}
+
+impl JwtSettings {
+    /// Checks everything that needs no I/O (so errors carry the config line).
+    pub fn validate(&self) -> Result<(), String> {
+        self.source()?;
+        let algs = self.parsed_algorithms()?;
+        let symmetric = algs
+            .iter()
+            .any(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
+        if symmetric && self.pem_file.is_some() {
+            return Err("HS* algorithms need a shared secret (an `oct` key in a JWKS), not a PEM public key".into());
+        }
+        if self.claim_header_prefix.is_empty() || !is_header_name(&self.claim_header_prefix) {
+            return Err(format!(
+                "claim_header_prefix `{}` is not a valid header name prefix",
+                self.claim_header_prefix
+            ));
+        }
+        if self.refresh_interval < Duration::from_secs(1) {
+            return Err("refresh_interval must be at least 1s".into());
+        }
+        Ok(())
+    }
+
+    fn parsed_algorithms(&self) -> Result<Vec<Algorithm>, String> {
+        if self.algorithms.is_empty() {
+            return Err("algorithms must not be empty".into());
+        }
+        self.algorithms.iter().map(|a| algorithm(a)).collect()
+    }
+
+    fn source(&self) -> Result<KeySource, String> {
+        match (&self.jwks_file, &self.pem_file, &self.jwks_url) {
+            (Some(f), None, None) => Ok(KeySource::JwksFile(f.clone())),
+            (None, Some(f), None) => Ok(KeySource::PemFile(f.clone())),
+            (None, None, Some(u)) => {
+                let url: http::Uri = u
+                    .parse()
+                    .map_err(|e| format!("jwks_url `{u}` is not a URL: {e}"))?;
+                if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+                    return Err(format!("jwks_url `{u}` must be an http:// or https:// URL"));
+                }
+                Ok(KeySource::JwksUrl {
+                    url,
+                    refresh: self.refresh_interval,
+                    ca_file: self.ca_file.clone(),
+                })
+            }
+            _ => Err("set exactly one of jwks_file, pem_file, jwks_url".into()),
+        }
+    }
+
+    /// The settings with anything secret-bearing hidden (a URL's query string).
+    pub fn redacted(&self) -> JwtSettings {
+        let mut s = self.clone();
+        if let Some(url) = &mut s.jwks_url {
+            if let Some(i) = url.find('?') {
+                url.truncate(i);
+                url.push_str("?<redacted>");
+            }
+        }
+        s
+    }
+}
+
+/// See the module documentation.
+pub struct JwtAuth {
+    store: Arc<KeyStore>,
+    algorithms: Vec<Algorithm>,
+    settings: JwtSettings,
+}
+
+impl JwtAuth {
+    /// Validates the settings, loads file keys now and starts the background refresh
+    /// of a URL (when a Tokio runtime is running).
+    pub fn new(settings: JwtSettings) -> Result<Self, String> {
+        settings.validate()?;
+        let source = settings.source()?;
+        let store = Arc::new(jwks::load(&source)?);
+        if let KeySource::JwksUrl {
+            url,
+            refresh,
+            ca_file,
+        } = source
+        {
+            jwks::spawn_refresh(Arc::downgrade(&store), url, refresh, ca_file);
+        }
+        Ok(Self {
+            store,
+            algorithms: settings.parsed_algorithms()?,
+            settings,
+        })
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.leeway = self.settings.leeway.as_secs();
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.required_spec_claims.clear();
+        if self.settings.require_exp {
+            v.required_spec_claims.insert("exp".into());
+        }
+        if let Some(iss) = &self.settings.issuer {
+            v.set_issuer(&[iss]);
+        }
+        if self.settings.audiences.is_empty() {
+            v.validate_aud = false;
+        } else {
+            v.set_audience(&self.settings.audiences);
+        }
+        v
+    }
+
+    fn verify(&self, token: &str) -> Result<serde_json::Map<String, serde_json::Value>, Refusal> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| Refusal::invalid("malformed token"))?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(Refusal::invalid("algorithm not accepted"));
+        }
+        let Some(keys) = self.store.get() else {
+            return Err(Refusal::Unavailable);
+        };
+        let validation = self.validation(header.alg);
+        let mut tried = false;
+        for key in keys.candidates(header.kid.as_deref(), header.alg) {
+            tried = true;
+            match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+                token,
+                &key.key,
+                &validation,
+            ) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => continue,
+                Err(e) => return Err(Refusal::invalid(reason(e.kind()))),
+            }
+        }
+        Err(Refusal::invalid(if tried {
+            "invalid signature"
+        } else {
+            "no key for this token"
+        }))
+    }
+}
+
+enum Refusal {
+    Missing,
+    Invalid(&'static str),
+    Unavailable,
+}
+
+impl Refusal {
+    fn invalid(reason: &'static str) -> Self {
+        Refusal::Invalid(reason)
+    }
+
+    fn response(&self) -> ImmediateResponse {
+        match self {
+            Refusal::Missing => ImmediateResponse::json_error(401, "missing bearer token")
+                .header("www-authenticate", "Bearer"),
+            Refusal::Invalid(reason) => ImmediateResponse::json_error(401, reason)
+                .header("www-authenticate", "Bearer error=\"invalid_token\""),
+            Refusal::Unavailable => {
+                ImmediateResponse::json_error(503, "token signing keys are not available yet")
+                    .header("retry-after", "1")
+            }
+        }
+    }
+}
+
+fn reason(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::ExpiredSignature => "token expired",
+        ErrorKind::ImmatureSignature => "token not yet valid",
+        ErrorKind::InvalidAudience => "audience not accepted",
+        ErrorKind::InvalidIssuer => "issuer not accepted",
+        ErrorKind::InvalidSignature => "invalid signature",
+        ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "algorithm not accepted",
+        _ => "malformed token",
+    }
+}
+
+/// `Bearer <token>`, scheme case-insensitive.
+fn bearer(value: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// A claim name as a header name: lower case, characters HTTP does not allow in a
+/// header name replaced by `-`.
+fn claim_header(prefix: &str, claim: &str) -> String {
+    let mut name = String::with_capacity(prefix.len() + claim.len());
+    name.push_str(prefix);
+    for c in claim.chars() {
+        let c = c.to_ascii_lowercase();
+        name.push(
+            if c.is_ascii() && is_header_name(c.encode_utf8(&mut [0; 4])) {
+                c
+            } else {
+                '-'
+            },
+        );
+    }
+    name
+}
+
+/// Strings go as they are; other JSON values (and strings a header cannot carry)
+/// compact-serialised.
+fn claim_value(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) if is_header_value(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Processor for JwtAuth {
+    type State = ();
+
+    fn name(&self) -> &str {
+        "jwt_auth"
+    }
+
+    fn needs(&self) -> PhaseNeeds {
+        PhaseNeeds {
+            request_headers: true,
+            ..PhaseNeeds::NONE
+        }
+    }
+
+    async fn on_request_headers(
+        &self,
+        _: &mut RequestCtx,
+        _: &mut (),
+        h: &HeadersPhase,
+        out: &mut Mutations,
+    ) -> Flow {
+        let claims = match h.headers.get("authorization").and_then(|v| bearer(v)) {
+            None => Err(Refusal::Missing),
+            Some(token) => self.verify(token),
+        };
+        let claims = match claims {
+            Ok(c) => c,
+            Err(refusal) => return Flow::Respond(refusal.response()),
+        };
+        let prefix = &self.settings.claim_header_prefix;
+        for (name, _) in h.headers.iter() {
+            if name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix) {
+                out.remove(name.to_string());
+            }
+        }
+        for (claim, value) in &claims {
+            out.set(claim_header(prefix, claim), claim_value(value));
+        }
+        out.clear_route_cache();
+        Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer(b"Bearer abc"), Some("abc"));
+        assert_eq!(bearer(b"bearer  abc "), Some("abc"));
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert_eq!(bearer(b"Bearer "), None);
+        assert_eq!(bearer(b"Bearer"), None);
+    }
+
+    #[test]
+    fn claim_names_and_values_become_valid_headers() {
+        assert_eq!(claim_header("decoded-", "Sub"), "decoded-sub");
+        assert_eq!(
+            claim_header("decoded-", "https://x/roles"),
+            "decoded-https---x-roles"
+        );
+        assert_eq!(claim_value(&serde_json::json!("alice")), "alice");
+        assert_eq!(claim_value(&serde_json::json!(["a", 1])), r#"["a",1]"#);
+        assert_eq!(claim_value(&serde_json::json!(42)), "42");
+        assert_eq!(claim_value(&serde_json::json!("a\nb")), r#""a\nb""#);
+    }
+
+    fn settings(yaml: &str) -> JwtSettings {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn settings_validation() {
+        assert!(settings("jwks_file: k.json").validate().is_ok());
+        let e = settings("{}").validate().unwrap_err();
+        assert!(e.contains("exactly one"), "{e}");
+        let e = settings("{jwks_file: a, pem_file: b}")
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("exactly one"), "{e}");
+        let e = settings("{jwks_file: a, algorithms: [none]}")
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("never accepted"), "{e}");
+        let e = settings("{pem_file: a, algorithms: [HS256]}")
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("shared secret"), "{e}");
+        let e = settings("{jwks_url: 'ftp://x/y'}").validate().unwrap_err();
+        assert!(e.contains("http"), "{e}");
+        let e = settings("{jwks_file: a, algorithms: [RS999]}")
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("unknown algorithm"), "{e}");
+    }
+
+    #[test]
+    fn redaction_hides_url_query() {
+        let s = settings("jwks_url: 'https://idp/keys?token=secret'").redacted();
+        assert_eq!(s.jwks_url.as_deref(), Some("https://idp/keys?<redacted>"));
+    }
+}
