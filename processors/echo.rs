@@ -53,14 +53,19 @@ impl Processor for Echo {
         PhaseNeeds {
             request_headers: true,
             request_body: BodyNeed::Buffered,
+            request_trailers: true,
             ..PhaseNeeds::NONE
         }
     }
 
-    /// The body is read only when this request asks for an echo.
+    /// The body (and the trailers that may end it) are read only when this request
+    /// asks for an echo.
     fn needs_for(&self, request: &HeadersPhase) -> PhaseNeeds {
         if triggered(&request.headers) {
-            self.needs()
+            PhaseNeeds {
+                request_trailers: true,
+                ..self.needs()
+            }
         } else {
             PhaseNeeds {
                 request_headers: true,
@@ -119,6 +124,21 @@ impl Processor for Echo {
                 };
                 Flow::Respond(reply.body(body))
             }
+            None => Flow::Continue,
+        }
+    }
+
+    /// Trailers end a request whose body did not carry end_of_stream: answer now
+    /// with what was gathered.
+    async fn on_request_trailers(
+        &self,
+        _: &mut RequestCtx,
+        state: &mut EchoState,
+        _: &Headers,
+        _: &mut Mutations,
+    ) -> Flow {
+        match state.reply.take() {
+            Some((reply, buf)) => Flow::Respond(reply.body(buf.freeze())),
             None => Flow::Continue,
         }
     }

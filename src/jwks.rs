@@ -120,10 +120,8 @@ impl KeySet {
 
     /// Parses one PEM public key (RSA, EC P-256/P-384 or Ed25519).
     pub fn from_pem(pem: &[u8]) -> Result<KeySet, String> {
-        let attempts: [(
-            KeyFamily,
-            fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>,
-        ); 3] = [
+        type Parse = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
+        let attempts: [(KeyFamily, Parse); 3] = [
             (KeyFamily::Rsa, DecodingKey::from_rsa_pem),
             (KeyFamily::EcP256, DecodingKey::from_ec_pem),
             (KeyFamily::Ed25519, DecodingKey::from_ed_pem),

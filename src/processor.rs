@@ -113,15 +113,14 @@ pub struct RequestCtx {
     pub grpc_metadata: Vec<(String, String)>,
     /// Whether the request headers said no body follows.
     pub request_end_of_stream: bool,
-    ran: u64,
-    states: Vec<Option<Box<dyn Any + Send>>>,
+    slots: Vec<Slot>,
 }
 
 impl RequestCtx {
     /// A fresh context for a stream on `route` whose chain has `processors` entries.
     pub fn new(route: Arc<str>, processors: usize) -> Self {
-        let mut states = Vec::new();
-        states.resize_with(processors, || None);
+        let mut slots = Vec::new();
+        slots.resize_with(processors, Slot::default);
         Self {
             route,
             method: String::new(),
@@ -133,8 +132,7 @@ impl RequestCtx {
             attributes: serde_json::Map::new(),
             grpc_metadata: Vec::new(),
             request_end_of_stream: false,
-            ran: 0,
-            states,
+            slots,
         }
     }
 
@@ -153,32 +151,41 @@ impl RequestCtx {
         self.request_end_of_stream = headers.end_of_stream;
     }
 
+    fn slot(&mut self, index: usize) -> &mut Slot {
+        if index >= self.slots.len() {
+            self.slots.resize_with(index + 1, Slot::default);
+        }
+        &mut self.slots[index]
+    }
+
     /// Records that the processor at chain position `index` ran.
     pub(crate) fn mark_ran(&mut self, index: usize) {
-        if index < 64 {
-            self.ran |= 1 << index;
-        }
+        self.slot(index).ran = true;
     }
 
     /// Whether the processor at chain position `index` has run for this request.
     pub fn has_run(&self, index: usize) -> bool {
-        index < 64 && self.ran & (1 << index) != 0
+        self.slots.get(index).is_some_and(|s| s.ran)
     }
 
     pub(crate) fn take_state<S: Default + Send + 'static>(&mut self, index: usize) -> Box<S> {
-        self.states
-            .get_mut(index)
-            .and_then(Option::take)
+        self.slot(index)
+            .state
+            .take()
             .and_then(|b| b.downcast::<S>().ok())
             .unwrap_or_default()
     }
 
     pub(crate) fn put_state<S: Send + 'static>(&mut self, index: usize, state: Box<S>) {
-        if index >= self.states.len() {
-            self.states.resize_with(index + 1, || None);
-        }
-        self.states[index] = Some(state);
+        self.slot(index).state = Some(state);
     }
+}
+
+/// What the context keeps for one chain position.
+#[derive(Default)]
+struct Slot {
+    ran: bool,
+    state: Option<Box<dyn Any + Send>>,
 }
 
 impl std::fmt::Debug for RequestCtx {

@@ -28,7 +28,8 @@ pub enum ExchangeError {
 struct Direction {
     headers: bool,
     body: bool,
-    body_ended: bool,
+    /// end_of_stream seen (on headers or body), or trailers: nothing more may follow.
+    ended: bool,
     trailers: bool,
 }
 
@@ -204,13 +205,14 @@ fn check_order(active: &mut Active, phase: &Phase) -> Result<bool, ExchangeError
     };
     let side = if request { "request" } else { "response" };
     match phase {
-        Phase::RequestHeaders(_) | Phase::ResponseHeaders(_) => {
+        Phase::RequestHeaders(h) | Phase::ResponseHeaders(h) => {
             if dir.headers || dir.body || dir.trailers {
                 return Err(ExchangeError::OutOfOrder(format!(
                     "{side} headers after {side} headers, body or trailers"
                 )));
             }
             dir.headers = true;
+            dir.ended = h.end_of_stream;
         }
         Phase::RequestBody(b) | Phase::ResponseBody(b) => {
             if dir.trailers {
@@ -218,16 +220,16 @@ fn check_order(active: &mut Active, phase: &Phase) -> Result<bool, ExchangeError
                     "{side} body after {side} trailers"
                 )));
             }
-            if dir.body_ended {
+            if dir.ended {
                 if duplex {
                     return Ok(false);
                 }
                 return Err(ExchangeError::OutOfOrder(format!(
-                    "{side} body after its end_of_stream"
+                    "{side} body after the {side}'s end_of_stream"
                 )));
             }
             dir.body = true;
-            dir.body_ended = b.end_of_stream;
+            dir.ended = b.end_of_stream;
         }
         Phase::RequestTrailers(_) | Phase::ResponseTrailers(_) => {
             if dir.trailers {
@@ -235,8 +237,13 @@ fn check_order(active: &mut Active, phase: &Phase) -> Result<bool, ExchangeError
                     "{side} trailers arrived twice"
                 )));
             }
+            if dir.ended && !duplex {
+                return Err(ExchangeError::OutOfOrder(format!(
+                    "{side} trailers after the {side}'s end_of_stream"
+                )));
+            }
             dir.trailers = true;
-            dir.body_ended = true;
+            dir.ended = true;
         }
     }
     Ok(true)
