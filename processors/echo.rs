@@ -24,10 +24,10 @@ const SKIPPED: [&str; 6] = [
 #[derive(Debug, Clone, Default)]
 pub struct Echo;
 
-/// Per-request state: the reply being assembled while the body arrives.
+/// Per-request state: whether this request is echoed, and its body so far.
 #[derive(Default)]
 pub struct EchoState {
-    reply: Option<(ImmediateResponse, BytesMut)>,
+    body: Option<BytesMut>,
 }
 
 /// The truthy rule of `x-echo-only`.
@@ -40,6 +40,18 @@ pub fn is_truthy(value: &[u8]) -> bool {
 
 fn triggered(headers: &Headers) -> bool {
     headers.get(TRIGGER).is_some_and(|v| is_truthy(v))
+}
+
+/// The reply: the request headers as they stand now (earlier processors' changes
+/// included, as a later Envoy filter would see them) and the body.
+fn reply(headers: &Headers, body: Bytes) -> Flow {
+    let mut reply = ImmediateResponse::new(200).details("echo");
+    for (name, value) in headers.iter() {
+        if !name.starts_with(':') && !SKIPPED.contains(&name) {
+            reply = reply.header(name, value.clone());
+        }
+    }
+    Flow::Respond(reply.body(body))
 }
 
 impl Processor for Echo {
@@ -62,10 +74,7 @@ impl Processor for Echo {
     /// asks for an echo.
     fn needs_for(&self, request: &HeadersPhase) -> PhaseNeeds {
         if triggered(&request.headers) {
-            PhaseNeeds {
-                request_trailers: true,
-                ..self.needs()
-            }
+            self.needs()
         } else {
             PhaseNeeds {
                 request_headers: true,
@@ -84,61 +93,51 @@ impl Processor for Echo {
         if !triggered(&h.headers) {
             return Flow::Continue;
         }
-        let mut reply = ImmediateResponse::new(200).details("echo");
-        for (name, value) in h.headers.iter() {
-            if !name.starts_with(':') && !SKIPPED.contains(&name) {
-                reply = reply.header(name, value.clone());
-            }
-        }
         if h.end_of_stream {
-            return Flow::Respond(reply);
+            return reply(&h.headers, Bytes::new());
         }
-        state.reply = Some((reply, BytesMut::new()));
+        state.body = Some(BytesMut::new());
         Flow::Continue
     }
 
     async fn on_request_body(
         &self,
-        _: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         state: &mut EchoState,
         body: &BodyPhase,
         out: &mut Mutations,
     ) -> Flow {
-        let Some((_, buf)) = state.reply.as_mut() else {
+        let Some(buf) = state.body.as_mut() else {
             return Flow::Continue;
         };
         if !body.end_of_stream {
-            // Streamed mode: hold the chunk back from the upstream, which never
-            // sees this request.
+            // Streamed mode (or trailers follow): hold the chunk back from the
+            // upstream, which never sees this request.
             buf.extend_from_slice(&body.chunk);
             out.clear_body();
             return Flow::Continue;
         }
-        match state.reply.take() {
-            Some((reply, mut buf)) => {
-                let body: Bytes = if buf.is_empty() {
-                    body.chunk.clone()
-                } else {
-                    buf.extend_from_slice(&body.chunk);
-                    buf.freeze()
-                };
-                Flow::Respond(reply.body(body))
-            }
-            None => Flow::Continue,
-        }
+        let whole: Bytes = if buf.is_empty() {
+            body.chunk.clone()
+        } else {
+            buf.extend_from_slice(&body.chunk);
+            std::mem::take(buf).freeze()
+        };
+        state.body = None;
+        reply(ctx.request_headers(), whole)
     }
 
     /// Trailers end a request whose body did not carry end_of_stream: answer now
     /// with what was gathered.
     async fn on_request_trailers(
         &self,
-        _: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         state: &mut EchoState,
         _: &Headers,
         _: &mut Mutations,
     ) -> Flow {
-        match state.reply.take() {
-            Some((reply, buf)) => Flow::Respond(reply.body(buf.freeze())),
+        match state.body.take() {
+            Some(buf) => reply(ctx.request_headers(), buf.freeze()),
             None => Flow::Continue,
         }
     }

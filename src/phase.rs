@@ -106,6 +106,27 @@ impl Headers {
         self.entries.iter().map(|(n, v)| (n.as_str(), v))
     }
 
+    /// Removes every entry of `name` (case-insensitive).
+    pub fn remove(&mut self, name: &str) {
+        self.entries.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+
+    /// Applies one header write as Envoy would.
+    fn write(&mut self, w: &HeaderWrite) {
+        match w.action {
+            HeaderAction::Set => {
+                self.remove(&w.name);
+                self.push(w.name.clone(), w.value.clone());
+            }
+            HeaderAction::Append => self.push(w.name.clone(), w.value.clone()),
+            HeaderAction::AddIfAbsent => {
+                if self.get(&w.name).is_none() {
+                    self.push(w.name.clone(), w.value.clone());
+                }
+            }
+        }
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -323,6 +344,55 @@ impl Mutations {
             .map(|w| &w.value)
     }
 
+    /// Folds the changes of a later processor into these, as if it had written them
+    /// here: its removals first (they cancel earlier writes), then its writes.
+    pub fn merge(&mut self, later: Mutations) {
+        for name in later.removes {
+            self.remove(name);
+        }
+        for w in later.writes {
+            match w.action {
+                HeaderAction::Set => self.set(w.name, w.value),
+                HeaderAction::Append => self.append(w.name, w.value),
+                HeaderAction::AddIfAbsent => self.add_if_absent(w.name, w.value),
+            }
+        }
+        if later.body.is_some() {
+            self.body = later.body;
+        }
+        self.clear_route_cache |= later.clear_route_cache;
+    }
+
+    /// Applies these changes to the event itself, so the next processor of the chain
+    /// sees the message as the next Envoy filter would.
+    pub fn apply_to(&self, phase: &mut Phase) {
+        let headers = match phase {
+            Phase::RequestHeaders(h) | Phase::ResponseHeaders(h) => Some(&mut h.headers),
+            Phase::RequestTrailers(t) | Phase::ResponseTrailers(t) => Some(t),
+            Phase::RequestBody(b) | Phase::ResponseBody(b) => {
+                match &self.body {
+                    Some(BodyChange::Replace(new)) => b.chunk = new.clone(),
+                    Some(BodyChange::Clear) => b.chunk = Bytes::new(),
+                    None => {}
+                }
+                None
+            }
+        };
+        if let Some(headers) = headers {
+            self.apply_to_headers(headers);
+        }
+    }
+
+    /// Applies the header changes to a header list.
+    pub fn apply_to_headers(&self, headers: &mut Headers) {
+        for name in &self.removes {
+            headers.remove(name);
+        }
+        for w in &self.writes {
+            headers.write(w);
+        }
+    }
+
     /// True when nothing changes.
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
@@ -436,6 +506,38 @@ mod tests {
         m.set("x-a", "3");
         assert_eq!(m.written("x-a").map(|v| v.as_ref()), Some(&b"3"[..]));
         assert_eq!(m.removes().len(), 1);
+    }
+
+    #[test]
+    fn merge_and_apply_match_sequential_filters() {
+        let mut phase = Phase::RequestHeaders(HeadersPhase {
+            headers: [("x-a", "orig"), ("x-b", "1"), ("x-c", "keep")]
+                .into_iter()
+                .collect(),
+            end_of_stream: true,
+        });
+        let mut total = Mutations::new();
+        let mut first = Mutations::new();
+        first.set("x-a", "first");
+        first.append("x-b", "2");
+        first.apply_to(&mut phase);
+        total.merge(first);
+        let mut second = Mutations::new();
+        second.remove("x-a");
+        second.add_if_absent("x-c", "ignored");
+        second.add_if_absent("x-d", "new");
+        second.apply_to(&mut phase);
+        total.merge(second);
+        let Phase::RequestHeaders(h) = &phase else {
+            unreachable!()
+        };
+        assert_eq!(h.headers.get("x-a"), None);
+        assert_eq!(h.headers.get_all("x-b").count(), 2);
+        assert_eq!(h.headers.get_str("x-c"), Some("keep"));
+        assert_eq!(h.headers.get_str("x-d"), Some("new"));
+        assert_eq!(total.removes(), ["x-a".to_string()]);
+        assert!(total.written("x-a").is_none());
+        assert_eq!(total.written("x-b").map(|v| v.as_ref()), Some(&b"2"[..]));
     }
 
     #[test]

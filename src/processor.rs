@@ -113,6 +113,7 @@ pub struct RequestCtx {
     pub grpc_metadata: Vec<(String, String)>,
     /// Whether the request headers said no body follows.
     pub request_end_of_stream: bool,
+    request_headers: Headers,
     slots: Vec<Slot>,
 }
 
@@ -132,6 +133,7 @@ impl RequestCtx {
             attributes: serde_json::Map::new(),
             grpc_metadata: Vec::new(),
             request_end_of_stream: false,
+            request_headers: Headers::new(),
             slots,
         }
     }
@@ -149,6 +151,18 @@ impl RequestCtx {
         self.authority = get(":authority");
         self.request_id = get("x-request-id");
         self.request_end_of_stream = headers.end_of_stream;
+    }
+
+    /// The request headers as the upstream will get them, once the request-headers
+    /// phase is over: every processor's changes applied, including header changes made
+    /// while reading a held (BUFFERED) body. Empty before that phase, or when Envoy
+    /// skips it.
+    pub fn request_headers(&self) -> &Headers {
+        &self.request_headers
+    }
+
+    pub(crate) fn request_headers_mut(&mut self) -> &mut Headers {
+        &mut self.request_headers
     }
 
     fn slot(&mut self, index: usize) -> &mut Slot {

@@ -13,7 +13,7 @@ use futures_util::FutureExt;
 use tower::{Layer, Service};
 
 use super::service::{PhaseFuture, PhaseOutcome, PhaseRequest, PhaseService};
-use crate::phase::{Flow, ImmediateResponse, Phase};
+use crate::phase::{Flow, ImmediateResponse, Mutations, Phase};
 use crate::processor::{PhaseNeeds, Processor};
 
 /// Wraps the rest of a chain with one processor at chain position `index`.
@@ -101,11 +101,11 @@ impl<P: Processor> Service<PhaseRequest> for ProcessorService<P> {
 async fn run_hook<P: Processor>(processor: &P, index: usize, req: &mut PhaseRequest) -> Flow {
     req.ctx.mark_ran(index);
     let mut state = req.ctx.take_state::<P::State>(index);
-    let PhaseRequest {
-        phase,
-        ctx,
-        mutations,
-    } = req;
+    // The processor writes its own changes; they are then applied to the event and
+    // merged, so the next processor sees the message as the next Envoy filter would.
+    let mut delta = Mutations::new();
+    let mutations = &mut delta;
+    let PhaseRequest { phase, ctx, .. } = req;
     let hook = async {
         match phase {
             Phase::RequestHeaders(h) => {
@@ -152,5 +152,13 @@ async fn run_hook<P: Processor>(processor: &P, index: usize, req: &mut PhaseRequ
         }
     };
     req.ctx.put_state(index, state);
+    if flow == Flow::Continue && !delta.is_empty() {
+        delta.apply_to(&mut req.phase);
+        if let Phase::RequestBody(_) = req.phase {
+            // Header changes made while the body is read apply to the held headers.
+            delta.apply_to_headers(req.ctx.request_headers_mut());
+        }
+        req.mutations.merge(delta);
+    }
     flow
 }

@@ -130,7 +130,13 @@ impl Exchange {
             self.stopped = true;
             self.finished = !observability;
         }
-        active.ctx = Some(outcome.ctx);
+        let mut ctx = outcome.ctx;
+        if let Phase::RequestHeaders(h) = outcome.phase {
+            // The event already carries every processor's changes: keep it as the
+            // request's current headers (moved, not copied).
+            *ctx.request_headers_mut() = h.headers;
+        }
+        active.ctx = Some(ctx);
         if observability {
             return Ok(Handled::Silent);
         }

@@ -311,8 +311,8 @@ pub fn envoy_config(
             String::new()
         } else {
             format!(
-                "                  initial_metadata:\n{}",
-                metadata_yaml("                  ", &f.metadata)
+                "                initial_metadata:\n{}",
+                metadata_yaml("                ", &f.metadata)
             )
         };
         filters.push_str(&format!(
