@@ -455,3 +455,39 @@ async fn root_envoy_yaml_with_embedded_default_config_serves_traffic() {
     assert_eq!(envoy.ext_proc_stat("streams_failed").await, 0);
     assert_eq!(envoy.ext_proc_stat("spurious_msgs_received").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_partial_body_mode_is_kept_for_a_streamed_reader() {
+    let spec = EnvoySpec {
+        filters: vec![Filter {
+            request_body_mode: "BUFFERED_PARTIAL",
+            ..Filter::default()
+        }],
+        ..EnvoySpec::default()
+    };
+    let Some(s) = stack(spec).await else { return };
+    let before = s.envoy.ext_proc_stat("stream_msgs_sent").await;
+    let chunks: Vec<Bytes> = (0..4u8)
+        .map(|i| Bytes::from(vec![b'p' + i; 16 * 1024]))
+        .collect();
+    let whole: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
+    let r = s
+        .send(
+            "POST",
+            "/streamed/partial",
+            &[],
+            chunked(chunks, Duration::from_millis(20)),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed().body.as_bytes(), &whole[..]);
+    assert_eq!(
+        r.header("x-request-digest"),
+        Some(digest("unknown", "POST", "/streamed/partial", &whole).as_str())
+    );
+    // The streamed reader accepted Envoy's BUFFERED_PARTIAL mode as configured (the
+    // gateway learnt it from protocol_config): one body message, not one per chunk.
+    let sent = s.envoy.ext_proc_stat("stream_msgs_sent").await - before;
+    assert_eq!(sent, 3);
+    s.assert_clean().await;
+}
