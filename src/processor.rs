@@ -114,6 +114,7 @@ pub struct RequestCtx {
     /// Whether the request headers said no body follows.
     pub request_end_of_stream: bool,
     request_headers: Headers,
+    needs: PhaseNeeds,
     slots: Vec<Slot>,
 }
 
@@ -134,6 +135,7 @@ impl RequestCtx {
             grpc_metadata: Vec::new(),
             request_end_of_stream: false,
             request_headers: Headers::new(),
+            needs: PhaseNeeds::NONE,
             slots,
         }
     }
@@ -163,6 +165,17 @@ impl RequestCtx {
 
     pub(crate) fn request_headers_mut(&mut self) -> &mut Headers {
         &mut self.request_headers
+    }
+
+    /// What this request needs from Envoy, as the processors decided at its request
+    /// headers (each from the headers as it saw them); sent as `mode_override`.
+    pub fn needs(&self) -> PhaseNeeds {
+        self.needs
+    }
+
+    /// Adds to what this request needs.
+    pub(crate) fn need(&mut self, needs: PhaseNeeds) {
+        self.needs = self.needs.union(needs);
     }
 
     fn slot(&mut self, index: usize) -> &mut Slot {
@@ -249,10 +262,10 @@ pub trait Processor: Send + Sync + 'static {
     /// union of these, and hooks of other phases are never called.
     fn needs(&self) -> PhaseNeeds;
 
-    /// The phases needed for one request, decided from its request headers (sent to
-    /// Envoy as that request's `mode_override`). Narrow it to skip bodies a request
-    /// does not need read, e.g. only when a trigger header is present. Must stay
-    /// within [`Processor::needs`]. Default: `needs()`.
+    /// The phases needed for one request, decided from its request headers as this
+    /// processor sees them (sent to Envoy as that request's `mode_override`). Narrow it
+    /// to skip bodies a request does not need read, e.g. only when a trigger header is
+    /// present. Must stay within [`Processor::needs`]. Default: `needs()`.
     fn needs_for(&self, _request: &HeadersPhase) -> PhaseNeeds {
         self.needs()
     }

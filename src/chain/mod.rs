@@ -15,14 +15,13 @@ use tower::Layer;
 pub use processor_layer::{ProcessorLayer, ProcessorService};
 pub use service::{PhaseFuture, PhaseOutcome, PhaseRequest, PhaseService};
 
-use crate::phase::{Flow, HeadersPhase, Phase};
+use crate::phase::{Flow, Phase};
 use crate::processor::{PhaseNeeds, Processor, RequestCtx};
 
 /// Default name of the response header listing the processors that ran.
 pub const APPLIED_HEADER: &str = "x-ext-procs-applied";
 
 type Wrap = Box<dyn FnOnce(PhaseService) -> PhaseService + Send>;
-type NeedsFor = Arc<dyn Fn(&HeadersPhase) -> PhaseNeeds + Send + Sync>;
 
 /// Collects processors (and any other tower layers over phases) in chain order.
 #[derive(Default)]
@@ -30,7 +29,6 @@ pub struct ChainBuilder {
     wraps: Vec<Wrap>,
     names: Vec<Arc<str>>,
     needs: PhaseNeeds,
-    needs_for: Vec<NeedsFor>,
     applied_header: Option<String>,
 }
 
@@ -40,10 +38,7 @@ impl ChainBuilder {
         let index = self.names.len();
         self.names.push(Arc::from(processor.name()));
         self.needs = self.needs.union(processor.needs());
-        let processor = Arc::new(processor);
-        let p = processor.clone();
-        self.needs_for.push(Arc::new(move |h| p.needs_for(h)));
-        let layer = ProcessorLayer::new(processor, index);
+        let layer = ProcessorLayer::new(Arc::new(processor), index);
         self.wraps
             .push(Box::new(move |inner| PhaseService::new(layer.layer(inner))));
         self
@@ -87,7 +82,6 @@ impl ChainBuilder {
             service,
             names: self.names.into(),
             needs,
-            needs_for: self.needs_for.into(),
             applied_header: self.applied_header,
         }
     }
@@ -99,7 +93,6 @@ pub struct Chain {
     service: PhaseService,
     names: Arc<[Arc<str>]>,
     needs: PhaseNeeds,
-    needs_for: Arc<[NeedsFor]>,
     applied_header: Option<String>,
 }
 
@@ -133,20 +126,6 @@ impl Chain {
         self.needs
     }
 
-    /// What one request needs, from its request headers: the union of each
-    /// processor's [`Processor::needs_for`], plus response headers when the applied
-    /// header is on.
-    pub fn needs_for(&self, request: &HeadersPhase) -> PhaseNeeds {
-        let mut needs = self
-            .needs_for
-            .iter()
-            .fold(PhaseNeeds::NONE, |acc, f| acc.union(f(request)));
-        if self.applied_header.is_some() && !self.names.is_empty() {
-            needs.response_headers = true;
-        }
-        needs
-    }
-
     /// A fresh per-request context sized for this chain.
     pub fn new_ctx(&self, route: Arc<str>) -> RequestCtx {
         RequestCtx::new(route, self.names.len())
@@ -159,6 +138,14 @@ impl Chain {
             Err(never) => match never {},
         };
         if let Some(header) = &self.applied_header {
+            if let Phase::RequestHeaders(_) = outcome.phase {
+                if !self.names.is_empty() {
+                    outcome.ctx.need(PhaseNeeds {
+                        response_headers: true,
+                        ..PhaseNeeds::NONE
+                    });
+                }
+            }
             self.stamp_applied(header, &mut outcome);
         }
         outcome

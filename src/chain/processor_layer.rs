@@ -82,6 +82,11 @@ impl<P: Processor> Service<PhaseRequest> for ProcessorService<P> {
 
     fn call(&mut self, req: PhaseRequest) -> Self::Future {
         if !self.needs.wants(req.phase.kind()) {
+            let mut req = req;
+            if let Phase::RequestHeaders(_) = req.phase {
+                // Its needs cannot depend on headers it does not read.
+                req.ctx.need(self.needs);
+            }
             return self.inner.run(req);
         }
         let processor = self.processor.clone();
@@ -106,6 +111,9 @@ async fn run_hook<P: Processor>(processor: &P, index: usize, req: &mut PhaseRequ
     let mut delta = Mutations::new();
     let mutations = &mut delta;
     let PhaseRequest { phase, ctx, .. } = req;
+    if let Phase::RequestHeaders(h) = &*phase {
+        ctx.need(processor.needs_for(h));
+    }
     let hook = async {
         match phase {
             Phase::RequestHeaders(h) => {

@@ -117,8 +117,8 @@ impl Exchange {
             mode_override: None,
             modes: active.modes,
         };
-        if let Phase::RequestHeaders(h) = &outcome.phase {
-            let mode = wire::mode_override(active.route.chain.needs_for(h), active.modes);
+        if let Phase::RequestHeaders(_) = &outcome.phase {
+            let mode = wire::mode_override(outcome.ctx.needs(), active.modes);
             active.modes = BodyModes {
                 request: mode.request_body_mode,
                 response: mode.response_body_mode,

@@ -1,0 +1,184 @@
+//! `context_check`, `headers` and `instructions` through the in-process Driver.
+
+use extproc_gateway::prelude::*;
+use extproc_gateway::processors::{
+    ContextCheck, HeaderEdits, HeaderInstructions, HeadersSettings, StaticHeaders,
+};
+use extproc_gateway::testing::Driver;
+
+fn driver<P: Processor>(p: P) -> Driver {
+    Driver::new(Chain::builder().processor(p).build())
+}
+
+const REQ: &[(&str, &str)] = &[(":method", "POST"), (":path", "/p?q=1")];
+
+fn with<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    REQ.iter().copied().chain(extra.iter().copied()).collect()
+}
+
+#[tokio::test]
+async fn context_check_passes_matching_request_and_response() {
+    let mut d = driver(ContextCheck);
+    let a = d
+        .request_headers(&with(&[("x-context-id", "id-7")]), false)
+        .await
+        .unwrap();
+    assert_eq!(a.header("x-context-id"), Some("id-7"));
+    let mode = a.mode_override.expect("mode override");
+    assert_eq!(mode.request_body_mode, 2, "buffered request body");
+    assert_eq!(mode.response_body_mode, 2, "buffered response body");
+    let a = d.request_body("id-7", true).await.unwrap();
+    assert!(a.immediate.is_none());
+    d.response_headers(&[(":status", "200")], false)
+        .await
+        .unwrap();
+    let a = d
+        .response_body(r#"{"path":"/p?q=1","x":1}"#, true)
+        .await
+        .unwrap();
+    assert!(a.immediate.is_none());
+    assert_eq!(a.header("x-context-id"), Some("id-7"));
+}
+
+#[tokio::test]
+async fn context_check_detects_cross_talk_in_either_direction() {
+    let mut d = driver(ContextCheck);
+    d.request_headers(&with(&[("x-context-id", "id-7")]), false)
+        .await
+        .unwrap();
+    // Body split over chunks that do not add up to the id.
+    d.request_body("id-", false).await.unwrap();
+    let a = d.request_body("8", true).await.unwrap();
+    let i = a.immediate.expect("500");
+    assert_eq!(i.status, 500);
+    assert!(String::from_utf8_lossy(&i.body).contains("request body does not equal"));
+
+    let mut d = driver(ContextCheck);
+    d.request_headers(&with(&[("x-context-id", "id-7")]), false)
+        .await
+        .unwrap();
+    d.request_body("id-7", true).await.unwrap();
+    d.response_headers(&[(":status", "200")], false)
+        .await
+        .unwrap();
+    let a = d.response_body(r#"{"path":"/other"}"#, true).await.unwrap();
+    let i = a.immediate.expect("500");
+    assert_eq!(i.status, 500);
+    assert!(String::from_utf8_lossy(&i.body).contains("path does not equal"));
+
+    let mut d = driver(ContextCheck);
+    d.request_headers(&with(&[("x-context-id", "id-7")]), false)
+        .await
+        .unwrap();
+    d.request_body("id-7", true).await.unwrap();
+    d.response_headers(&[(":status", "200")], false)
+        .await
+        .unwrap();
+    let a = d.response_body("not json", true).await.unwrap();
+    assert_eq!(a.immediate.expect("500").status, 500);
+
+    // An id with no body at all is a mismatch too.
+    let mut d = driver(ContextCheck);
+    let a = d
+        .request_headers(&with(&[("x-context-id", "id-7")]), true)
+        .await
+        .unwrap();
+    assert_eq!(a.immediate.expect("500").status, 500);
+}
+
+#[tokio::test]
+async fn context_check_without_id_only_forwards_an_empty_header() {
+    let mut d = driver(ContextCheck);
+    let a = d.request_headers(REQ, false).await.unwrap();
+    assert_eq!(a.header("x-context-id"), Some(""));
+    let mode = a.mode_override.expect("mode override");
+    assert_eq!(mode.request_body_mode, 0, "no body read without an id");
+    assert_eq!(mode.response_body_mode, 0);
+}
+
+#[tokio::test]
+async fn headers_processor_sets_appends_and_removes_both_ways() {
+    let mut settings = HeadersSettings::default();
+    settings.request = HeaderEdits {
+        set: [("x-env".to_string(), "prod".to_string())].into(),
+        append: [("via".to_string(), "gateway".to_string())].into(),
+        remove: vec!["x-debug".into()],
+    };
+    settings.response.remove = vec!["server".into()];
+    settings.response.set = [("x-frame-options".to_string(), "DENY".to_string())].into();
+    let mut d = driver(StaticHeaders::new(settings).unwrap());
+    let a = d
+        .request_headers(&with(&[("x-debug", "1"), ("x-env", "dev")]), true)
+        .await
+        .unwrap();
+    assert_eq!(a.header("x-env"), Some("prod"));
+    assert_eq!(a.header("via"), Some("gateway"));
+    assert_eq!(a.removed, vec!["x-debug".to_string()]);
+    let a = d
+        .response_headers(&[(":status", "200"), ("server", "u")], true)
+        .await
+        .unwrap();
+    assert_eq!(a.header("x-frame-options"), Some("DENY"));
+    assert!(a.removed.contains(&"server".to_string()));
+}
+
+#[test]
+fn headers_processor_rejects_bad_names_and_values() {
+    let mut s = HeadersSettings::default();
+    s.request.set = [("bad name".to_string(), "v".to_string())].into();
+    assert!(StaticHeaders::new(s)
+        .unwrap_err()
+        .contains("not a valid header name"));
+    let mut s = HeadersSettings::default();
+    s.response.append = [("x-a".to_string(), "a\r\nb".to_string())].into();
+    assert!(StaticHeaders::new(s)
+        .unwrap_err()
+        .contains("control character"));
+    let e = extproc_gateway::config::GatewayConfig::parse(
+        "routes:\n  - name: r\n    processors:\n      - headers: {request: {set: {'a b': x}}}\n",
+        "t.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("line 4"), "{e}");
+    assert!(e.contains("not a valid header name"), "{e}");
+}
+
+#[tokio::test]
+async fn instructions_apply_to_the_upstream_request() {
+    let mut d = driver(HeaderInstructions);
+    let json = r#"{"addHeaders": {"x-a": "1", "x-b": "2"}, "removeHeaders": ["x-c"]}"#;
+    let a = d
+        .request_headers(&with(&[("instructions", json), ("x-c", "gone")]), true)
+        .await
+        .unwrap();
+    assert!(a.immediate.is_none());
+    assert_eq!(a.header("x-a"), Some("1"));
+    assert_eq!(a.header("x-b"), Some("2"));
+    assert_eq!(a.removed, vec!["x-c".to_string()]);
+    // No instructions header: nothing changes.
+    let mut d = driver(HeaderInstructions);
+    let a = d.request_headers(REQ, true).await.unwrap();
+    assert!(a.set.is_empty() && a.removed.is_empty() && a.immediate.is_none());
+}
+
+#[tokio::test]
+async fn malformed_instructions_get_400_with_a_clear_reason() {
+    for (json, expect) in [
+        ("{not json", "invalid instructions header"),
+        (r#"{"addHeaders": ["x"]}"#, "invalid instructions header"),
+        (r#"{"addHeaders": {"bad name": "v"}}"#, "not a header name"),
+        (r#"{"addHeaders": {"x": "v"}, "extra": 1}"#, "unknown field"),
+    ] {
+        let mut d = driver(HeaderInstructions);
+        let a = d
+            .request_headers(&with(&[("instructions", json)]), true)
+            .await
+            .unwrap();
+        let i = a.immediate.unwrap_or_else(|| panic!("no 400 for {json}"));
+        assert_eq!(i.status, 400, "{json}");
+        assert_eq!(i.header("content-type"), Some("application/json"));
+        let body = String::from_utf8_lossy(&i.body);
+        assert!(body.contains(expect), "{json}: {body}");
+    }
+}
