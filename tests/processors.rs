@@ -98,14 +98,18 @@ async fn context_check_without_id_only_forwards_an_empty_header() {
 
 #[tokio::test]
 async fn headers_processor_sets_appends_and_removes_both_ways() {
-    let mut settings = HeadersSettings::default();
-    settings.request = HeaderEdits {
-        set: [("x-env".to_string(), "prod".to_string())].into(),
-        append: [("via".to_string(), "gateway".to_string())].into(),
-        remove: vec!["x-debug".into()],
+    let settings = HeadersSettings {
+        request: HeaderEdits {
+            set: [("x-env".to_string(), "prod".to_string())].into(),
+            append: [("via".to_string(), "gateway".to_string())].into(),
+            remove: vec!["x-debug".into()],
+        },
+        response: HeaderEdits {
+            set: [("x-frame-options".to_string(), "DENY".to_string())].into(),
+            remove: vec!["server".into()],
+            ..HeaderEdits::default()
+        },
     };
-    settings.response.remove = vec!["server".into()];
-    settings.response.set = [("x-frame-options".to_string(), "DENY".to_string())].into();
     let mut d = driver(StaticHeaders::new(settings).unwrap());
     let a = d
         .request_headers(&with(&[("x-debug", "1"), ("x-env", "dev")]), true)
