@@ -161,7 +161,7 @@ impl JwtSettings {
         if let Some(url) = &mut s.jwks_url {
             if let Some(i) = url.find('?') {
                 url.truncate(i);
-                url.push_str("?<redacted>");
+                url.push_str("?REDACTED");
             }
         }
         s
@@ -206,13 +206,17 @@ impl JwtAuth {
         if self.settings.require_exp {
             v.required_spec_claims.insert("exp".into());
         }
+        // A configured check also requires the claim: a token without `iss` or `aud`
+        // must not slip past a check that only runs when the claim is present.
         if let Some(iss) = &self.settings.issuer {
             v.set_issuer(&[iss]);
+            v.required_spec_claims.insert("iss".into());
         }
         if self.settings.audiences.is_empty() {
             v.validate_aud = false;
         } else {
             v.set_audience(&self.settings.audiences);
+            v.required_spec_claims.insert("aud".into());
         }
         v
     }
@@ -422,6 +426,6 @@ mod tests {
     #[test]
     fn redaction_hides_url_query() {
         let s = settings("jwks_url: 'https://idp/keys?token=secret'").redacted();
-        assert_eq!(s.jwks_url.as_deref(), Some("https://idp/keys?<redacted>"));
+        assert_eq!(s.jwks_url.as_deref(), Some("https://idp/keys?REDACTED"));
     }
 }

@@ -30,8 +30,7 @@ pub use trivial::Trivial;
 
 /// One entry of a route's `processors:` list: either a bare name (`- trivial`) or a
 /// one-key map of name to settings (`- digest: {body_mode: streamed}`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ProcessorSpec {
     /// See [`trivial`].
     Trivial,
@@ -98,6 +97,29 @@ impl ProcessorSpec {
         match self {
             ProcessorSpec::JwtAuth(s) => ProcessorSpec::JwtAuth(s.redacted()),
             other => other.clone(),
+        }
+    }
+}
+
+/// Written the way it is read: a bare name, or `{name: settings}`, so a rendered
+/// config (`/config`) loads again.
+impl Serialize for ProcessorSpec {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap};
+        let settings = match self {
+            ProcessorSpec::Digest(s) => Some(serde_yaml::to_value(s)),
+            ProcessorSpec::JwtAuth(s) => Some(serde_yaml::to_value(s)),
+            ProcessorSpec::Headers(s) => Some(serde_yaml::to_value(s)),
+            _ => None,
+        };
+        match settings {
+            None => serializer.serialize_str(self.name()),
+            Some(value) => {
+                let value = value.map_err(S::Error::custom)?;
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry(self.name(), &value)?;
+                map.end()
+            }
         }
     }
 }

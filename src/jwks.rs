@@ -120,6 +120,14 @@ impl KeySet {
 
     /// Parses one PEM public key (RSA, EC P-256/P-384 or Ed25519).
     pub fn from_pem(pem: &[u8]) -> Result<KeySet, String> {
+        // Only a `PUBLIC KEY` block: a private key would parse too, then fail every
+        // token as "invalid signature" without ever saying why.
+        if SubjectPublicKeyInfoDer::from_pem_slice(pem).is_err() {
+            return Err(
+                "expected a `-----BEGIN PUBLIC KEY-----` PEM (RSA, EC P-256/P-384 or Ed25519)"
+                    .into(),
+            );
+        }
         type Parse = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
         let attempts: [(KeyFamily, Parse); 3] = [
             (KeyFamily::Rsa, DecodingKey::from_rsa_pem),

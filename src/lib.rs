@@ -11,6 +11,7 @@ pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod jwks;
+pub mod metrics;
 pub mod phase;
 pub mod processor;
 #[path = "../processors/mod.rs"]

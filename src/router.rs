@@ -188,6 +188,9 @@ impl RouteMatch {
     }
 }
 
+/// Name of the built-in route of requests no configured route matches.
+pub const UNMATCHED: &str = "unmatched";
+
 /// A named route: its conditions and its chain.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -197,6 +200,8 @@ pub struct Route {
     pub matcher: RouteMatch,
     /// The processors that serve the route.
     pub chain: Chain,
+    /// Metric handles of the route (none for chains built without metrics).
+    pub metrics: Option<crate::metrics::RouteMetrics>,
 }
 
 /// A route as `/routes` and `check-config` show it.
@@ -256,12 +261,21 @@ pub struct Router {
 impl Router {
     /// Routes in match order.
     pub fn new(routes: Vec<Route>) -> Self {
+        Self::with_unmatched(routes, None)
+    }
+
+    /// Routes in match order; `unmatched_metrics` observes requests no route matched.
+    pub fn with_unmatched(
+        routes: Vec<Route>,
+        unmatched_metrics: Option<crate::metrics::RouteMetrics>,
+    ) -> Self {
         Self {
             routes: routes.into_iter().map(Arc::new).collect(),
             unmatched: Arc::new(Route {
-                name: Arc::from("unmatched"),
+                name: Arc::from(UNMATCHED),
                 matcher: RouteMatch::default(),
                 chain: Chain::empty(),
+                metrics: unmatched_metrics,
             }),
         }
     }
@@ -289,6 +303,7 @@ mod tests {
             name: Arc::from(name),
             matcher: m,
             chain: Chain::empty(),
+            metrics: None,
         }
     }
 

@@ -8,6 +8,7 @@ mod processor_layer;
 mod service;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tower::Layer;
@@ -15,6 +16,7 @@ use tower::Layer;
 pub use processor_layer::{ProcessorLayer, ProcessorService};
 pub use service::{PhaseFuture, PhaseOutcome, PhaseRequest, PhaseService};
 
+use crate::metrics::Metrics;
 use crate::phase::{Flow, Phase};
 use crate::processor::{PhaseNeeds, Processor, RequestCtx};
 
@@ -30,15 +32,33 @@ pub struct ChainBuilder {
     names: Vec<Arc<str>>,
     needs: PhaseNeeds,
     applied_header: Option<String>,
+    metrics: Option<(Arc<Metrics>, Arc<str>)>,
+    timeout: Option<Duration>,
 }
 
 impl ChainBuilder {
+    /// Records metrics for the processors added after this call, labelled with
+    /// `route` (handles are resolved now, once).
+    pub fn observe(mut self, metrics: &Arc<Metrics>, route: &str) -> Self {
+        self.metrics = Some((metrics.clone(), Arc::from(route)));
+        self
+    }
+
+    /// Bounds each hook of the processors added after this call.
+    pub fn processor_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.timeout = limit;
+        self
+    }
+
     /// Appends a processor to the chain.
     pub fn processor<P: Processor>(mut self, processor: P) -> Self {
         let index = self.names.len();
         self.names.push(Arc::from(processor.name()));
         self.needs = self.needs.union(processor.needs());
-        let layer = ProcessorLayer::new(Arc::new(processor), index);
+        let mut layer = ProcessorLayer::new(Arc::new(processor), index).with_timeout(self.timeout);
+        if let Some((metrics, route)) = &self.metrics {
+            layer = layer.with_metrics(metrics.processor(route, &self.names[index]));
+        }
         self.wraps
             .push(Box::new(move |inner| PhaseService::new(layer.layer(inner))));
         self

@@ -5,12 +5,14 @@
 mod schema;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use regex::Regex;
 
 pub use schema::{GatewayConfig, HeaderMatchConfig, MatchConfig, RouteConfig, ServerConfig};
 
 use crate::chain::Chain;
+use crate::metrics::Metrics;
 use crate::router::{PathMatch, Route, RouteMatch, Router, ValueMatch};
 
 /// The config served when no file is given.
@@ -80,6 +82,15 @@ impl GatewayConfig {
 
     /// Builds the routes and their chains. Errors carry the field path.
     pub fn build_router(&self) -> Result<Router, (String, String)> {
+        self.build_router_observed(None)
+    }
+
+    /// Like [`GatewayConfig::build_router`], with metric handles resolved for every
+    /// route and processor.
+    pub fn build_router_observed(
+        &self,
+        metrics: Option<&Arc<Metrics>>,
+    ) -> Result<Router, (String, String)> {
         let mut routes = Vec::with_capacity(self.routes.len());
         let mut names = std::collections::HashSet::new();
         let mut catch_all: Option<String> = None;
@@ -87,6 +98,12 @@ impl GatewayConfig {
             let at = |f: &str| format!("routes[{i}].{f}");
             if r.name.trim().is_empty() {
                 return Err((at("name"), "route name must not be empty".into()));
+            }
+            if r.name == crate::router::UNMATCHED {
+                return Err((
+                    at("name"),
+                    "`unmatched` is the built-in route of requests no route matches".into(),
+                ));
             }
             if !names.insert(r.name.clone()) {
                 return Err((at("name"), format!("duplicate route name `{}`", r.name)));
@@ -113,7 +130,12 @@ impl GatewayConfig {
             if matcher.is_catch_all() {
                 catch_all = Some(r.name.clone());
             }
-            let mut chain = Chain::builder().applied_header(self.applied_header_name());
+            let mut chain = Chain::builder()
+                .applied_header(self.applied_header_name())
+                .processor_timeout(self.server.processor_timeout);
+            if let Some(m) = metrics {
+                chain = chain.observe(m, &r.name);
+            }
             for (j, p) in r.processors.iter().enumerate() {
                 chain = p
                     .add_to(chain)
@@ -123,9 +145,13 @@ impl GatewayConfig {
                 name: r.name.as_str().into(),
                 matcher,
                 chain: chain.build(),
+                metrics: metrics.map(|m| m.route(&r.name)),
             });
         }
-        Ok(Router::new(routes))
+        Ok(Router::with_unmatched(
+            routes,
+            metrics.map(|m| m.route(crate::router::UNMATCHED)),
+        ))
     }
 
     /// The applied-processors header, or `None` when turned off (empty string).

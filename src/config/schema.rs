@@ -41,6 +41,10 @@ pub struct ServerConfig {
     /// How long in-flight streams may run after SIGTERM/SIGINT.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Longest one processor hook may take before the request gets 504; unset means
+    /// no limit of the gateway's own (Envoy's `message_timeout` still applies).
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub processor_timeout: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +54,7 @@ impl Default for ServerConfig {
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 9180)),
             max_message_bytes: 64 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            processor_timeout: None,
         }
     }
 }

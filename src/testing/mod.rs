@@ -170,6 +170,7 @@ impl Driver {
             name: Arc::from("test"),
             matcher: RouteMatch::default(),
             chain,
+            metrics: None,
         }]))
     }
 

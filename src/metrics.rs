@@ -1,0 +1,385 @@
+//! Prometheus metrics. Every label set used on the hot path is resolved once, when a
+//! chain is built ([`RouteMetrics`], [`ProcessorMetrics`]), so recording a message costs
+//! a few atomic adds and no label lookup or allocation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use serde::Serialize;
+
+use crate::phase::PhaseKind;
+
+/// Buckets from 10 µs to 10 s: ext_proc answers are usually tens of microseconds,
+/// slow upstream-bound streams take seconds.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamOutcome {
+    /// Envoy closed it after the last phase.
+    Completed,
+    /// A processor answered the client.
+    ImmediateResponse,
+    /// The gateway ended it with an error status (bad input).
+    Error,
+    /// Envoy went away mid-stream (client reset, timeout).
+    Cancelled,
+}
+
+impl StreamOutcome {
+    const ALL: [StreamOutcome; 4] = [
+        StreamOutcome::Completed,
+        StreamOutcome::ImmediateResponse,
+        StreamOutcome::Error,
+        StreamOutcome::Cancelled,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamOutcome::Completed => "completed",
+            StreamOutcome::ImmediateResponse => "immediate_response",
+            StreamOutcome::Error => "error",
+            StreamOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// All the gateway's metrics, in their own registry.
+pub struct Metrics {
+    registry: Registry,
+    message: HistogramVec,
+    processor: HistogramVec,
+    stream: HistogramVec,
+    streams: IntCounterVec,
+    immediate: IntCounterVec,
+    processor_errors: IntCounterVec,
+    grpc_errors: IntCounterVec,
+    active: IntGauge,
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|e| unreachable!("static histogram {name}: {e}"))
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("static counter {name}: {e}"))
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let m = Metrics {
+            message: histogram(
+                "extproc_message_duration_seconds",
+                "Gateway time per ext_proc message (decode, chain, encode), by route and phase",
+                &["route", "phase"],
+            ),
+            processor: histogram(
+                "extproc_processor_duration_seconds",
+                "Time spent in one processor's hook, by route, processor and phase",
+                &["route", "processor", "phase"],
+            ),
+            stream: histogram(
+                "extproc_stream_duration_seconds",
+                "Duration of an ext_proc stream (one HTTP request), by route",
+                &["route"],
+            ),
+            streams: counter(
+                "extproc_streams_total",
+                "ext_proc streams by route and outcome (completed, immediate_response, error, cancelled)",
+                &["route", "outcome"],
+            ),
+            immediate: counter(
+                "extproc_immediate_responses_total",
+                "Immediate responses sent to clients, by route, processor and HTTP status",
+                &["route", "processor", "status"],
+            ),
+            processor_errors: counter(
+                "extproc_processor_errors_total",
+                "Processor failures (panic, timeout), by route, processor and kind",
+                &["route", "processor", "kind"],
+            ),
+            grpc_errors: counter(
+                "extproc_grpc_stream_errors_total",
+                "ext_proc streams ended with a gRPC error status, by code",
+                &["code"],
+            ),
+            active: IntGauge::new("extproc_active_streams", "ext_proc streams open now")
+                .unwrap_or_else(|e| unreachable!("static gauge: {e}")),
+            registry,
+        };
+        let build = IntGaugeVec::new(
+            Opts::new("extproc_build_info", "Build information; always 1"),
+            &["version"],
+        )
+        .unwrap_or_else(|e| unreachable!("static gauge: {e}"));
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+            Box::new(m.message.clone()),
+            Box::new(m.processor.clone()),
+            Box::new(m.stream.clone()),
+            Box::new(m.streams.clone()),
+            Box::new(m.immediate.clone()),
+            Box::new(m.processor_errors.clone()),
+            Box::new(m.grpc_errors.clone()),
+            Box::new(m.active.clone()),
+            Box::new(build),
+        ];
+        for c in collectors {
+            if let Err(e) = m.registry.register(c) {
+                tracing::error!(error = %e, "metric registration failed");
+            }
+        }
+        Arc::new(m)
+    }
+
+    /// Handles for one route.
+    pub fn route(self: &Arc<Self>, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            messages: PhaseKind::ALL.map(|p| self.message.with_label_values(&[route, p.as_str()])),
+            stream: self.stream.with_label_values(&[route]),
+            outcomes: StreamOutcome::ALL
+                .map(|o| self.streams.with_label_values(&[route, o.as_str()])),
+            active: self.active.clone(),
+        }
+    }
+
+    /// Handles for one processor of one route.
+    pub fn processor(self: &Arc<Self>, route: &str, processor: &str) -> ProcessorMetrics {
+        ProcessorMetrics {
+            durations: PhaseKind::ALL.map(|p| {
+                self.processor
+                    .with_label_values(&[route, processor, p.as_str()])
+            }),
+            panics: self
+                .processor_errors
+                .with_label_values(&[route, processor, "panic"]),
+            timeouts: self
+                .processor_errors
+                .with_label_values(&[route, processor, "timeout"]),
+            immediate: self.immediate.clone(),
+            route: Arc::from(route),
+            processor: Arc::from(processor),
+        }
+    }
+
+    /// Counts a stream ended with a gRPC error (`code` as its canonical name).
+    pub fn grpc_error(&self, code: &str) {
+        self.grpc_errors.with_label_values(&[code]).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            return format!("# encoding failed: {e}\n");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Cumulative figures for the built-in dashboard.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut s = Snapshot {
+            buckets: LATENCY_BUCKETS.to_vec(),
+            active_streams: self.active.get(),
+            ..Default::default()
+        };
+        for family in self.registry.gather() {
+            for m in family.get_metric() {
+                let labels: Vec<(&str, &str)> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                let label = |k: &str| {
+                    labels
+                        .iter()
+                        .find(|(n, _)| *n == k)
+                        .map(|(_, v)| v.to_string())
+                        .unwrap_or_default()
+                };
+                let hist = || {
+                    let h = m.get_histogram();
+                    Series {
+                        labels: labels
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                        count: h.get_sample_count(),
+                        sum: h.get_sample_sum(),
+                        cumulative: h
+                            .get_bucket()
+                            .iter()
+                            .map(|b| b.cumulative_count())
+                            .collect(),
+                    }
+                };
+                match family.name() {
+                    "extproc_message_duration_seconds" => s.messages.push(hist()),
+                    "extproc_processor_duration_seconds" => s.processors.push(hist()),
+                    "extproc_stream_duration_seconds" => s.streams.push(hist()),
+                    "extproc_streams_total" => s.outcomes.push(Count {
+                        route: label("route"),
+                        key: label("outcome"),
+                        value: m.get_counter().get_value() as u64,
+                    }),
+                    "extproc_immediate_responses_total" => s.immediate.push(Count {
+                        route: label("route"),
+                        key: format!("{} {}", label("processor"), label("status")),
+                        value: m.get_counter().get_value() as u64,
+                    }),
+                    "extproc_processor_errors_total" => s.errors.push(Count {
+                        route: label("route"),
+                        key: format!("{} {}", label("processor"), label("kind")),
+                        value: m.get_counter().get_value() as u64,
+                    }),
+                    _ => {}
+                }
+            }
+        }
+        s
+    }
+}
+
+/// One histogram series, cumulative since start.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Series {
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Observations.
+    pub count: u64,
+    /// Sum of observations (seconds).
+    pub sum: f64,
+    /// Cumulative count per bucket of [`LATENCY_BUCKETS`].
+    pub cumulative: Vec<u64>,
+}
+
+/// One counter value.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Count {
+    /// Route label.
+    pub route: String,
+    /// The other labels, joined.
+    pub key: String,
+    /// Value.
+    pub value: u64,
+}
+
+/// Everything the dashboard page polls.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    /// Bucket upper bounds (seconds).
+    pub buckets: Vec<f64>,
+    /// Open streams.
+    pub active_streams: i64,
+    /// Per route and phase.
+    pub messages: Vec<Series>,
+    /// Per route, processor and phase.
+    pub processors: Vec<Series>,
+    /// Per route.
+    pub streams: Vec<Series>,
+    /// Streams by outcome.
+    pub outcomes: Vec<Count>,
+    /// Immediate responses by processor and status.
+    pub immediate: Vec<Count>,
+    /// Processor errors by kind.
+    pub errors: Vec<Count>,
+}
+
+/// Pre-resolved handles of one route.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    messages: [Histogram; 6],
+    stream: Histogram,
+    outcomes: [IntCounter; 4],
+    active: IntGauge,
+}
+
+fn phase_index(kind: PhaseKind) -> usize {
+    match kind {
+        PhaseKind::RequestHeaders => 0,
+        PhaseKind::RequestBody => 1,
+        PhaseKind::RequestTrailers => 2,
+        PhaseKind::ResponseHeaders => 3,
+        PhaseKind::ResponseBody => 4,
+        PhaseKind::ResponseTrailers => 5,
+    }
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteMetrics")
+    }
+}
+
+impl RouteMetrics {
+    /// Records one message's gateway time.
+    pub fn message(&self, kind: PhaseKind, took: Duration) {
+        self.messages[phase_index(kind)].observe(took.as_secs_f64());
+    }
+
+    /// A stream opened.
+    pub fn stream_started(&self) {
+        self.active.inc();
+    }
+
+    /// A stream ended.
+    pub fn stream_ended(&self, outcome: StreamOutcome, took: Duration) {
+        self.active.dec();
+        self.stream.observe(took.as_secs_f64());
+        let i = StreamOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.outcomes[i].inc();
+    }
+}
+
+/// Pre-resolved handles of one processor on one route.
+#[derive(Clone)]
+pub struct ProcessorMetrics {
+    durations: [Histogram; 6],
+    panics: IntCounter,
+    timeouts: IntCounter,
+    immediate: IntCounterVec,
+    route: Arc<str>,
+    processor: Arc<str>,
+}
+
+impl ProcessorMetrics {
+    /// Records one hook's time.
+    pub fn hook(&self, kind: PhaseKind, took: Duration) {
+        self.durations[phase_index(kind)].observe(took.as_secs_f64());
+    }
+
+    /// The processor panicked.
+    pub fn panicked(&self) {
+        self.panics.inc();
+    }
+
+    /// The processor exceeded its time limit.
+    pub fn timed_out(&self) {
+        self.timeouts.inc();
+    }
+
+    /// The processor answered the client (rare path: the status label is looked up).
+    pub fn responded(&self, status: u16) {
+        self.immediate
+            .with_label_values(&[&*self.route, &*self.processor, status.to_string().as_str()])
+            .inc();
+    }
+}
