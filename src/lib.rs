@@ -19,6 +19,7 @@ pub mod processors;
 pub mod proto;
 pub mod router;
 pub mod server;
+pub mod telemetry;
 pub mod testing;
 pub mod wire;
 

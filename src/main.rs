@@ -13,13 +13,12 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => args.clone(),
         _ => cli.serve.clone(),
     };
-    init_logging(&serve_args.log);
     match cli.command {
         Some(Command::PrintConfig) => {
             print!("{}", extproc_gateway::config::DEFAULT_YAML);
             ExitCode::SUCCESS
         }
-        Some(Command::CheckConfig { file }) => match GatewayConfig::load(&file) {
+        Some(Command::CheckConfig { file }) => match check(&serve_args.log, &file) {
             Ok(config) => {
                 println!("{}: ok", file.display());
                 match config.build_router() {
@@ -47,7 +46,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Command::EchoUpstream { addr }) => run(async move {
+        Some(Command::EchoUpstream { addr }) => run(&serve_args.log, async move {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             tracing::info!(%addr, "echo upstream serving");
             tokio::select! {
@@ -64,12 +63,17 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            run(server::serve(config, server::shutdown_signal(), |_| {}))
+            run(
+                &serve_args.log,
+                server::serve(config, server::shutdown_signal(), |_| {}),
+            )
         }
     }
 }
 
-fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+/// Runs `fut` on a multi-threaded runtime with logging and (when the OTEL variables
+/// ask for it) trace export, flushed before returning.
+fn run(log: &str, fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,13 +84,28 @@ fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(fut) {
+    let result = runtime.block_on(async {
+        let guard = extproc_gateway::telemetry::init(log);
+        let result = fut.await;
+        // Flush spans while the runtime (and the exporter's channel) still runs.
+        let _ = tokio::task::spawn_blocking(move || drop(guard)).await;
+        result
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("extproc-gateway: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn check(
+    log: &str,
+    file: &std::path::Path,
+) -> Result<GatewayConfig, extproc_gateway::config::ConfigError> {
+    init_logging(log);
+    GatewayConfig::load(file)
 }
 
 fn init_logging(filter: &str) {

@@ -5,8 +5,12 @@
 //! in-process test driver feeds it the same way.
 
 use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::Instrument;
 
 use crate::chain::PhaseRequest;
+use crate::metrics::StreamOutcome;
 use crate::phase::{Flow, Phase};
 use crate::proto::ext_proc::{ProcessingRequest, ProcessingResponse};
 use crate::router::{Route, RouteInput, Router};
@@ -36,6 +40,8 @@ struct Direction {
 /// A stream that has received its first message.
 struct Active {
     route: Arc<Route>,
+    started: Instant,
+    span: tracing::Span,
     ctx: Option<crate::processor::RequestCtx>,
     modes: BodyModes,
     request: Direction,
@@ -58,6 +64,7 @@ pub struct Exchange {
     active: Option<Active>,
     finished: bool,
     stopped: bool,
+    ended: bool,
 }
 
 impl Exchange {
@@ -69,6 +76,7 @@ impl Exchange {
             active: None,
             finished: false,
             stopped: false,
+            ended: false,
         }
     }
 
@@ -82,11 +90,28 @@ impl Exchange {
         self.active.as_ref().map(|a| &a.route)
     }
 
+    /// Records how the stream ended (metrics and the stream's span). Called once by
+    /// the server; a stream dropped without it counts as cancelled.
+    pub fn end(&mut self, outcome: StreamOutcome) {
+        if self.ended {
+            return;
+        }
+        let Some(active) = &self.active else {
+            return;
+        };
+        self.ended = true;
+        if let Some(m) = &active.route.metrics {
+            m.stream_ended(outcome, active.started.elapsed());
+        }
+        active.span.record("outcome", outcome.as_str());
+    }
+
     /// Handles one message from Envoy.
     pub async fn handle(
         &mut self,
         mut message: ProcessingRequest,
     ) -> Result<Handled, ExchangeError> {
+        let received = Instant::now();
         let observability = message.observability_mode;
         let phase = wire::decode(&mut message)
             .map_err(|e| ExchangeError::InvalidArgument(e.to_string()))?;
@@ -112,7 +137,19 @@ impl Exchange {
         if let Phase::RequestHeaders(h) = &phase {
             ctx.fill_from_request_headers(h);
         }
-        let outcome = active.route.chain.run(PhaseRequest::new(phase, ctx)).await;
+        let kind = phase.kind();
+        let phase_span = tracing::debug_span!(
+            parent: &active.span,
+            "ext_proc.phase",
+            otel.name = %format_args!("phase {kind}"),
+            phase = kind.as_str(),
+        );
+        let outcome = active
+            .route
+            .chain
+            .run(PhaseRequest::new(phase, ctx))
+            .instrument(phase_span)
+            .await;
         let mut reply = Reply {
             mode_override: None,
             modes: active.modes,
@@ -126,9 +163,9 @@ impl Exchange {
             reply.mode_override = Some(mode);
         }
         let response = wire::encode(&outcome, &reply);
-        if matches!(outcome.flow, Flow::Respond(_)) {
-            self.stopped = true;
-            self.finished = !observability;
+        let responded = matches!(outcome.flow, Flow::Respond(_));
+        if let Some(m) = &active.route.metrics {
+            m.message(kind, received.elapsed());
         }
         let mut ctx = outcome.ctx;
         if let Phase::RequestHeaders(h) = outcome.phase {
@@ -137,6 +174,13 @@ impl Exchange {
             *ctx.request_headers_mut() = h.headers;
         }
         active.ctx = Some(ctx);
+        if responded {
+            self.stopped = true;
+            self.finished = !observability;
+            if self.finished {
+                self.end(StreamOutcome::ImmediateResponse);
+            }
+        }
         if observability {
             return Ok(Handled::Silent);
         }
@@ -157,6 +201,20 @@ impl Exchange {
                 grpc_metadata: &self.grpc_metadata,
             })
             .clone();
+        let span = tracing::debug_span!(
+            "ext_proc.stream",
+            otel.name = "ext_proc stream",
+            route = %route.name,
+            outcome = tracing::field::Empty,
+        );
+        if let Some(h) = headers {
+            // The HTTP request's traceparent makes the gateway's spans part of the
+            // trace Envoy (or the client) started.
+            crate::telemetry::set_parent(&span, h);
+        }
+        if let Some(m) = &route.metrics {
+            m.stream_started();
+        }
         let mut ctx = route.chain.new_ctx(route.name.clone());
         fill_from_attributes(&mut ctx, &attributes);
         ctx.attributes = attributes;
@@ -171,11 +229,19 @@ impl Exchange {
             .unwrap_or_default();
         self.active = Some(Active {
             route,
+            started: Instant::now(),
+            span,
             ctx: Some(ctx),
             modes,
             request: Direction::default(),
             response: Direction::default(),
         });
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.end(StreamOutcome::Cancelled);
     }
 }
 

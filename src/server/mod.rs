@@ -17,6 +17,7 @@ pub use exchange::{Exchange, ExchangeError, Handled};
 pub use service::{ExtProcService, RouterHandle};
 
 use crate::config::GatewayConfig;
+use crate::metrics::Metrics;
 use crate::proto::ext_proc::external_processor_server::ExternalProcessorServer;
 
 /// Whether the gateway should receive traffic: set once the gRPC listener serves,
@@ -53,8 +54,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
     on_bound: impl FnOnce(Bound) + Send,
 ) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
     let router = config
-        .build_router()
+        .build_router_observed(Some(&metrics))
         .map_err(|(field, msg)| anyhow::anyhow!("{field}: {msg}"))?;
     let routes = RouterHandle::new(router);
     let readiness = Readiness::default();
@@ -75,13 +77,14 @@ pub async fn serve(
         .set_serving::<ExternalProcessorServer<ExtProcService>>()
         .await;
     let limit = config.server.max_message_bytes;
-    let ext_proc = ExternalProcessorServer::new(ExtProcService::new(routes.clone()))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+    let ext_proc =
+        ExternalProcessorServer::new(ExtProcService::new(routes.clone(), metrics.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
 
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let grace = config.server.shutdown_grace;
-    let admin_state = crate::admin::AdminState::new(config, routes, readiness.clone());
+    let admin_state = crate::admin::AdminState::new(config, routes, readiness.clone(), metrics);
     // The admin server outlives the drain so `/readyz` can report it.
     let admin = tokio::spawn(crate::admin::serve(
         admin_listener,

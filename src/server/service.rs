@@ -7,6 +7,7 @@ use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::exchange::{Exchange, ExchangeError, Handled};
+use crate::metrics::{Metrics, StreamOutcome};
 use crate::proto::ext_proc::external_processor_server::ExternalProcessor;
 use crate::proto::ext_proc::{ProcessingRequest, ProcessingResponse};
 use crate::router::Router;
@@ -44,12 +45,13 @@ impl RouterHandle {
 #[derive(Clone)]
 pub struct ExtProcService {
     router: RouterHandle,
+    metrics: Arc<Metrics>,
 }
 
 impl ExtProcService {
-    /// A service routing with `router`.
-    pub fn new(router: RouterHandle) -> Self {
-        Self { router }
+    /// A service routing with `router`, recording into `metrics`.
+    pub fn new(router: RouterHandle, metrics: Arc<Metrics>) -> Self {
+        Self { router, metrics }
     }
 }
 
@@ -85,7 +87,31 @@ fn inbound_error(status: Status) -> Option<Status> {
 struct StreamState {
     inbound: Streaming<ProcessingRequest>,
     exchange: Exchange,
+    metrics: Arc<Metrics>,
     done: bool,
+}
+
+impl StreamState {
+    /// Ends the stream with `status`: counted, logged, and returned to send.
+    fn fail(&mut self, status: Status) -> Status {
+        self.done = true;
+        self.exchange.end(StreamOutcome::Error);
+        self.metrics.grpc_error(code_name(status.code()));
+        let route = self.exchange.route().map(|r| r.name.to_string());
+        tracing::warn!(route = ?route, %status, "ending ext_proc stream");
+        status
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::InvalidArgument => "invalid_argument",
+        tonic::Code::FailedPrecondition => "failed_precondition",
+        tonic::Code::OutOfRange => "out_of_range",
+        tonic::Code::ResourceExhausted => "resource_exhausted",
+        tonic::Code::Internal => "internal",
+        _ => "other",
+    }
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
@@ -115,6 +141,7 @@ impl ExternalProcessor for ExtProcService {
         let state = StreamState {
             inbound: request.into_inner(),
             exchange: Exchange::new(self.router.current(), grpc_metadata),
+            metrics: self.metrics.clone(),
             done: false,
         };
         let stream = futures_util::stream::unfold(state, |mut st| async move {
@@ -130,21 +157,22 @@ impl ExternalProcessor for ExtProcService {
                         }
                         Ok(Handled::Silent) => continue,
                         Err(e) => {
-                            let route = st.exchange.route().map(|r| r.name.to_string());
-                            tracing::warn!(route = ?route, error = %e, "ending ext_proc stream");
-                            st.done = true;
-                            return Some((Err(Status::from(e)), st));
+                            let status = st.fail(Status::from(e));
+                            return Some((Err(status), st));
                         }
                     },
-                    Ok(None) => return None,
+                    Ok(None) => {
+                        st.exchange.end(StreamOutcome::Completed);
+                        return None;
+                    }
                     Err(status) => {
                         st.done = true;
-                        let route = st.exchange.route().map(|r| r.name.to_string());
                         return match inbound_error(status) {
                             Some(status) => {
-                                tracing::warn!(route = ?route, %status, "ending ext_proc stream");
+                                let status = st.fail(status);
                                 Some((Err(status), st))
                             }
+                            // The peer went away: counted as cancelled when dropped.
                             None => None,
                         };
                     }

@@ -1,17 +1,18 @@
-//! The admin HTTP server (axum): liveness, readiness, the effective config and the
-//! routes, on an address of its own (loopback by default) so it is never exposed on
-//! the port Envoy talks to.
+//! The admin HTTP server (axum): liveness, readiness, Prometheus metrics, the
+//! effective config, the routes and the built-in dashboard, on an address of its own
+//! (loopback by default) so it is never exposed on the port Envoy talks to.
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Redirect};
 use axum::routing::get;
 use axum::{Json, Router as AxumRouter};
 use tokio::net::TcpListener;
 
 use crate::config::GatewayConfig;
+use crate::metrics::{Metrics, Snapshot};
 use crate::router::RouteSummary;
 use crate::server::{Readiness, RouterHandle};
 
@@ -21,15 +22,22 @@ pub struct AdminState {
     config: Arc<GatewayConfig>,
     routes: RouterHandle,
     readiness: Readiness,
+    metrics: Arc<Metrics>,
 }
 
 impl AdminState {
-    /// State over the served config and routes.
-    pub fn new(config: GatewayConfig, routes: RouterHandle, readiness: Readiness) -> Self {
+    /// State over the served config, routes and metrics.
+    pub fn new(
+        config: GatewayConfig,
+        routes: RouterHandle,
+        readiness: Readiness,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             config: Arc::new(config),
             routes,
             readiness,
+            metrics,
         }
     }
 }
@@ -37,8 +45,11 @@ impl AdminState {
 /// The admin routes.
 pub fn app(state: AdminState) -> AxumRouter {
     AxumRouter::new()
-        .route("/", get(index))
+        .route("/", get(|| async { Redirect::temporary("/dashboard") }))
+        .route("/admin", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/snapshot", get(snapshot))
         .route("/readyz", get(readyz))
         .route("/routes", get(routes))
         .route("/config", get(config))
@@ -59,8 +70,22 @@ pub async fn serve(
 async fn index() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "extproc-gateway admin\n\n/healthz  alive\n/readyz   ready to serve (503 while starting or draining)\n/routes   routes, their match and chain\n/config   effective config\n",
+        "extproc-gateway admin\n\n/dashboard     live latency, rates and errors per route, phase and processor\n/metrics       Prometheus metrics\n/api/snapshot  the dashboard's data (JSON)\n/healthz       alive\n/readyz        ready to serve (503 while starting or draining)\n/routes        routes, their match and chain\n/config        effective config (secrets redacted)\n",
     )
+}
+
+async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+async fn snapshot(State(s): State<AdminState>) -> Json<Snapshot> {
+    Json(s.metrics.snapshot())
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {

@@ -1,0 +1,115 @@
+//! Logging and tracing. `tracing` is used throughout; OpenTelemetry export (OTLP over
+//! gRPC) is switched on by the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) variable, with `OTEL_SERVICE_NAME` and
+//! `OTEL_TRACES_SAMPLER` honoured by the SDK. When it is unset the gateway's spans are
+//! disabled at their call sites and cost next to nothing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+use crate::phase::Headers;
+
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Flushes pending spans when dropped (at process exit).
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            if let Err(e) = p.shutdown() {
+                eprintln!("extproc-gateway: flushing traces failed: {e}");
+            }
+        }
+    }
+}
+
+/// Whether the standard OTEL variables ask for trace export.
+pub fn export_requested() -> bool {
+    let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.eq_ignore_ascii_case("none"));
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// Installs logging (filtered by `log_filter`) and, when asked for, OTLP trace export.
+/// Must run inside the Tokio runtime (the exporter's gRPC channel lives there).
+pub fn init(log_filter: &str) -> TelemetryGuard {
+    let filter = EnvFilter::try_new(log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let (otel, provider, error) = if export_requested() {
+        match exporter() {
+            Ok(provider) => {
+                let tracer = provider.tracer("extproc-gateway");
+                let layer = tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(Targets::new().with_target("extproc_gateway", LevelFilter::DEBUG));
+                EXPORTING.store(true, Ordering::Relaxed);
+                (Some(layer), Some(provider), None)
+            }
+            Err(e) => (None, None, Some(e)),
+        }
+    } else {
+        (None, None, None)
+    };
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init();
+    if let Some(e) = error {
+        tracing::error!(error = %e, "OpenTelemetry export requested but could not start; tracing to logs only");
+    } else if provider.is_some() {
+        tracing::info!("exporting traces over OTLP");
+    }
+    TelemetryGuard { provider }
+}
+
+fn exporter() -> Result<SdkTracerProvider, String> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var("OTEL_SERVICE_NAME").is_err() {
+        resource = resource.with_service_name("extproc-gateway");
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build())
+}
+
+struct HeaderExtractor<'a>(&'a Headers);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get_str(key)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k).collect()
+    }
+}
+
+/// Makes the request's W3C `traceparent`/`tracestate` the parent of `span` (no-op
+/// unless traces are exported).
+pub fn set_parent(span: &tracing::Span, headers: &Headers) {
+    if !EXPORTING.load(Ordering::Relaxed) || headers.get("traceparent").is_none() {
+        return;
+    }
+    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    let _ = span.set_parent(cx);
+}
