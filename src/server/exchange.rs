@@ -40,6 +40,8 @@ struct Direction {
 /// A stream that has received its first message.
 struct Active {
     route: Arc<Route>,
+    /// Whether the gateway asked Envoy for any response phase.
+    asked_response: bool,
     started: Instant,
     span: tracing::Span,
     ctx: Option<crate::processor::RequestCtx>,
@@ -100,6 +102,19 @@ impl Exchange {
             return;
         };
         self.ended = true;
+        // Envoy often resets a stream instead of half-closing it once it has what it
+        // needs: that is a completed exchange if the response was already processed
+        // (or nothing of the response was asked for and the request was through).
+        let outcome = match outcome {
+            StreamOutcome::Cancelled
+                if active.response.headers
+                    || active.response.ended
+                    || (!active.asked_response && active.request.ended) =>
+            {
+                StreamOutcome::Completed
+            }
+            other => other,
+        };
         if let Some(m) = &active.route.metrics {
             m.stream_ended(outcome, active.started.elapsed());
         }
@@ -155,7 +170,11 @@ impl Exchange {
             modes: active.modes,
         };
         if let Phase::RequestHeaders(_) = &outcome.phase {
-            let mode = wire::mode_override(outcome.ctx.needs(), active.modes);
+            let needs = outcome.ctx.needs();
+            active.asked_response = needs.response_headers
+                || needs.response_trailers
+                || needs.response_body != crate::processor::BodyNeed::None;
+            let mode = wire::mode_override(needs, active.modes);
             active.modes = BodyModes {
                 request: mode.request_body_mode,
                 response: mode.response_body_mode,
@@ -229,6 +248,7 @@ impl Exchange {
             .unwrap_or_default();
         self.active = Some(Active {
             route,
+            asked_response: true,
             started: Instant::now(),
             span,
             ctx: Some(ctx),

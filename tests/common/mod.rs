@@ -132,15 +132,20 @@ impl Gateway {
 
     /// Same, with extra command-line arguments.
     pub async fn start_with(config_yaml: &str, extra: &[&str]) -> Gateway {
-        Self::launch(Some(config_yaml), extra).await
+        Self::launch(Some(config_yaml), extra, &[]).await
+    }
+
+    /// Same, with extra environment variables.
+    pub async fn start_with_env(config_yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::launch(Some(config_yaml), &[], env).await
     }
 
     /// The embedded default config (no file), on free ports.
     pub async fn start_without_config() -> Gateway {
-        Self::launch(None, &[]).await
+        Self::launch(None, &[], &[]).await
     }
 
-    async fn launch(config_yaml: Option<&str>, extra: &[&str]) -> Gateway {
+    async fn launch(config_yaml: Option<&str>, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let grpc_port = free_port();
         let admin_port = free_port();
@@ -156,7 +161,8 @@ impl Gateway {
             .arg("--admin-addr")
             .arg(format!("127.0.0.1:{admin_port}"))
             .args(extra)
-            .env("EXTPROC_LOG", "info");
+            .env("EXTPROC_LOG", "info")
+            .envs(env.iter().copied());
         let mut proc = spawn("gateway", &mut cmd, dir.path());
         wait_until("gateway", &mut proc, async || {
             matches!(http_get(admin_port, "/readyz").await, Some((200, _)))
