@@ -148,7 +148,8 @@ impl<P: Processor> Shared<P> {
             phase = kind.as_str(),
             outcome = tracing::field::Empty,
         );
-        let started = Instant::now();
+        // The clock is read only when someone records the time.
+        let started = self.metrics.as_ref().map(|_| Instant::now());
         let guarded = AssertUnwindSafe(run_hook(&*self.processor, self.index, req)).catch_unwind();
         let result = match self.timeout {
             Some(limit) => tokio::time::timeout(limit, guarded.instrument(span.clone()))
@@ -180,7 +181,7 @@ impl<P: Processor> Shared<P> {
                 ))
             }
         };
-        if let Some(m) = &self.metrics {
+        if let (Some(m), Some(started)) = (&self.metrics, started) {
             m.hook(kind, started.elapsed());
             if let Flow::Respond(r) = &flow {
                 m.responded(r.status);

@@ -18,15 +18,16 @@ use crate::processor::RequestCtx;
 pub struct PhaseRequest {
     /// The event.
     pub phase: Phase,
-    /// The request's context, moved in and handed back in [`PhaseOutcome`].
-    pub ctx: RequestCtx,
+    /// The request's context, moved in and handed back in [`PhaseOutcome`] (boxed, so
+    /// each layer moves a pointer rather than the whole context).
+    pub ctx: Box<RequestCtx>,
     /// Changes accumulated in chain order.
     pub mutations: Mutations,
 }
 
 impl PhaseRequest {
     /// A phase with no changes yet.
-    pub fn new(phase: Phase, ctx: RequestCtx) -> Self {
+    pub fn new(phase: Phase, ctx: Box<RequestCtx>) -> Self {
         Self {
             phase,
             ctx,
@@ -51,7 +52,7 @@ pub struct PhaseOutcome {
     /// The event, handed back (a full-duplex body is re-sent from it).
     pub phase: Phase,
     /// The request's context, for the next phase.
-    pub ctx: RequestCtx,
+    pub ctx: Box<RequestCtx>,
     /// Merged changes (ignored when `flow` is a response).
     pub mutations: Mutations,
     /// Continue, or answer the client now.

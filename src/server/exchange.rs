@@ -44,7 +44,7 @@ struct Active {
     asked_response: bool,
     started: Instant,
     span: tracing::Span,
-    ctx: Option<crate::processor::RequestCtx>,
+    ctx: Option<Box<crate::processor::RequestCtx>>,
     modes: BodyModes,
     request: Direction,
     response: Direction,
@@ -234,7 +234,7 @@ impl Exchange {
         if let Some(m) = &route.metrics {
             m.stream_started();
         }
-        let mut ctx = route.chain.new_ctx(route.name.clone());
+        let mut ctx = Box::new(route.chain.new_ctx(route.name.clone()));
         fill_from_attributes(&mut ctx, &attributes);
         ctx.attributes = attributes;
         ctx.grpc_metadata = std::mem::take(&mut self.grpc_metadata);
