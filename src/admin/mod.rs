@@ -16,6 +16,8 @@ use crate::metrics::{Metrics, Snapshot};
 use crate::router::RouteSummary;
 use crate::server::{Readiness, RouterHandle};
 
+mod dashboard;
+
 /// What the admin endpoints read.
 #[derive(Clone)]
 pub struct AdminState {
@@ -53,6 +55,7 @@ pub fn app(state: AdminState) -> AxumRouter {
         .route("/readyz", get(readyz))
         .route("/routes", get(routes))
         .route("/config", get(config))
+        .merge(dashboard::router())
         .with_state(state)
 }
 

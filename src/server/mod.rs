@@ -58,6 +58,21 @@ pub async fn serve(
     let router = config
         .build_router_observed(Some(&metrics))
         .map_err(|(field, msg)| anyhow::anyhow!("{field}: {msg}"))?;
+    serve_routes(config, router, metrics, shutdown, on_bound).await
+}
+
+/// Like [`serve`], for routes built in code (chains with your own processors): the
+/// config supplies the server settings (addresses, limits, grace) and is what `/config`
+/// shows. Build the chains with [`ChainBuilder::observe`](crate::chain::ChainBuilder::observe)
+/// on `metrics` (and give each [`Route`](crate::router::Route) `metrics.route(name)`) to
+/// see them in `/metrics` and the dashboard.
+pub async fn serve_routes(
+    config: GatewayConfig,
+    router: crate::router::Router,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+    on_bound: impl FnOnce(Bound) + Send,
+) -> anyhow::Result<()> {
     let routes = RouterHandle::new(router);
     let readiness = Readiness::default();
 

@@ -1,0 +1,478 @@
+// extproc-gateway dashboard: polls /api/snapshot, diffs consecutive snapshots and
+// renders rates, latency percentiles and counts per route, phase and processor.
+// Plain browser JavaScript, no dependencies, nothing loaded from elsewhere.
+"use strict";
+(() => {
+  const POLL_MS = 2000;
+  const KEEP_MS = 125 * 1000; // the longest window, plus a little
+  const PHASES = [
+    "request_headers",
+    "request_body",
+    "request_trailers",
+    "response_headers",
+    "response_body",
+    "response_trailers",
+  ];
+  const OUTCOMES = ["completed", "immediate_response", "error", "cancelled"];
+
+  const $ = (id) => document.getElementById(id);
+  const history = []; // [{t: ms, snap}], oldest first
+  let routeInfo = []; // /routes: [{name, match, processors, phases}]
+  let windowSec = 30;
+  let lastOk = null;
+
+  const params = new URLSearchParams(location.search);
+  if (params.has("window")) {
+    const w = Number(params.get("window"));
+    if (Number.isFinite(w) && w >= 0) windowSec = w;
+  }
+  const sel = $("window");
+  if (![...sel.options].some((o) => Number(o.value) === windowSec)) {
+    sel.add(new Option(`last ${windowSec} s`, String(windowSec)));
+  }
+  sel.value = String(windowSec);
+  sel.addEventListener("change", () => {
+    windowSec = Number(sel.value);
+    render();
+  });
+
+  // ---- formatting ----------------------------------------------------------------
+
+  function esc(s) {
+    return String(s).replace(
+      /[&<>"']/g,
+      (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c],
+    );
+  }
+
+  function sig3(v) {
+    if (v >= 100) return v.toFixed(0);
+    if (v >= 10) return v.toFixed(1);
+    return v.toFixed(2);
+  }
+
+  function fmtDur(q) {
+    if (q == null) return "–";
+    if (q.above) return `>${fmtDur({ v: q.v })}`;
+    const s = q.v;
+    if (s < 1e-3) return `${sig3(s * 1e6)} µs`;
+    if (s < 1) return `${sig3(s * 1e3)} ms`;
+    return `${sig3(s)} s`;
+  }
+
+  function fmtRate(r) {
+    if (r == null) return "–";
+    if (r === 0) return "0";
+    if (r >= 100) return r.toFixed(0);
+    if (r >= 10) return r.toFixed(1);
+    if (r >= 0.1) return r.toFixed(2);
+    return r.toFixed(3);
+  }
+
+  function fmtCount(n) {
+    return n == null ? "–" : Number(n).toLocaleString("en-US");
+  }
+
+  function clock(d) {
+    return [d.getHours(), d.getMinutes(), d.getSeconds()]
+      .map((n) => String(n).padStart(2, "0"))
+      .join(":");
+  }
+
+  function phaseLabel(p) {
+    return p.replace("_", " ");
+  }
+
+  // ---- arithmetic ----------------------------------------------------------------
+
+  // The q-quantile of a histogram by linear interpolation within the bucket the rank
+  // falls in, as Prometheus' histogram_quantile: {v, above} or null when empty.
+  function quantile(q, bounds, cum, count) {
+    if (!count) return null;
+    const rank = q * count;
+    let i = 0;
+    while (i < cum.length && cum[i] < rank) i++;
+    if (i >= cum.length) return { v: bounds[bounds.length - 1], above: true };
+    const lo = i === 0 ? 0 : bounds[i - 1];
+    const hi = bounds[i];
+    const prev = i === 0 ? 0 : cum[i - 1];
+    const inBucket = cum[i] - prev;
+    if (inBucket <= 0) return { v: hi };
+    return { v: lo + ((hi - lo) * (rank - prev)) / inBucket };
+  }
+
+  function key(labels, names) {
+    return names.map((n) => labels[n] || "").join("\u0001");
+  }
+
+  function indexSeries(list, names) {
+    const m = new Map();
+    for (const s of list || []) m.set(key(s.labels, names), s);
+    return m;
+  }
+
+  // What a cumulative series gained since `prev` (all of it when there is no `prev`
+  // or the gateway restarted in between).
+  function deltaSeries(cur, prev) {
+    if (!prev || cur.count < prev.count) {
+      return { count: cur.count, cumulative: cur.cumulative.slice() };
+    }
+    return {
+      count: cur.count - prev.count,
+      cumulative: cur.cumulative.map((c, i) => c - (prev.cumulative[i] || 0)),
+    };
+  }
+
+  function indexCounts(list) {
+    const m = new Map();
+    for (const c of list || []) m.set(`${c.route}\u0001${c.key}`, c.value);
+    return m;
+  }
+
+  function deltaCount(value, prev) {
+    return prev == null || value < prev ? value : value - prev;
+  }
+
+  // The snapshot the window starts at, or null (cumulative since start).
+  function baseFor(latest) {
+    if (windowSec <= 0 || history.length < 2) return null;
+    const from = latest.t - windowSec * 1000 - POLL_MS / 4;
+    let base = history.find((h) => h.t >= from);
+    if (!base || base === latest) base = history[history.length - 2];
+    return base;
+  }
+
+  function percentiles(bounds, d) {
+    return {
+      p50: quantile(0.5, bounds, d.cumulative, d.count),
+      p90: quantile(0.9, bounds, d.cumulative, d.count),
+      p99: quantile(0.99, bounds, d.cumulative, d.count),
+    };
+  }
+
+  // Everything the page shows, from the latest snapshot and the window's base.
+  function model() {
+    const latest = history[history.length - 1];
+    const base = baseFor(latest);
+    const snap = latest.snap;
+    const prev = base ? base.snap : null;
+    const dt = base ? (latest.t - base.t) / 1000 : null;
+    const bounds = snap.buckets;
+    const rate = (n) => (dt ? n / dt : null);
+
+    const routes = new Map();
+    const route = (name) => {
+      if (!routes.has(name)) {
+        routes.set(name, {
+          name,
+          total: 0,
+          count: 0,
+          pct: {},
+          outcomes: {},
+          immediate: 0,
+          errors: 0,
+          phases: [],
+          procs: [],
+          spark: [],
+        });
+      }
+      return routes.get(name);
+    };
+    routeInfo.forEach((r) => route(r.name));
+
+    const prevStreams = indexSeries(prev && prev.streams, ["route"]);
+    for (const s of snap.streams || []) {
+      const r = route(s.labels.route);
+      const d = deltaSeries(s, prevStreams.get(key(s.labels, ["route"])));
+      r.total = s.count;
+      r.count = d.count;
+      r.rate = rate(d.count);
+      r.pct = percentiles(bounds, d);
+    }
+
+    const prevMessages = indexSeries(prev && prev.messages, ["route", "phase"]);
+    for (const s of snap.messages || []) {
+      if (!s.count) continue;
+      const d = deltaSeries(s, prevMessages.get(key(s.labels, ["route", "phase"])));
+      route(s.labels.route).phases.push({
+        phase: s.labels.phase,
+        total: s.count,
+        count: d.count,
+        rate: rate(d.count),
+        pct: percentiles(bounds, d),
+      });
+    }
+
+    const pk = ["route", "processor", "phase"];
+    const prevProcs = indexSeries(prev && prev.processors, pk);
+    for (const s of snap.processors || []) {
+      if (!s.count) continue;
+      const d = deltaSeries(s, prevProcs.get(key(s.labels, pk)));
+      route(s.labels.route).procs.push({
+        processor: s.labels.processor,
+        phase: s.labels.phase,
+        total: s.count,
+        count: d.count,
+        rate: rate(d.count),
+        pct: percentiles(bounds, d),
+      });
+    }
+
+    const prevOutcomes = indexCounts(prev && prev.outcomes);
+    for (const c of snap.outcomes || []) {
+      const d = deltaCount(c.value, prevOutcomes.get(`${c.route}\u0001${c.key}`));
+      const r = route(c.route);
+      r.outcomes[c.key] = (r.outcomes[c.key] || 0) + d;
+    }
+
+    const listed = (list, prevList, field) => {
+      const before = indexCounts(prevList);
+      const rows = [];
+      for (const c of list || []) {
+        if (!c.value) continue;
+        const [processor, extra] = c.key.split(" ");
+        const d = deltaCount(c.value, before.get(`${c.route}\u0001${c.key}`));
+        rows.push({ route: c.route, processor, [field]: extra, count: d, total: c.value });
+        route(c.route)[field === "status" ? "immediate" : "errors"] += d;
+      }
+      return rows;
+    };
+    const immediate = listed(snap.immediate, prev && prev.immediate, "status");
+    const errors = listed(snap.errors, prev && prev.errors, "kind");
+
+    // Requests per second between consecutive polls, for the trend (the window's
+    // length, at most 60 bars; 30 s when the window is "since start").
+    const bars = Math.min(60, Math.max(5, Math.round((windowSec || 30) / (POLL_MS / 1000))));
+    for (let i = Math.max(1, history.length - bars); i < history.length; i++) {
+      const a = indexSeries(history[i - 1].snap.streams, ["route"]);
+      const span = (history[i].t - history[i - 1].t) / 1000;
+      for (const s of history[i].snap.streams || []) {
+        const d = deltaSeries(s, a.get(key(s.labels, ["route"])));
+        route(s.labels.route).spark.push(span > 0 ? d.count / span : 0);
+      }
+    }
+    for (const r of routes.values()) r.bars = bars;
+
+    // Config order first, then anything else that saw traffic (e.g. `unmatched`).
+    const order = new Map(routeInfo.map((r, i) => [r.name, i]));
+    const shown = [...routes.values()]
+      .filter((r) => order.has(r.name) || r.total > 0)
+      .sort((a, b) => {
+        const ia = order.has(a.name) ? order.get(a.name) : 1e9;
+        const ib = order.has(b.name) ? order.get(b.name) : 1e9;
+        return ia - ib || a.name.localeCompare(b.name);
+      });
+    for (const r of shown) {
+      const chain = (routeInfo.find((x) => x.name === r.name) || {}).processors || [];
+      const pos = (p) => {
+        const i = chain.indexOf(p);
+        return i < 0 ? 1e9 : i;
+      };
+      r.phases.sort((a, b) => PHASES.indexOf(a.phase) - PHASES.indexOf(b.phase));
+      r.procs.sort(
+        (a, b) =>
+          pos(a.processor) - pos(b.processor) ||
+          a.processor.localeCompare(b.processor) ||
+          PHASES.indexOf(a.phase) - PHASES.indexOf(b.phase),
+      );
+    }
+    return { latest, base, dt, routes: shown, immediate, errors, active: snap.active_streams };
+  }
+
+  // ---- rendering -----------------------------------------------------------------
+
+  function attrs(a) {
+    return Object.entries(a)
+      .filter(([, v]) => v != null)
+      .map(([k, v]) => ` data-${k}="${esc(v)}"`)
+      .join("");
+  }
+
+  function numCell(text, value, a, cls) {
+    return `<td class="num${cls ? ` ${cls}` : ""}"${attrs({ ...a, value })}>${esc(text)}</td>`;
+  }
+
+  function pctCells(pct, a) {
+    return ["p50", "p90", "p99"]
+      .map((m) => {
+        const q = pct[m];
+        return numCell(fmtDur(q), q ? q.v : 0, { ...a, metric: m }, m);
+      })
+      .join("");
+  }
+
+  function countCell(n, a, cls) {
+    return numCell(fmtCount(n), n || 0, a, n ? cls : "zero");
+  }
+
+  // Bars of req/s per poll, newest on the right, scaled to the highest.
+  function spark(values, slots) {
+    if (!values.length) return "";
+    const w = 120;
+    const h = 22;
+    const max = Math.max(...values);
+    const step = w / slots;
+    const bar = Math.max(1, step - 1);
+    const x0 = w - values.length * step;
+    const rects = values
+      .map((v, i) => {
+        const bh = max > 0 ? Math.max(v > 0 ? 1 : 0, (v / max) * (h - 2)) : 0;
+        return `<rect x="${(x0 + i * step).toFixed(1)}" y="${(h - 1 - bh).toFixed(1)}" width="${bar.toFixed(1)}" height="${bh.toFixed(1)}"/>`;
+      })
+      .join("");
+    const title = `peak ${fmtRate(max)} req/s over the last ${values.length} polls`;
+    return `<svg class="spark" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}" role="img"><title>${esc(title)}</title><line x1="0" y1="${h - 0.5}" x2="${w}" y2="${h - 0.5}"/>${rects}</svg>`;
+  }
+
+  function routesTable(m) {
+    const rows = m.routes
+      .map((r) => {
+        const a = { route: r.name };
+        const info = routeInfo.find((x) => x.name === r.name);
+        const chain = info ? info.processors.join(" → ") : "";
+        if (!r.total) {
+          return `<tr${attrs(a)}><th scope="row">${esc(r.name)}</th><td class="chain">${esc(chain)}</td><td colspan="12" class="idle" data-route="${esc(r.name)}" data-metric="idle">no traffic yet</td></tr>`;
+        }
+        return `<tr${attrs(a)}><th scope="row">${esc(r.name)}</th><td class="chain">${esc(chain)}</td>${numCell(
+          fmtRate(r.rate),
+          r.rate || 0,
+          { ...a, metric: "rate" },
+          "strong",
+        )}${countCell(r.count, { ...a, metric: "requests" })}${countCell(r.total, { ...a, metric: "total" }, "muted")}${pctCells(r.pct, a)}${OUTCOMES.map((o) =>
+          countCell(r.outcomes[o] || 0, { ...a, metric: o }, o === "completed" ? "" : `warn ${o}`),
+        ).join("")}${countCell(r.errors, { ...a, metric: "processor_errors" }, "warn error")}<td class="trend">${spark(r.spark, r.bars)}</td></tr>`;
+      })
+      .join("");
+    return `<section><h2>Routes</h2><table class="routes" data-table="routes">
+<thead><tr><th rowspan="2">route</th><th rowspan="2">chain</th><th rowspan="2" class="num">req/s</th><th rowspan="2" class="num">requests</th><th rowspan="2" class="num">since<br>start</th>
+<th colspan="3" class="group">stream latency</th><th colspan="4" class="group">outcome</th><th rowspan="2" class="num">proc<br>errors</th><th rowspan="2">req/s trend</th></tr>
+<tr><th class="num">p50</th><th class="num">p90</th><th class="num">p99</th><th class="num">completed</th><th class="num">immediate</th><th class="num">error</th><th class="num">cancelled</th></tr></thead>
+<tbody>${rows}</tbody></table></section>`;
+  }
+
+  function phaseTable(r) {
+    if (!r.phases.length) return `<p class="muted">no messages yet</p>`;
+    const rows = r.phases
+      .map((p) => {
+        const a = { route: r.name, phase: p.phase };
+        return `<tr${attrs(a)}><th scope="row">${esc(phaseLabel(p.phase))}</th>${numCell(
+          fmtRate(p.rate),
+          p.rate || 0,
+          { ...a, metric: "rate" },
+        )}${countCell(p.count, { ...a, metric: "messages" })}${pctCells(p.pct, a)}</tr>`;
+      })
+      .join("");
+    return `<table data-table="phases" data-route="${esc(r.name)}"><thead><tr><th>phase</th><th class="num">msg/s</th><th class="num">messages</th><th class="num">p50</th><th class="num">p90</th><th class="num">p99</th></tr></thead><tbody>${rows}</tbody></table>`;
+  }
+
+  function procTable(r) {
+    if (!r.procs.length) return `<p class="muted">no processor calls yet</p>`;
+    let last = null;
+    const rows = r.procs
+      .map((p) => {
+        const a = { route: r.name, processor: p.processor, phase: p.phase };
+        const first = p.processor !== last;
+        last = p.processor;
+        return `<tr class="${first ? "first" : ""}"${attrs(a)}><th scope="row">${first ? esc(p.processor) : ""}</th><td>${esc(
+          phaseLabel(p.phase),
+        )}</td>${numCell(fmtRate(p.rate), p.rate || 0, { ...a, metric: "rate" })}${countCell(p.count, {
+          ...a,
+          metric: "calls",
+        })}${pctCells(p.pct, a)}</tr>`;
+      })
+      .join("");
+    return `<table data-table="processors" data-route="${esc(r.name)}"><thead><tr><th>processor</th><th>phase</th><th class="num">calls/s</th><th class="num">calls</th><th class="num">p50</th><th class="num">p90</th><th class="num">p99</th></tr></thead><tbody>${rows}</tbody></table>`;
+  }
+
+  function routeCard(r) {
+    const info = routeInfo.find((x) => x.name === r.name);
+    const match = info ? info.match : "";
+    return `<section class="card" data-card="${esc(r.name)}"><h3>${esc(r.name)} <span class="muted">${esc(match)}</span></h3>
+<div class="pair"><div><h4>Gateway time per message, by phase</h4>${phaseTable(r)}</div><div><h4>Time in each processor, by phase</h4>${procTable(r)}</div></div></section>`;
+  }
+
+  function countsTable(title, rows, field, table) {
+    const body = rows.length
+      ? rows
+          .map((x) => {
+            const a = { route: x.route, processor: x.processor, [field]: x[field] };
+            return `<tr${attrs(a)}><th scope="row">${esc(x.route)}</th><td>${esc(x.processor)}</td><td>${esc(
+              x[field],
+            )}</td>${countCell(x.count, { ...a, metric: "count" }, "warn")}${countCell(x.total, {
+              ...a,
+              metric: "total",
+            })}</tr>`;
+          })
+          .join("")
+      : `<tr><td colspan="5" class="muted">none since start</td></tr>`;
+    return `<div><h2>${title}</h2><table data-table="${table}"><thead><tr><th>route</th><th>processor</th><th>${field}</th><th class="num">in window</th><th class="num">since start</th></tr></thead><tbody>${body}</tbody></table></div>`;
+  }
+
+  function render() {
+    if (!history.length) return;
+    const m = model();
+    $("active").textContent = fmtCount(m.active);
+    $("active").dataset.value = String(m.active);
+    $("window-note").textContent = m.base
+      ? `(${m.dt.toFixed(1)} s of data)`
+      : windowSec > 0
+        ? "(since start until the next poll)"
+        : "";
+    const traffic = m.routes.some((r) => r.total > 0);
+    let html = "";
+    if (!traffic) {
+      html += `<p class="empty" data-empty="true">no traffic yet</p>`;
+    }
+    html += routesTable(m);
+    if (traffic) {
+      html += m.routes
+        .filter((r) => r.total > 0)
+        .map(routeCard)
+        .join("");
+    }
+    html += `<section class="pair">${countsTable("Immediate responses", m.immediate, "status", "immediate")}${countsTable(
+      "Processor errors",
+      m.errors,
+      "kind",
+      "errors",
+    )}</section>`;
+    $("main").innerHTML = html;
+  }
+
+  // ---- polling -------------------------------------------------------------------
+
+  async function getJson(path) {
+    const resp = await fetch(path, { cache: "no-store" });
+    if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
+    return resp.json();
+  }
+
+  async function poll() {
+    try {
+      const [snap, routes] = await Promise.all([
+        getJson("/api/snapshot"),
+        getJson("/routes").catch(() => null),
+      ]);
+      if (routes) routeInfo = routes;
+      const now = Date.now();
+      history.push({ t: now, snap });
+      while (history.length > 2 && history[1].t < now - KEEP_MS) history.shift();
+      lastOk = new Date(now);
+      $("updated").textContent = clock(lastOk);
+      $("banner").hidden = true;
+      $("main").classList.remove("stale");
+      render();
+    } catch (e) {
+      const banner = $("banner");
+      banner.textContent = `Polling /api/snapshot failed: ${e.message || e}. ${
+        lastOk ? `Showing figures from ${clock(lastOk)}.` : "No figures yet."
+      } Retrying every ${POLL_MS / 1000} s.`;
+      banner.hidden = false;
+      $("main").classList.toggle("stale", lastOk != null);
+    } finally {
+      setTimeout(poll, POLL_MS);
+    }
+  }
+
+  poll();
+})();

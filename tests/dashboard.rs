@@ -1,0 +1,426 @@
+//! The built-in dashboard in a real browser: real Envoy, the gateway binary and the
+//! echo upstream carry real traffic while headless Chromium renders
+//! `http://127.0.0.1:{admin}/dashboard`; the rendered DOM must show non-zero rates,
+//! percentiles and counts for every route, phase and processor that saw traffic.
+//!
+//! Chromium runs with `--virtual-time-budget`: its clock (timers and `Date.now()`) is
+//! virtual and only pauses while a fetch is pending, so the page's 2 s polls happen
+//! in a fraction of real time. Traffic therefore keeps flowing while Chromium runs,
+//! so that the difference between two polls (what the page shows) is not empty.
+//!
+//! `UPDATE_SCREENSHOT=1` also copies the screenshot to `docs/dashboard.png`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const GATEWAY: &str = r#"
+routes:
+  - name: api
+    match: {path_prefix: /api}
+    processors: [trivial, digest]
+  - name: echo
+    match: {path_prefix: /echo}
+    processors: [trivial, echo]
+  - name: default
+    processors: [trivial, timer]
+"#;
+
+/// Chromium: `CHROMIUM_BIN`, else `/usr/bin/chromium`. `None` only outside CI.
+fn chromium_bin() -> Option<PathBuf> {
+    let bin = std::env::var("CHROMIUM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/usr/bin/chromium"));
+    if bin.exists() {
+        return Some(bin);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "Chromium is required under CI=true: apt-get install -y chromium (or set CHROMIUM_BIN)"
+        );
+    }
+    eprintln!(
+        "skipping: no Chromium at {} (apt-get install -y chromium)",
+        bin.display()
+    );
+    None
+}
+
+/// Runs headless Chromium on `url` with extra arguments; returns its stdout.
+async fn chromium(bin: &Path, profile: &Path, url: String, extra: Vec<String>) -> String {
+    let bin = bin.to_path_buf();
+    let profile = profile.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(&bin)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-extensions",
+                "--hide-scrollbars",
+                // Five polls of the page's 2 s timer, in virtual time.
+                "--virtual-time-budget=8000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(&extra)
+            .arg(&url)
+            .current_dir(&profile)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            match child.try_wait().expect("chromium wait") {
+                Some(_) => break,
+                None if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let out = child.wait_with_output().expect("chromium output");
+                    panic!(
+                        "chromium timed out on {url}:\n{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        let out = child.wait_with_output().expect("chromium output");
+        assert!(
+            out.status.success(),
+            "chromium failed ({}) on {url}:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .await
+    .expect("chromium task")
+}
+
+/// One figure of the rendered page: its `data-*` attributes and its text.
+#[derive(Debug)]
+struct Cell {
+    attrs: BTreeMap<String, String>,
+    text: String,
+}
+
+impl Cell {
+    fn value(&self) -> f64 {
+        self.attrs
+            .get("value")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no numeric data-value: {self:?}"))
+    }
+}
+
+fn cells(dom: &str) -> Vec<Cell> {
+    let td = regex::Regex::new(r#"(?s)<td([^>]*)>(.*?)</td>"#).unwrap();
+    let attr = regex::Regex::new(r#"data-([a-z_]+)="([^"]*)""#).unwrap();
+    td.captures_iter(dom)
+        .map(|c| Cell {
+            attrs: attr
+                .captures_iter(&c[1])
+                .map(|a| (a[1].to_string(), a[2].replace("&amp;", "&")))
+                .collect(),
+            text: c[2].trim().to_string(),
+        })
+        .collect()
+}
+
+/// The figure whose `data-*` attributes are exactly `want` (plus `value`).
+fn figure<'a>(cells: &'a [Cell], want: &[(&str, &str)]) -> Result<&'a Cell, String> {
+    let found: Vec<&Cell> = cells
+        .iter()
+        .filter(|c| {
+            c.attrs.len() == want.len() + 1
+                && want
+                    .iter()
+                    .all(|(k, v)| c.attrs.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect();
+    match found[..] {
+        [one] => Ok(one),
+        _ => Err(format!("figure {want:?}: found {found:?}")),
+    }
+}
+
+/// What the rendered page got wrong, if anything.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(what());
+        }
+    }
+
+    /// The figure is shown and above zero.
+    fn positive(&mut self, cells: &[Cell], want: &[(&str, &str)]) {
+        match figure(cells, want) {
+            Ok(c) => self.check(
+                c.value() > 0.0 && !c.text.is_empty() && c.text != "–" && c.text != "0",
+                || format!("expected a non-zero figure for {want:?}, got {c:?}"),
+            ),
+            Err(e) => self.0.push(e),
+        }
+    }
+
+    /// The figure is shown and zero.
+    fn zero(&mut self, cells: &[Cell], want: &[(&str, &str)]) {
+        match figure(cells, want) {
+            Ok(c) => self.check(c.value() == 0.0, || {
+                format!("expected 0 for {want:?}: {c:?}")
+            }),
+            Err(e) => self.0.push(e),
+        }
+    }
+}
+
+/// Checks a page rendered after traffic: non-zero figures for every route, phase and
+/// processor that saw traffic.
+fn problems(dom: &str) -> Vec<String> {
+    let mut p = Problems::default();
+    // Polled at least twice: figures are differences over a window, not totals.
+    p.check(!dom.contains(">never<"), || "the page never polled".into());
+    p.check(dom.contains("s of data)"), || "no second poll".into());
+    p.check(!dom.contains("data-empty=\"true\""), || {
+        "shows no traffic".into()
+    });
+    p.check(!dom.contains("Polling /api/snapshot failed"), || {
+        "error banner".into()
+    });
+    let cells = cells(dom);
+
+    // Per route: rate, stream percentiles, counts and outcomes.
+    for route in ["api", "default", "echo"] {
+        for metric in ["rate", "requests", "total", "p50", "p90", "p99"] {
+            p.positive(&cells, &[("route", route), ("metric", metric)]);
+        }
+    }
+    p.positive(&cells, &[("route", "api"), ("metric", "completed")]);
+    p.positive(&cells, &[("route", "default"), ("metric", "completed")]);
+    p.positive(
+        &cells,
+        &[("route", "echo"), ("metric", "immediate_response")],
+    );
+    for route in ["api", "default"] {
+        p.zero(
+            &cells,
+            &[("route", route), ("metric", "immediate_response")],
+        );
+    }
+    for route in ["api", "default", "echo"] {
+        p.zero(&cells, &[("route", route), ("metric", "error")]);
+        p.zero(&cells, &[("route", route), ("metric", "processor_errors")]);
+    }
+    p.positive(
+        &cells,
+        &[
+            ("route", "echo"),
+            ("processor", "echo"),
+            ("status", "200"),
+            ("metric", "count"),
+        ],
+    );
+
+    // Per route and phase: message rate and percentiles.
+    let phases: &[(&str, &[&str])] = &[
+        (
+            "api",
+            &["request_headers", "request_body", "response_headers"],
+        ),
+        ("default", &["request_headers", "response_headers"]),
+        ("echo", &["request_headers", "request_body"]),
+    ];
+    for (route, phases) in phases {
+        for phase in *phases {
+            for metric in ["rate", "messages", "p50", "p90", "p99"] {
+                p.positive(
+                    &cells,
+                    &[("route", route), ("phase", phase), ("metric", metric)],
+                );
+            }
+        }
+    }
+
+    // Per route, processor and phase.
+    let processors: &[(&str, &str, &[&str])] = &[
+        ("api", "trivial", &["request_headers", "response_headers"]),
+        (
+            "api",
+            "digest",
+            &["request_headers", "request_body", "response_headers"],
+        ),
+        (
+            "default",
+            "trivial",
+            &["request_headers", "response_headers"],
+        ),
+        ("default", "timer", &["request_headers", "response_headers"]),
+        ("echo", "trivial", &["request_headers"]),
+        ("echo", "echo", &["request_headers", "request_body"]),
+    ];
+    for (route, processor, phases) in processors {
+        for phase in *phases {
+            for metric in ["rate", "calls", "p50", "p90", "p99"] {
+                p.positive(
+                    &cells,
+                    &[
+                        ("route", route),
+                        ("processor", processor),
+                        ("phase", phase),
+                        ("metric", metric),
+                    ],
+                );
+            }
+        }
+    }
+    p.0
+}
+
+/// One request of the traffic mix, by number.
+async fn one_request(client: &HttpClient, port: u16, i: usize) {
+    let body = format!("{{\"item\":{i},\"note\":\"{}\"}}", "x".repeat(i % 700));
+    let r = match i % 5 {
+        0 | 1 => {
+            let path = format!("/api/items/{i}");
+            send(client, port, "POST", &path, &[], full(body)).await
+        }
+        2 => send(client, port, "GET", "/api/items", &[], empty()).await,
+        3 => {
+            let path = format!("/static/{i}.css");
+            let b = if i.is_multiple_of(2) {
+                full(body)
+            } else {
+                empty()
+            };
+            send(client, port, "PUT", &path, &[], b).await
+        }
+        _ => {
+            let h = [("x-echo-only", "yes")];
+            send(client, port, "POST", "/echo/ping", &h, full(body)).await
+        }
+    };
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dashboard_shows_live_figures_in_headless_chromium() {
+    let Some(chrome) = chromium_bin() else { return };
+    let Some(envoy_bin) = envoy_bin() else { return };
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(GATEWAY).await;
+    let envoy = Envoy::start(
+        &envoy_bin,
+        &EnvoySpec::default(),
+        gateway.grpc_port,
+        upstream.port,
+    )
+    .await;
+    let admin = gateway.admin_port;
+    let profile = tempfile::tempdir().expect("tempdir");
+
+    // Before any traffic (through `/`, which redirects to the dashboard).
+    let dom = chromium(
+        &chrome,
+        profile.path(),
+        format!("http://127.0.0.1:{admin}/"),
+        vec!["--dump-dom".into()],
+    )
+    .await;
+    assert!(dom.contains("data-empty=\"true\""), "{dom}");
+    assert!(dom.contains(">no traffic yet<"), "{dom}");
+    assert!(!dom.contains(">never<"), "the page never polled:\n{dom}");
+
+    // Real traffic: 50 requests on each route, with and without bodies...
+    let client = client();
+    let port = envoy.port;
+    let mut tasks = Vec::new();
+    for w in 0..5 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..50 {
+                one_request(&client, port, n * 5 + w).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("traffic");
+    }
+    // ...and more while Chromium runs, so the page's window between polls has data.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut live = Vec::new();
+    for w in 0..4 {
+        let (client, stop) = (client.clone(), stop.clone());
+        live.push(tokio::spawn(async move {
+            let mut i = w;
+            while !stop.load(Ordering::Relaxed) {
+                one_request(&client, port, i).await;
+                i += 1;
+            }
+        }));
+    }
+
+    let url = format!("http://127.0.0.1:{admin}/dashboard");
+    // The page's window spans only the real time its polls took, so a slow machine may
+    // catch one kind of request in no window at all: look again before failing.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let dom = chromium(
+            &chrome,
+            profile.path(),
+            url.clone(),
+            vec!["--dump-dom".into()],
+        )
+        .await;
+        let problems = problems(&dom);
+        if problems.is_empty() {
+            break;
+        }
+        if attempt == 3 {
+            panic!("dashboard after traffic:\n{}\n\n{dom}", problems.join("\n"));
+        }
+        eprintln!("attempt {attempt}: {}", problems.join("; "));
+    }
+    let shot = profile.path().join("dashboard.png");
+    chromium(
+        &chrome,
+        profile.path(),
+        url,
+        vec![
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1400,1000".into(),
+        ],
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in live {
+        t.await.expect("live traffic");
+    }
+
+    // The screenshot.
+    let png = std::fs::read(&shot).expect("chromium wrote no screenshot");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert!(png.len() > 10 * 1024, "screenshot only {} bytes", png.len());
+    if std::env::var("UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
+        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::create_dir_all(&docs).expect("docs/");
+        std::fs::copy(&shot, docs.join("dashboard.png")).expect("copy screenshot");
+        eprintln!("updated docs/dashboard.png");
+    }
+}
