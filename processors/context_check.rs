@@ -12,6 +12,10 @@ use crate::prelude::*;
 /// Request header carrying the id (and response header echoing it).
 pub const HEADER: &str = "x-context-id";
 
+/// Largest response body kept to read its `path` (a streamed response is gathered;
+/// a buffered one is already bounded by the gateway's message size).
+pub const MAX_RESPONSE_BODY: usize = 1024 * 1024;
+
 /// See the module documentation.
 #[derive(Debug, Clone, Default)]
 pub struct ContextCheck;
@@ -139,6 +143,9 @@ impl Processor for ContextCheck {
         let Some(id) = state.id.clone() else {
             return Flow::Continue;
         };
+        if state.response_body.len() + body.chunk.len() > MAX_RESPONSE_BODY {
+            return mismatch("response body too large to check");
+        }
         state.response_body.extend_from_slice(&body.chunk);
         if !body.end_of_stream {
             return Flow::Continue;

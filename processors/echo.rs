@@ -20,6 +20,9 @@ const SKIPPED: [&str; 6] = [
     "upgrade",
 ];
 
+/// Largest body echoed back (a streamed body is gathered in memory to answer).
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
+
 /// See the module documentation.
 #[derive(Debug, Clone, Default)]
 pub struct Echo;
@@ -110,6 +113,10 @@ impl Processor for Echo {
         let Some(buf) = state.body.as_mut() else {
             return Flow::Continue;
         };
+        if buf.len() + body.chunk.len() > MAX_BODY {
+            state.body = None;
+            return Flow::Respond(ImmediateResponse::json_error(413, "body too large to echo"));
+        }
         if !body.end_of_stream {
             // Streamed mode (or trailers follow): hold the chunk back from the
             // upstream, which never sees this request.

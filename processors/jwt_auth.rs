@@ -17,6 +17,9 @@ use super::headers::{is_header_name, is_header_value};
 use crate::jwks::{self, KeySource, KeyStore};
 use crate::prelude::*;
 
+/// Largest claim value forwarded as a header; larger claims are left out.
+pub const MAX_CLAIM_HEADER: usize = 8 * 1024;
+
 /// Settings of `jwt_auth`. Exactly one of `jwks_file`, `pem_file`, `jwks_url`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -361,7 +364,13 @@ impl Processor for JwtAuth {
             }
         }
         for (claim, value) in &claims {
-            out.set(claim_header(prefix, claim), claim_value(value));
+            let value = claim_value(value);
+            if value.len() > MAX_CLAIM_HEADER {
+                // Envoy would refuse the whole mutation for one oversized header.
+                tracing::debug!(claim = %claim, bytes = value.len(), "claim too large to forward");
+                continue;
+            }
+            out.set(claim_header(prefix, claim), value);
         }
         out.clear_route_cache();
         Flow::Continue

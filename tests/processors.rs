@@ -186,3 +186,39 @@ async fn malformed_instructions_get_400_with_a_clear_reason() {
         assert!(body.contains(expect), "{json}: {body}");
     }
 }
+
+#[tokio::test]
+async fn streamed_bodies_are_bounded() {
+    use extproc_gateway::processors::Echo;
+    // echo gathers a streamed body to answer it: past its limit, 413.
+    let mut d = driver(Echo);
+    d.request_headers(&with(&[("x-echo-only", "yes")]), false)
+        .await
+        .unwrap();
+    let chunk = vec![b'x'; 4 * 1024 * 1024];
+    let mut last = None;
+    for _ in 0..5 {
+        let a = d.request_body(chunk.clone(), false).await.unwrap();
+        if a.immediate.is_some() {
+            last = a.immediate;
+            break;
+        }
+        assert!(a.body_cleared, "held back from the upstream");
+    }
+    assert_eq!(last.expect("413").status, 413);
+
+    // context_check reads the path of a streamed response only up to its limit.
+    let mut d = driver(ContextCheck);
+    d.request_headers(&with(&[("x-context-id", "i")]), false)
+        .await
+        .unwrap();
+    d.request_body("i", true).await.unwrap();
+    d.response_headers(&[(":status", "200")], false)
+        .await
+        .unwrap();
+    let big = vec![b' '; 700 * 1024];
+    d.response_body(big.clone(), false).await.unwrap();
+    let a = d.response_body(big, false).await.unwrap();
+    let i = a.immediate.expect("500");
+    assert!(String::from_utf8_lossy(&i.body).contains("too large"));
+}
