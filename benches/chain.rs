@@ -5,44 +5,12 @@
 //!
 //! cargo bench --bench chain
 
-use std::sync::Arc;
+mod support;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use extproc_gateway::metrics::Metrics;
-use extproc_gateway::prelude::*;
-use extproc_gateway::processors::{Digest, Timer, Trivial};
-use extproc_gateway::router::{Route, RouteMatch, Router};
 use extproc_gateway::testing::Driver;
-
-const REQUEST: &[(&str, &str)] = &[
-    (":method", "GET"),
-    (":path", "/items/42?full=1"),
-    (":authority", "api.example.com"),
-    (":scheme", "https"),
-    ("x-request-id", "5b1c8a3e-9d0f-4f3a-8c7e-2a6b9d1e0f42"),
-    ("user-agent", "bench/1.0"),
-    ("accept", "application/json"),
-    ("x-tenant-id", "acme"),
-];
-const RESPONSE: &[(&str, &str)] = &[(":status", "200"), ("content-type", "application/json")];
-
-fn router(metrics: Option<&Arc<Metrics>>) -> Router {
-    let mut chain = Chain::builder();
-    if let Some(m) = metrics {
-        chain = chain.observe(m, "bench");
-    }
-    let chain = chain
-        .processor(Trivial)
-        .processor(Timer)
-        .processor(Digest::default())
-        .build();
-    Router::new(vec![Route {
-        name: Arc::from("bench"),
-        matcher: RouteMatch::default(),
-        chain,
-        metrics: metrics.map(|m| m.route("bench")),
-    }])
-}
+use support::{router, REQUEST, RESPONSE};
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()

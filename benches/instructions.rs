@@ -2,28 +2,14 @@
 //! wall-clock benches are too noisy): runs N two-message streams through the bench's
 //! three-processor chain, with or without metrics.
 //!
-//! benches/metrics_cost.sh --instructions runs it; by hand:
+//! benches/metrics_cost.sh runs it; by hand:
 //! valgrind --tool=callgrind target/release/deps/instructions-* metrics 2000
 
-use std::sync::Arc;
+mod support;
 
 use extproc_gateway::metrics::Metrics;
-use extproc_gateway::prelude::*;
-use extproc_gateway::processors::{Digest, Timer, Trivial};
-use extproc_gateway::router::{Route, RouteMatch, Router};
 use extproc_gateway::testing::Driver;
-
-const REQUEST: &[(&str, &str)] = &[
-    (":method", "GET"),
-    (":path", "/items/42?full=1"),
-    (":authority", "api.example.com"),
-    (":scheme", "https"),
-    ("x-request-id", "5b1c8a3e-9d0f-4f3a-8c7e-2a6b9d1e0f42"),
-    ("user-agent", "bench/1.0"),
-    ("accept", "application/json"),
-    ("x-tenant-id", "acme"),
-];
-const RESPONSE: &[(&str, &str)] = &[(":status", "200"), ("content-type", "application/json")];
+use support::{router, REQUEST, RESPONSE};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -36,21 +22,7 @@ fn main() {
         // `cargo bench` runs every bench target with `--bench`: nothing to do.
         _ => return,
     };
-    let mut chain = Chain::builder();
-    if observed {
-        chain = chain.observe(&metrics, "bench");
-    }
-    let chain = chain
-        .processor(Trivial)
-        .processor(Timer)
-        .processor(Digest::default())
-        .build();
-    let router = Router::new(vec![Route {
-        name: Arc::from("bench"),
-        matcher: RouteMatch::default(),
-        chain,
-        metrics: observed.then(|| metrics.route("bench")),
-    }]);
+    let router = router(observed.then_some(&metrics));
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");

@@ -305,10 +305,19 @@ async fn sigterm_drains_in_flight_streams_then_exits() {
         assert!(Instant::now() < deadline, "readyz never turned 503");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // New connections are refused.
-    assert!(tokio::net::TcpStream::connect(("127.0.0.1", gw.grpc_port))
+    // The listener closes (right after readiness turns; poll, it is asynchronous):
+    // new connections are refused.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(("127.0.0.1", gw.grpc_port))
         .await
-        .is_err());
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "listener still accepting while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The in-flight stream finishes its exchange.
     let answer = s
         .call(response_headers())
