@@ -63,9 +63,13 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            // SIGHUP loads the same sources again (file, environment, flags).
+            let args = serve_args.clone();
+            let reload: server::Reload =
+                Box::new(move || args.resolve().map_err(|e| e.to_string()));
             run(
                 &serve_args.log,
-                server::serve(config, server::shutdown_signal(), |_| {}),
+                server::serve_with_reload(config, reload, server::shutdown_signal(), |_| {}),
             )
         }
     }

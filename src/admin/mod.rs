@@ -11,17 +11,16 @@ use axum::routing::get;
 use axum::{Json, Router as AxumRouter};
 use tokio::net::TcpListener;
 
-use crate::config::GatewayConfig;
 use crate::metrics::{Metrics, Snapshot};
 use crate::router::RouteSummary;
-use crate::server::{Readiness, RouterHandle};
+use crate::server::{ConfigHandle, Readiness, RouterHandle};
 
 mod dashboard;
 
 /// What the admin endpoints read.
 #[derive(Clone)]
 pub struct AdminState {
-    config: Arc<GatewayConfig>,
+    config: ConfigHandle,
     routes: RouterHandle,
     readiness: Readiness,
     metrics: Arc<Metrics>,
@@ -30,13 +29,13 @@ pub struct AdminState {
 impl AdminState {
     /// State over the served config, routes and metrics.
     pub fn new(
-        config: GatewayConfig,
+        config: ConfigHandle,
         routes: RouterHandle,
         readiness: Readiness,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            config: Arc::new(config),
+            config,
             routes,
             readiness,
             metrics,
@@ -113,6 +112,6 @@ async fn routes(State(s): State<AdminState>) -> Json<Vec<RouteSummary>> {
 async fn config(State(s): State<AdminState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/yaml")],
-        s.config.to_redacted_yaml(),
+        s.config.current().to_redacted_yaml(),
     )
 }

@@ -29,7 +29,7 @@ fn default_applied_header() -> String {
 }
 
 /// Listeners and limits.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Where Envoy connects (ext_proc and gRPC health).

@@ -2,6 +2,7 @@
 //! beside it, and graceful shutdown.
 
 mod exchange;
+mod reload;
 mod service;
 
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 pub use exchange::{Exchange, ExchangeError, Handled};
+pub use reload::ConfigHandle;
 pub use service::{ExtProcService, RouterHandle};
 
 use crate::config::GatewayConfig;
@@ -58,7 +60,28 @@ pub async fn serve(
     let router = config
         .build_router_observed(Some(&metrics))
         .map_err(|(field, msg)| anyhow::anyhow!("{field}: {msg}"))?;
-    serve_routes(config, router, metrics, shutdown, on_bound).await
+    run(config, router, metrics, None, shutdown, on_bound).await
+}
+
+/// Where a reload gets the new config (e.g. the file again, with the same overrides).
+pub type Reload = Box<dyn Fn() -> Result<GatewayConfig, String> + Send + Sync>;
+
+/// Like [`serve`], and on SIGHUP calls `reload` and swaps in the new routes: chains are
+/// built once for the new config, streams already open finish on the routes they
+/// started with, new streams get the new ones. A config that fails to load or build
+/// is logged and the running one kept. Server settings (addresses, limits) take effect
+/// only on restart.
+pub async fn serve_with_reload(
+    config: GatewayConfig,
+    reload: Reload,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+    on_bound: impl FnOnce(Bound) + Send,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let router = config
+        .build_router_observed(Some(&metrics))
+        .map_err(|(field, msg)| anyhow::anyhow!("{field}: {msg}"))?;
+    run(config, router, metrics, Some(reload), shutdown, on_bound).await
 }
 
 /// Like [`serve`], for routes built in code (chains with your own processors): the
@@ -70,6 +93,17 @@ pub async fn serve_routes(
     config: GatewayConfig,
     router: crate::router::Router,
     metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+    on_bound: impl FnOnce(Bound) + Send,
+) -> anyhow::Result<()> {
+    run(config, router, metrics, None, shutdown, on_bound).await
+}
+
+async fn run(
+    config: GatewayConfig,
+    router: crate::router::Router,
+    metrics: Arc<Metrics>,
+    reload: Option<Reload>,
     shutdown: impl std::future::Future<Output = ()> + Send,
     on_bound: impl FnOnce(Bound) + Send,
 ) -> anyhow::Result<()> {
@@ -99,7 +133,16 @@ pub async fn serve_routes(
 
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let grace = config.server.shutdown_grace;
-    let admin_state = crate::admin::AdminState::new(config, routes, readiness.clone(), metrics);
+    let served = ConfigHandle::new(config);
+    let reloader = reload.map(|reload| {
+        tokio::spawn(reload::on_sighup(
+            reload,
+            served.clone(),
+            routes.clone(),
+            metrics.clone(),
+        ))
+    });
+    let admin_state = crate::admin::AdminState::new(served, routes, readiness.clone(), metrics);
     // The admin server outlives the drain so `/readyz` can report it.
     let admin = tokio::spawn(crate::admin::serve(
         admin_listener,
@@ -132,6 +175,9 @@ pub async fn serve_routes(
         Err(_) => tracing::warn!("grace period over; closing remaining streams"),
     }
     admin.abort();
+    if let Some(r) = reloader {
+        r.abort();
+    }
     Ok(())
 }
 

@@ -140,6 +140,11 @@ impl Gateway {
         Self::launch(Some(config_yaml), &[], env).await
     }
 
+    /// No generated config file: only these arguments (e.g. `--config PATH`).
+    pub async fn start_args(extra: &[&str]) -> Gateway {
+        Self::launch(None, extra, &[]).await
+    }
+
     /// The embedded default config (no file), on free ports.
     pub async fn start_without_config() -> Gateway {
         Self::launch(None, &[], &[]).await
