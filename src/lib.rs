@@ -6,6 +6,8 @@
 //! [`processors`] in a [`Chain`](chain::Chain), and test it with the in-process
 //! [`testing::Driver`] that plays Envoy's side of the stream.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod chain;
 pub mod cli;
