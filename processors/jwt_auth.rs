@@ -9,12 +9,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::{Mutex, Weak};
+
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use super::headers::{is_header_name, is_header_value};
-use crate::jwks::{self, KeySource, KeyStore};
+use crate::jwks::{self, KeySet, KeySource, KeyStore};
 use crate::prelude::*;
 
 /// Largest claim value forwarded as a header; larger claims are left out.
@@ -58,6 +62,15 @@ pub struct JwtSettings {
     /// Prefix of the claim headers sent upstream.
     #[serde(default = "default_prefix")]
     pub claim_header_prefix: String,
+    /// Tokens remembered after a successful verification (by SHA-256 of the token),
+    /// so a client reusing its token skips the signature check until the token
+    /// expires or the keys change; 0 turns the cache off.
+    #[serde(default = "default_cache")]
+    pub verified_cache: usize,
+}
+
+fn default_cache() -> usize {
+    4096
 }
 
 fn default_refresh() -> Duration {
@@ -176,6 +189,22 @@ pub struct JwtAuth {
     store: Arc<KeyStore>,
     algorithms: Vec<Algorithm>,
     settings: JwtSettings,
+    verified: Mutex<HashMap<[u8; 32], Verified>>,
+}
+
+/// A token that passed verification: its claims, its expiry, and the key set that
+/// verified it (a refreshed key set invalidates it).
+struct Verified {
+    claims: Arc<serde_json::Map<String, serde_json::Value>>,
+    exp: Option<u64>,
+    keys: Weak<KeySet>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl JwtAuth {
@@ -197,7 +226,60 @@ impl JwtAuth {
             store,
             algorithms: settings.parsed_algorithms()?,
             settings,
+            verified: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Verifies a token, from the cache of verified tokens when it is there, still
+    /// unexpired (with leeway) and verified by the key set in force.
+    fn verify_cached(
+        &self,
+        token: &str,
+    ) -> Result<Arc<serde_json::Map<String, serde_json::Value>>, Refusal> {
+        if self.settings.verified_cache == 0 {
+            return self.verify(token).map(|(claims, _)| Arc::new(claims));
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let keys = self.store.get();
+        let now = now_secs();
+        let leeway = self.settings.leeway.as_secs();
+        if let Ok(cache) = self.verified.lock() {
+            if let Some(v) = cache.get(&digest) {
+                let same_keys = match (&keys, v.keys.upgrade()) {
+                    (Some(current), Some(then)) => Arc::ptr_eq(current, &then),
+                    _ => false,
+                };
+                let unexpired = v.exp.is_none_or(|exp| exp.saturating_add(leeway) >= now);
+                if same_keys && unexpired {
+                    return Ok(v.claims.clone());
+                }
+            }
+        }
+        let (claims, keys) = self.verify(token)?;
+        let claims = Arc::new(claims);
+        // Cached only with an expiry the cache can check itself (or none at all).
+        let exp = match claims.get("exp") {
+            None => Some(None),
+            Some(e) => e.as_u64().map(Some),
+        };
+        let Some(exp) = exp else {
+            return Ok(claims);
+        };
+        if let Ok(mut cache) = self.verified.lock() {
+            if cache.len() >= self.settings.verified_cache {
+                // Simple bound: start over rather than track recency per entry.
+                cache.clear();
+            }
+            cache.insert(
+                digest,
+                Verified {
+                    claims: claims.clone(),
+                    exp,
+                    keys: Arc::downgrade(&keys),
+                },
+            );
+        }
+        Ok(claims)
     }
 
     fn validation(&self, alg: Algorithm) -> Validation {
@@ -224,7 +306,11 @@ impl JwtAuth {
         v
     }
 
-    fn verify(&self, token: &str) -> Result<serde_json::Map<String, serde_json::Value>, Refusal> {
+    /// Checks the signature and the claims; returns the claims and the key set used.
+    fn verify(
+        &self,
+        token: &str,
+    ) -> Result<(serde_json::Map<String, serde_json::Value>, Arc<KeySet>), Refusal> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| Refusal::invalid("malformed token"))?;
         if !self.algorithms.contains(&header.alg) {
@@ -242,7 +328,7 @@ impl JwtAuth {
                 &key.key,
                 &validation,
             ) {
-                Ok(data) => return Ok(data.claims),
+                Ok(data) => return Ok((data.claims, keys.clone())),
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => continue,
                 Err(e) => return Err(Refusal::invalid(reason(e.kind()))),
             }
@@ -351,7 +437,7 @@ impl Processor for JwtAuth {
     ) -> Flow {
         let claims = match h.headers.get("authorization").and_then(|v| bearer(v)) {
             None => Err(Refusal::Missing),
-            Some(token) => self.verify(token),
+            Some(token) => self.verify_cached(token),
         };
         let claims = match claims {
             Ok(c) => c,
@@ -363,7 +449,7 @@ impl Processor for JwtAuth {
                 out.remove(name.to_string());
             }
         }
-        for (claim, value) in &claims {
+        for (claim, value) in claims.iter() {
             let value = claim_value(value);
             if value.len() > MAX_CLAIM_HEADER {
                 // Envoy would refuse the whole mutation for one oversized header.

@@ -1236,3 +1236,36 @@ fn example_jwks_matches_the_published_signing_keys() {
         jsonwebtoken::decode::<Value>(&token, &key, &v).expect("example key pair matches");
     }
 }
+
+#[tokio::test]
+async fn a_cached_token_still_expires() {
+    let mut s = example_settings();
+    s.leeway = Duration::from_secs(0);
+    let chain = chain(s);
+    let token = Signer::example_rsa().sign(&claims_with(json!({"exp": now() + 2})));
+    // Verified, then served from the cache of verified tokens.
+    assert_accepted(&send_token(&chain, &token).await);
+    assert_accepted(&send_token(&chain, &token).await);
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let reason = assert_invalid(&send_token(&chain, &token).await, &token);
+    assert!(reason.contains("expired"), "{reason}");
+}
+
+#[tokio::test]
+async fn the_cache_can_be_turned_off_and_changes_nothing_observable() {
+    for cache in [0usize, 1, 4096] {
+        let mut s = example_settings();
+        s.verified_cache = cache;
+        let chain = chain(s);
+        let alice = Signer::example_rsa().sign(&good_claims());
+        let bob = Signer::example_rsa().sign(&claims_with(json!({"sub": "bob"})));
+        for _ in 0..3 {
+            let a = send_token(&chain, &alice).await;
+            assert_eq!(a.header("decoded-sub"), Some("alice"), "cache {cache}");
+            let b = send_token(&chain, &bob).await;
+            assert_eq!(b.header("decoded-sub"), Some("bob"), "cache {cache}");
+        }
+        let bad = Signer::impostor_rsa().sign(&good_claims());
+        assert_invalid(&send_token(&chain, &bad).await, &bad);
+    }
+}

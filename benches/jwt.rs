@@ -1,0 +1,75 @@
+//! `jwt_auth` per request, a client reusing its RS256 token: with the cache of verified
+//! tokens (the default) and without it (`verified_cache: 0`, a signature check every
+//! time).
+//!
+//! cargo bench --bench jwt
+
+use std::path::PathBuf;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use extproc_gateway::prelude::*;
+use extproc_gateway::processors::{JwtAuth, JwtSettings};
+use extproc_gateway::testing::Driver;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn token() -> String {
+    let pem = std::fs::read(root().join("examples/jwt/signing-rsa.pem")).expect("key");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).expect("rsa");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("example-rsa".into());
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let claims = serde_json::json!({"sub": "bench", "exp": exp});
+    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+}
+
+fn chain(cache: usize) -> Chain {
+    let mut settings: JwtSettings = serde_yaml::from_str(&format!(
+        "jwks_file: {}",
+        root().join("examples/jwt/jwks.json").display()
+    ))
+    .expect("settings");
+    settings.verified_cache = cache;
+    Chain::builder()
+        .processor(JwtAuth::new(settings).expect("jwt_auth"))
+        .build()
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let auth = format!("Bearer {}", token());
+    let headers = [
+        (":method", "GET"),
+        (":path", "/"),
+        ("authorization", auth.as_str()),
+    ];
+    let mut group = c.benchmark_group("jwt_request_headers");
+    for (name, cache) in [("verify_every_time", 0usize), ("verified_cache", 4096)] {
+        let chain = chain(cache);
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || Driver::new(chain.clone()),
+                |mut d| {
+                    rt.block_on(async {
+                        let a = d.request_headers(&headers, true).await.expect("answer");
+                        assert!(a.immediate.is_none(), "token refused");
+                    });
+                    d
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
