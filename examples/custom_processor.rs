@@ -30,10 +30,7 @@ impl Processor for RequireTenant {
     }
 
     fn needs(&self) -> PhaseNeeds {
-        PhaseNeeds {
-            request_headers: true,
-            ..PhaseNeeds::NONE
-        }
+        PhaseNeeds::REQUEST_HEADERS
     }
 
     async fn on_request_headers(

@@ -66,10 +66,7 @@ impl Processor for ContextCheck {
         if request.headers.get(HEADER).is_some() {
             self.needs()
         } else {
-            PhaseNeeds {
-                request_headers: true,
-                ..PhaseNeeds::NONE
-            }
+            PhaseNeeds::REQUEST_HEADERS
         }
     }
 

@@ -79,10 +79,7 @@ impl Processor for Echo {
         if triggered(&request.headers) {
             self.needs()
         } else {
-            PhaseNeeds {
-                request_headers: true,
-                ..PhaseNeeds::NONE
-            }
+            PhaseNeeds::REQUEST_HEADERS
         }
     }
 

@@ -38,10 +38,7 @@ impl Processor for HeaderInstructions {
     }
 
     fn needs(&self) -> PhaseNeeds {
-        PhaseNeeds {
-            request_headers: true,
-            ..PhaseNeeds::NONE
-        }
+        PhaseNeeds::REQUEST_HEADERS
     }
 
     async fn on_request_headers(

@@ -422,10 +422,7 @@ impl Processor for JwtAuth {
     }
 
     fn needs(&self) -> PhaseNeeds {
-        PhaseNeeds {
-            request_headers: true,
-            ..PhaseNeeds::NONE
-        }
+        PhaseNeeds::REQUEST_HEADERS
     }
 
     async fn on_request_headers(

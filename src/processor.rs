@@ -54,6 +54,12 @@ impl PhaseNeeds {
         response_trailers: false,
     };
 
+    /// Request headers only: a processor that decides before the upstream is called.
+    pub const REQUEST_HEADERS: PhaseNeeds = PhaseNeeds {
+        request_headers: true,
+        ..PhaseNeeds::NONE
+    };
+
     /// Request and response headers only: the common case.
     pub const HEADERS: PhaseNeeds = PhaseNeeds {
         request_headers: true,
