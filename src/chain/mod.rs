@@ -172,6 +172,12 @@ impl Chain {
     }
 
     fn stamp_applied(&self, header: &str, outcome: &mut PhaseOutcome) {
+        // Only a response carries the list: request phases build nothing.
+        let answers_client = matches!(outcome.flow, Flow::Respond(_))
+            || matches!(outcome.phase, Phase::ResponseHeaders(_));
+        if !answers_client {
+            return;
+        }
         let ran = self.ran_list(&outcome.ctx);
         if ran.is_empty() {
             return;

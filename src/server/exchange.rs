@@ -126,7 +126,12 @@ impl Exchange {
         &mut self,
         mut message: ProcessingRequest,
     ) -> Result<Handled, ExchangeError> {
-        let received = Instant::now();
+        // The clock is read only when the route records metrics.
+        let received = self
+            .active
+            .as_ref()
+            .is_none_or(|a| a.route.metrics.is_some())
+            .then(Instant::now);
         let observability = message.observability_mode;
         let phase = wire::decode(&mut message)
             .map_err(|e| ExchangeError::InvalidArgument(e.to_string()))?;
@@ -183,7 +188,7 @@ impl Exchange {
         }
         let response = wire::encode(&outcome, &reply);
         let responded = matches!(outcome.flow, Flow::Respond(_));
-        if let Some(m) = &active.route.metrics {
+        if let (Some(m), Some(received)) = (&active.route.metrics, received) {
             m.message(kind, received.elapsed());
         }
         let mut ctx = outcome.ctx;
