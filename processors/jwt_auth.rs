@@ -237,7 +237,9 @@ impl JwtAuth {
         token: &str,
     ) -> Result<Arc<serde_json::Map<String, serde_json::Value>>, Refusal> {
         if self.settings.verified_cache == 0 {
-            return self.verify(token).map(|(claims, _)| Arc::new(claims));
+            return self
+                .verify(token, self.store.get())
+                .map(|(claims, _)| Arc::new(claims));
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let keys = self.store.get();
@@ -255,7 +257,8 @@ impl JwtAuth {
                 }
             }
         }
-        let (claims, keys) = self.verify(token)?;
+        // The key set read for the cache check is the one verified against.
+        let (claims, keys) = self.verify(token, keys)?;
         let claims = Arc::new(claims);
         // Cached only with an expiry the cache can check itself (or none at all).
         let exp = match claims.get("exp") {
@@ -310,13 +313,14 @@ impl JwtAuth {
     fn verify(
         &self,
         token: &str,
+        keys: Option<Arc<KeySet>>,
     ) -> Result<(serde_json::Map<String, serde_json::Value>, Arc<KeySet>), Refusal> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| Refusal::invalid("malformed token"))?;
         if !self.algorithms.contains(&header.alg) {
             return Err(Refusal::invalid("algorithm not accepted"));
         }
-        let Some(keys) = self.store.get() else {
+        let Some(keys) = keys else {
             return Err(Refusal::Unavailable);
         };
         let validation = self.validation(header.alg);
