@@ -26,6 +26,8 @@ pub struct ContextState {
     id: Option<String>,
     path: String,
     request_body: BytesMut,
+    /// The request body ended and was compared.
+    checked: bool,
     response_body: BytesMut,
 }
 
@@ -84,11 +86,8 @@ impl Processor for ContextCheck {
         out.set(HEADER, id.clone().unwrap_or_default());
         state.path = ctx.path.clone();
         state.id = id;
-        if h.end_of_stream {
-            if let Some(flow) = Self::check_request_body(state) {
-                return flow;
-            }
-        }
+        // A request without a body (a GET) has nothing to compare, as in the SDK's
+        // example: only a body that arrives is checked.
         Flow::Continue
     }
 
@@ -105,8 +104,11 @@ impl Processor for ContextCheck {
         // Keep at most one byte more than the id: enough to know it differs.
         let room = (id.len() + 1).saturating_sub(state.request_body.len());
         let take = room.min(body.chunk.len());
-        state.request_body.extend_from_slice(&body.chunk[..take]);
+        state
+            .request_body
+            .extend_from_slice(body.chunk.get(..take).unwrap_or_default());
         if body.end_of_stream {
+            state.checked = true;
             if let Some(flow) = Self::check_request_body(state) {
                 return flow;
             }
@@ -116,11 +118,19 @@ impl Processor for ContextCheck {
 
     async fn on_response_headers(
         &self,
-        _: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         state: &mut ContextState,
         h: &HeadersPhase,
         out: &mut Mutations,
     ) -> Flow {
+        if state.id.is_some() && ctx.request_body() == BodyReceipt::Partial && !state.checked {
+            // Only a prefix of the request body arrived. One already longer than the
+            // id proves the body differs; a shorter one proves nothing.
+            if state.request_body.len() > state.id.as_deref().map_or(0, str::len) {
+                return mismatch("request body does not equal x-context-id");
+            }
+            ctx.withhold(Withheld::BodyPartial);
+        }
         // Without a body there is nothing to cross-check; confirm the id now.
         if h.end_of_stream {
             if let Some(id) = &state.id {
@@ -132,7 +142,7 @@ impl Processor for ContextCheck {
 
     async fn on_response_body(
         &self,
-        _: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         state: &mut ContextState,
         body: &BodyPhase,
         out: &mut Mutations,
@@ -141,7 +151,19 @@ impl Processor for ContextCheck {
             return Flow::Continue;
         };
         if state.response_body.len() + body.chunk.len() > MAX_RESPONSE_BODY {
-            return mismatch("response body too large to check");
+            // Not cross-talk, just too big to read: the id is not confirmed.
+            if state.response_body.capacity() > 0 || !state.response_body.is_empty() {
+                state.response_body = BytesMut::new();
+            }
+            state.id = None;
+            ctx.withhold(Withheld::BodyTooLarge);
+            return Flow::Continue;
+        }
+        if body.kind == BodyKind::Prefix && ctx.response_body() == BodyReceipt::Partial {
+            // Only a prefix of the response: its `path` cannot be read for sure.
+            state.id = None;
+            ctx.withhold(Withheld::BodyPartial);
+            return Flow::Continue;
         }
         state.response_body.extend_from_slice(&body.chunk);
         if !body.end_of_stream {

@@ -2,7 +2,14 @@
 //! the request body, fed in that order with no separators, chunk by chunk as the body
 //! streams (never re-buffered). Lower-case hex, sent upstream as `x-request-digest`
 //! (with the headers when there is no body, else with the last body message, which
-//! reaches the upstream only in BUFFERED mode) and returned on the response.
+//! reaches the upstream when the headers are still held: BUFFERED, BUFFERED_PARTIAL
+//! when the body fit, or a held FULL_DUPLEX_STREAMED answer) and returned on the
+//! response.
+//!
+//! The digest is only ever given for the whole body: when Envoy sent none of it (body
+//! mode NONE and no override), only a BUFFERED_PARTIAL prefix, or the body had not
+//! ended when the response began, `x-request-digest` is left out and the reason is
+//! counted (`extproc_results_withheld_total{processor="digest"}`).
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -124,11 +131,21 @@ impl Processor for Digest {
 
     async fn on_response_headers(
         &self,
-        _: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         state: &mut DigestState,
         _: &HeadersPhase,
         out: &mut Mutations,
     ) -> Flow {
+        if state.hex.is_none() {
+            // The body did not end while the digest read it.
+            if let Some(reason) = ctx.request_body().withheld_reason() {
+                state.hasher = None;
+                if ctx.request_body() != crate::processor::BodyReceipt::Unknown {
+                    ctx.withhold(reason);
+                }
+                return Flow::Continue;
+            }
+        }
         if let Some(hex) = state.finish() {
             out.set(HEADER, hex.to_string());
         }

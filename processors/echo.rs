@@ -110,6 +110,16 @@ impl Processor for Echo {
         let Some(buf) = state.body.as_mut() else {
             return Flow::Continue;
         };
+        if body.kind == BodyKind::Prefix {
+            // Only the first bytes of a body over Envoy's buffer limit reach the
+            // gateway: a truncated body is never echoed as the request's body.
+            state.body = None;
+            ctx.withhold(Withheld::BodyPartial);
+            return Flow::Respond(ImmediateResponse::json_error(
+                413,
+                "body too large to echo: Envoy sent only its first bytes (BUFFERED_PARTIAL)",
+            ));
+        }
         if buf.len() + body.chunk.len() > MAX_BODY {
             state.body = None;
             return Flow::Respond(ImmediateResponse::json_error(413, "body too large to echo"));

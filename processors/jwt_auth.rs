@@ -67,6 +67,26 @@ pub struct JwtSettings {
     /// expires or the keys change; 0 turns the cache off.
     #[serde(default = "default_cache")]
     pub verified_cache: usize,
+    /// Dynamic metadata namespace the verified claims are written to, as Envoy's own
+    /// `jwt_authn` filter does, so RBAC rules and access logs written for it keep
+    /// working (list it in the ext_proc filter's `metadata_options.receiving_namespaces`).
+    #[serde(default = "default_metadata_namespace")]
+    pub metadata_namespace: String,
+    /// Key of the claims in that namespace (`jwt_authn`'s `payload_in_metadata`);
+    /// empty turns the metadata off.
+    #[serde(default = "default_payload_key")]
+    pub payload_in_metadata: String,
+}
+
+/// The namespace Envoy's `jwt_authn` filter writes to.
+pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
+
+fn default_metadata_namespace() -> String {
+    JWT_AUTHN_NAMESPACE.into()
+}
+
+fn default_payload_key() -> String {
+    "payload".into()
 }
 
 fn default_cache() -> usize {
@@ -358,13 +378,17 @@ impl Refusal {
 
     fn response(&self) -> ImmediateResponse {
         match self {
+            // gRPC clients get UNAUTHENTICATED (16) / UNAVAILABLE (14).
             Refusal::Missing => ImmediateResponse::json_error(401, "missing bearer token")
-                .header("www-authenticate", "Bearer"),
+                .header("www-authenticate", "Bearer")
+                .grpc_status(16),
             Refusal::Invalid(reason) => ImmediateResponse::json_error(401, reason)
-                .header("www-authenticate", "Bearer error=\"invalid_token\""),
+                .header("www-authenticate", "Bearer error=\"invalid_token\"")
+                .grpc_status(16),
             Refusal::Unavailable => {
                 ImmediateResponse::json_error(503, "token signing keys are not available yet")
                     .header("retry-after", "1")
+                    .grpc_status(14)
             }
         }
     }
@@ -446,7 +470,10 @@ impl Processor for JwtAuth {
         };
         let prefix = &self.settings.claim_header_prefix;
         for (name, _) in h.headers.iter() {
-            if name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix) {
+            if name
+                .get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+            {
                 out.remove(name.to_string());
             }
         }
@@ -458,6 +485,13 @@ impl Processor for JwtAuth {
                 continue;
             }
             out.set(claim_header(prefix, claim), value);
+        }
+        if !self.settings.payload_in_metadata.is_empty() {
+            out.set_metadata(
+                self.settings.metadata_namespace.clone(),
+                self.settings.payload_in_metadata.clone(),
+                serde_json::Value::Object((*claims).clone()),
+            );
         }
         out.clear_route_cache();
         Flow::Continue

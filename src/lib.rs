@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod jwks;
 pub mod metrics;
+pub mod modes;
 pub mod phase;
 pub mod processor;
 #[path = "../processors/mod.rs"]
@@ -29,7 +30,10 @@ pub mod wire;
 pub mod prelude {
     pub use crate::chain::{Chain, ChainBuilder};
     pub use crate::phase::{
-        BodyPhase, Flow, Headers, HeadersPhase, ImmediateResponse, Mutations, Phase, PhaseKind,
+        BodyKind, BodyPhase, Flow, Headers, HeadersPhase, ImmediateResponse, Mutations, Phase,
+        PhaseKind,
     };
-    pub use crate::processor::{BodyNeed, PhaseNeeds, Processor, RequestCtx};
+    pub use crate::processor::{
+        BodyNeed, BodyReceipt, PhaseNeeds, Processor, RequestCtx, Withheld,
+    };
 }

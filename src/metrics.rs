@@ -11,7 +11,9 @@ use prometheus::{
 };
 use serde::Serialize;
 
+use crate::modes::{ModeMismatch, Violation};
 use crate::phase::PhaseKind;
+use crate::processor::Withheld;
 
 /// Buckets from 10 µs to 10 s: ext_proc answers are usually tens of microseconds,
 /// slow upstream-bound streams take seconds.
@@ -62,8 +64,22 @@ pub struct Metrics {
     immediate: IntCounterVec,
     processor_errors: IntCounterVec,
     grpc_errors: IntCounterVec,
+    violations: IntCounterVec,
+    mismatches: IntCounterVec,
+    withheld: IntCounterVec,
     active: IntGauge,
 }
+
+/// gRPC status codes the gateway ends streams with (label values of
+/// `extproc_grpc_stream_errors_total`, exported at 0 from the start).
+pub const GRPC_ERROR_CODES: [&str; 6] = [
+    "invalid_argument",
+    "failed_precondition",
+    "out_of_range",
+    "resource_exhausted",
+    "internal",
+    "other",
+];
 
 fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     HistogramVec::new(
@@ -118,6 +134,21 @@ impl Metrics {
                 "ext_proc streams ended with a gRPC error status, by code",
                 &["code"],
             ),
+            violations: counter(
+                "extproc_protocol_violations_total",
+                "ext_proc streams the gateway ended because of what Envoy sent, by kind",
+                &["kind"],
+            ),
+            mismatches: counter(
+                "extproc_mode_mismatches_total",
+                "Streams whose route got less from Envoy than its chain needs (or more than it asked), by route and reason",
+                &["route", "reason"],
+            ),
+            withheld: counter(
+                "extproc_results_withheld_total",
+                "Results a processor left out rather than give a wrong one (e.g. a digest of a partial body), by route, processor and reason",
+                &["route", "processor", "reason"],
+            ),
             active: IntGauge::new("extproc_active_streams", "ext_proc streams open now")
                 .unwrap_or_else(|e| unreachable!("static gauge: {e}")),
             registry,
@@ -128,7 +159,13 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("static gauge: {e}"));
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+        for code in GRPC_ERROR_CODES {
+            m.grpc_errors.with_label_values(&[code]);
+        }
+        for kind in Violation::ALL {
+            m.violations.with_label_values(&[kind.as_str()]);
+        }
+        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
             Box::new(m.message.clone()),
             Box::new(m.processor.clone()),
             Box::new(m.stream.clone()),
@@ -136,6 +173,9 @@ impl Metrics {
             Box::new(m.immediate.clone()),
             Box::new(m.processor_errors.clone()),
             Box::new(m.grpc_errors.clone()),
+            Box::new(m.violations.clone()),
+            Box::new(m.mismatches.clone()),
+            Box::new(m.withheld.clone()),
             Box::new(m.active.clone()),
             Box::new(build),
         ];
@@ -154,6 +194,10 @@ impl Metrics {
             stream: self.stream.with_label_values(&[route]),
             outcomes: StreamOutcome::ALL
                 .map(|o| self.streams.with_label_values(&[route, o.as_str()])),
+            mismatches: ModeMismatch::ALL.map(|r| MismatchCounter {
+                counter: self.mismatches.with_label_values(&[route, r.as_str()]),
+                logged: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            }),
             active: self.active.clone(),
         }
     }
@@ -171,6 +215,8 @@ impl Metrics {
             timeouts: self
                 .processor_errors
                 .with_label_values(&[route, processor, "timeout"]),
+            withheld: Withheld::ALL
+                .map(|w| self.withheld.with_label_values(&[route, processor, w.as_str()])),
             immediate: self.immediate.clone(),
             route: Arc::from(route),
             processor: Arc::from(processor),
@@ -180,6 +226,11 @@ impl Metrics {
     /// Counts a stream ended with a gRPC error (`code` as its canonical name).
     pub fn grpc_error(&self, code: &str) {
         self.grpc_errors.with_label_values(&[code]).inc();
+    }
+
+    /// Counts a stream ended because of what Envoy sent.
+    pub fn violation(&self, kind: Violation) {
+        self.violations.with_label_values(&[kind.as_str()]).inc();
     }
 
     /// The Prometheus text exposition.
@@ -242,6 +293,11 @@ impl Metrics {
                         key: format!("{} {}", label("processor"), label("status")),
                         value: m.get_counter().get_value() as u64,
                     }),
+                    "extproc_mode_mismatches_total" => s.mismatches.push(Count {
+                        route: label("route"),
+                        key: label("reason"),
+                        value: m.get_counter().get_value() as u64,
+                    }),
                     "extproc_processor_errors_total" => s.errors.push(Count {
                         route: label("route"),
                         key: format!("{} {}", label("processor"), label("kind")),
@@ -298,6 +354,8 @@ pub struct Snapshot {
     pub immediate: Vec<Count>,
     /// Processor errors by kind.
     pub errors: Vec<Count>,
+    /// Mode mismatches by route and reason.
+    pub mismatches: Vec<Count>,
 }
 
 /// Pre-resolved handles of one route.
@@ -306,7 +364,16 @@ pub struct RouteMetrics {
     messages: [Histogram; 6],
     stream: Histogram,
     outcomes: [IntCounter; 4],
+    mismatches: [MismatchCounter; 7],
     active: IntGauge,
+}
+
+/// A mismatch counter and whether its first occurrence was logged (once per route and
+/// reason, so a misconfigured filter does not flood the log).
+#[derive(Clone)]
+struct MismatchCounter {
+    counter: IntCounter,
+    logged: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn phase_index(kind: PhaseKind) -> usize {
@@ -347,6 +414,27 @@ impl RouteMetrics {
             .unwrap_or(0);
         self.outcomes[i].inc();
     }
+
+    /// Counts a mode mismatch; returns true the first time for this route and reason
+    /// (the caller logs it then).
+    pub fn mismatch(&self, reason: ModeMismatch) -> bool {
+        let i = ModeMismatch::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        let m = &self.mismatches[i];
+        m.counter.inc();
+        !m.logged.swap(true, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Mismatch counts of this route, for `/routes`.
+    pub fn mismatch_counts(&self) -> Vec<(&'static str, u64)> {
+        ModeMismatch::ALL
+            .iter()
+            .zip(&self.mismatches)
+            .map(|(r, m)| (r.as_str(), m.counter.get()))
+            .collect()
+    }
 }
 
 /// Pre-resolved handles of one processor on one route.
@@ -355,6 +443,7 @@ pub struct ProcessorMetrics {
     durations: [Histogram; 6],
     panics: IntCounter,
     timeouts: IntCounter,
+    withheld: [IntCounter; 4],
     immediate: IntCounterVec,
     route: Arc<str>,
     processor: Arc<str>,
@@ -374,6 +463,15 @@ impl ProcessorMetrics {
     /// The processor exceeded its time limit.
     pub fn timed_out(&self) {
         self.timeouts.inc();
+    }
+
+    /// Counts a result the processor left out.
+    pub fn withheld(&self, reason: Withheld) {
+        let i = Withheld::ALL
+            .iter()
+            .position(|w| *w == reason)
+            .unwrap_or(0);
+        self.withheld[i].inc();
     }
 
     /// The processor answered the client (rare path: the status label is looked up).

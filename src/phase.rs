@@ -158,6 +158,41 @@ pub struct HeadersPhase {
     pub end_of_stream: bool,
 }
 
+/// What part of a body one body message holds, as far as the gateway knows from the
+/// body mode Envoy really uses (its `protocol_config`, and what has arrived so far).
+///
+/// A processor that needs the whole body must not present a result computed from a
+/// [`BodyKind::Prefix`] as if it covered the body: see [`crate::processor::BodyReceipt`]
+/// for what the gateway knows once the body is over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum BodyKind {
+    /// The whole body in one message (BUFFERED, or BUFFERED_PARTIAL when the body fit
+    /// Envoy's buffer). The request headers are held until it is answered.
+    #[default]
+    Whole,
+    /// One chunk of a STREAMED body; the last one has `end_of_stream` (or trailers end
+    /// the body). The headers are already on their way.
+    Chunk,
+    /// The first bytes of a body larger than Envoy's buffer (BUFFERED_PARTIAL): nothing
+    /// more of this body will reach the gateway.
+    Prefix,
+    /// One chunk of a FULL_DUPLEX_STREAMED body: what the answer carries is what Envoy
+    /// forwards.
+    Duplex,
+}
+
+impl BodyKind {
+    /// Stable snake_case name for logs and docs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyKind::Whole => "whole",
+            BodyKind::Chunk => "chunk",
+            BodyKind::Prefix => "prefix",
+            BodyKind::Duplex => "duplex",
+        }
+    }
+}
+
 /// One body message: a chunk when streamed, the whole body when buffered.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BodyPhase {
@@ -165,6 +200,8 @@ pub struct BodyPhase {
     pub chunk: Bytes,
     /// True on the last chunk.
     pub end_of_stream: bool,
+    /// What part of the body this message holds.
+    pub kind: BodyKind,
 }
 
 /// One event of the HTTP exchange, as a processor sees it.
@@ -240,6 +277,20 @@ pub struct Mutations {
     removes: Vec<String>,
     body: Option<BodyChange>,
     clear_route_cache: bool,
+    metadata: Vec<MetadataWrite>,
+}
+
+/// One dynamic metadata entry a processor hands to Envoy (`dynamic_metadata` of the
+/// answer), e.g. verified claims for an RBAC rule or an access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataWrite {
+    /// The metadata namespace, e.g. `envoy.filters.http.jwt_authn`. Envoy keeps only
+    /// namespaces listed in the filter's `metadata_options.receiving_namespaces`.
+    pub namespace: String,
+    /// The key inside the namespace.
+    pub key: String,
+    /// Any JSON value (objects become nested structs).
+    pub value: serde_json::Value,
 }
 
 impl Mutations {
@@ -309,6 +360,41 @@ impl Mutations {
         self.body = Some(BodyChange::Clear);
     }
 
+    /// Emits dynamic metadata `namespace.key = value` with this phase's answer. A later
+    /// write of the same namespace and key replaces an earlier one.
+    pub fn set_metadata(
+        &mut self,
+        namespace: impl Into<String>,
+        key: impl Into<String>,
+        value: serde_json::Value,
+    ) {
+        let (namespace, key) = (namespace.into(), key.into());
+        self.metadata
+            .retain(|m| m.namespace != namespace || m.key != key);
+        self.metadata.push(MetadataWrite {
+            namespace,
+            key,
+            value,
+        });
+    }
+
+    /// Moves out everything but the body change: header writes and removals, route
+    /// cache clearing and metadata (what a held headers' answer carries).
+    pub fn take_header_changes(&mut self) -> Mutations {
+        Mutations {
+            writes: std::mem::take(&mut self.writes),
+            removes: std::mem::take(&mut self.removes),
+            body: None,
+            clear_route_cache: std::mem::take(&mut self.clear_route_cache),
+            metadata: std::mem::take(&mut self.metadata),
+        }
+    }
+
+    /// Dynamic metadata to emit, in write order.
+    pub fn metadata(&self) -> &[MetadataWrite] {
+        &self.metadata
+    }
+
     /// Asks Envoy to re-select the route (needed when a header written for routing
     /// changed; Envoy ignores it on the response path).
     pub fn clear_route_cache(&mut self) {
@@ -360,6 +446,9 @@ impl Mutations {
         if later.body.is_some() {
             self.body = later.body;
         }
+        for m in later.metadata {
+            self.set_metadata(m.namespace, m.key, m.value);
+        }
         self.clear_route_cache |= later.clear_route_cache;
     }
 
@@ -399,6 +488,7 @@ impl Mutations {
             && self.removes.is_empty()
             && self.body.is_none()
             && !self.clear_route_cache
+            && self.metadata.is_empty()
     }
 }
 
@@ -418,6 +508,8 @@ pub struct ImmediateResponse {
     pub body: Bytes,
     /// Shown in Envoy's access log as the response code details.
     pub details: String,
+    /// For gRPC clients: the `grpc-status` Envoy puts on the local reply.
+    pub grpc_status: Option<u32>,
 }
 
 impl ImmediateResponse {
@@ -428,7 +520,15 @@ impl ImmediateResponse {
             headers: Vec::new(),
             body: Bytes::new(),
             details: String::new(),
+            grpc_status: None,
         }
+    }
+
+    /// Sets the gRPC status of the reply (e.g. 16 UNAUTHENTICATED), so a gRPC client
+    /// sees a gRPC error rather than a bare HTTP status.
+    pub fn grpc_status(mut self, code: u32) -> Self {
+        self.grpc_status = Some(code);
+        self
     }
 
     /// A reply whose body is the JSON object `{"error": reason}` plus the given

@@ -92,6 +92,80 @@ impl PhaseNeeds {
     }
 }
 
+/// What has reached the gateway of one body (request or response), as far as it knows
+/// now. Envoy's body mode decides what is sent, and the gateway never assumes its
+/// `mode_override` was honoured: this is what it saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum BodyReceipt {
+    /// The headers have not arrived yet.
+    #[default]
+    Unknown,
+    /// The headers said no body follows.
+    NoBody,
+    /// Body messages may still arrive.
+    Pending,
+    /// The whole body reached the gateway (end of stream, or trailers after it).
+    Complete,
+    /// Only the first bytes reached the gateway (BUFFERED_PARTIAL over Envoy's buffer
+    /// limit, or the other direction moved on before the body ended).
+    Partial,
+    /// There is a body but none of it was sent (body mode NONE, or an override Envoy
+    /// did not honour).
+    NotSent,
+}
+
+impl BodyReceipt {
+    /// True when a result over the body covers all of it (there was none, or all of
+    /// it arrived).
+    pub fn is_whole(self) -> bool {
+        matches!(self, BodyReceipt::NoBody | BodyReceipt::Complete)
+    }
+
+    /// Why a result over this body cannot be given, when it cannot.
+    pub fn withheld_reason(self) -> Option<Withheld> {
+        match self {
+            BodyReceipt::NoBody | BodyReceipt::Complete => None,
+            BodyReceipt::Partial => Some(Withheld::BodyPartial),
+            BodyReceipt::NotSent => Some(Withheld::BodyNotSent),
+            BodyReceipt::Unknown | BodyReceipt::Pending => Some(Withheld::BodyPending),
+        }
+    }
+}
+
+/// Why a processor left out a result rather than give a wrong one: counted per route
+/// and processor (`extproc_results_withheld_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Withheld {
+    /// Envoy did not send the body (body mode NONE, or the override was ignored).
+    BodyNotSent,
+    /// Only a prefix of the body arrived (BUFFERED_PARTIAL over the buffer limit).
+    BodyPartial,
+    /// The body had not ended when the result was due.
+    BodyPending,
+    /// The body exceeded the processor's own size limit.
+    BodyTooLarge,
+}
+
+impl Withheld {
+    /// Every reason, for zero-initialised metrics.
+    pub const ALL: [Withheld; 4] = [
+        Withheld::BodyNotSent,
+        Withheld::BodyPartial,
+        Withheld::BodyPending,
+        Withheld::BodyTooLarge,
+    ];
+
+    /// Stable snake_case name (a metric label value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Withheld::BodyNotSent => "body_not_sent",
+            Withheld::BodyPartial => "body_partial",
+            Withheld::BodyPending => "body_pending",
+            Withheld::BodyTooLarge => "body_too_large",
+        }
+    }
+}
+
 /// Everything the gateway knows about one HTTP request, lent to every phase.
 ///
 /// Standard fields are filled from the request headers when Envoy sends them (a stream
@@ -119,6 +193,12 @@ pub struct RequestCtx {
     pub grpc_metadata: Vec<(String, String)>,
     /// Whether the request headers said no body follows.
     pub request_end_of_stream: bool,
+    /// Dynamic metadata Envoy forwarded (`metadata_options.forwarding_namespaces`):
+    /// namespace -> JSON object.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    request_body: BodyReceipt,
+    response_body: BodyReceipt,
+    withheld: Option<Withheld>,
     request_headers: Headers,
     needs: PhaseNeeds,
     slots: Vec<Slot>,
@@ -140,6 +220,10 @@ impl RequestCtx {
             attributes: serde_json::Map::new(),
             grpc_metadata: Vec::new(),
             request_end_of_stream: false,
+            metadata: serde_json::Map::new(),
+            request_body: BodyReceipt::Unknown,
+            response_body: BodyReceipt::Unknown,
+            withheld: None,
             request_headers: Headers::new(),
             needs: PhaseNeeds::NONE,
             slots,
@@ -171,6 +255,39 @@ impl RequestCtx {
 
     pub(crate) fn request_headers_mut(&mut self) -> &mut Headers {
         &mut self.request_headers
+    }
+
+    /// What has reached the gateway of the request body so far.
+    pub fn request_body(&self) -> BodyReceipt {
+        self.request_body
+    }
+
+    /// What has reached the gateway of the response body so far.
+    pub fn response_body(&self) -> BodyReceipt {
+        self.response_body
+    }
+
+    pub(crate) fn set_body_receipt(&mut self, request: bool, receipt: BodyReceipt) {
+        if request {
+            self.request_body = receipt;
+        } else {
+            self.response_body = receipt;
+        }
+    }
+
+    /// Records that the running processor left a result out, and why (counted in
+    /// `extproc_results_withheld_total`).
+    pub fn withhold(&mut self, reason: Withheld) {
+        self.withheld = Some(reason);
+    }
+
+    pub(crate) fn take_withheld(&mut self) -> Option<Withheld> {
+        self.withheld.take()
+    }
+
+    /// A value Envoy forwarded in `metadata_context`, e.g. `("envoy.filters.http.jwt_authn", "payload")`.
+    pub fn metadata_value(&self, namespace: &str, key: &str) -> Option<&serde_json::Value> {
+        self.metadata.get(namespace)?.get(key)
     }
 
     /// What this request needs from Envoy, as the processors decided at its request

@@ -65,6 +65,34 @@ pub struct RouteMatch {
     pub route_name: Option<String>,
     /// gRPC initial metadata entries that must be present with these values.
     pub grpc_metadata: Vec<(String, String)>,
+    /// A dynamic metadata value Envoy forwards (`metadata_options.forwarding_namespaces`):
+    /// a per-route identity that survives reordering Envoy's routes.
+    pub metadata: Option<MetadataMatch>,
+}
+
+/// A condition on Envoy's dynamic metadata: `namespace.key` equals `value` (strings
+/// compare as they are; numbers and booleans by their JSON text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataMatch {
+    /// Metadata namespace, e.g. `envoy.filters.http.set_metadata` or a route's
+    /// `metadata.filter_metadata` key.
+    pub namespace: String,
+    /// Key inside the namespace.
+    pub key: String,
+    /// Expected value.
+    pub value: String,
+}
+
+impl MetadataMatch {
+    fn matches(&self, metadata: &serde_json::Map<String, serde_json::Value>) -> bool {
+        match metadata.get(&self.namespace).and_then(|ns| ns.get(&self.key)) {
+            Some(serde_json::Value::String(s)) => *s == self.value,
+            Some(v @ (serde_json::Value::Bool(_) | serde_json::Value::Number(_))) => {
+                v.to_string() == self.value
+            }
+            _ => false,
+        }
+    }
 }
 
 /// What the router sees of a stream when it starts.
@@ -76,6 +104,8 @@ pub struct RouteInput<'a> {
     pub attributes: &'a serde_json::Map<String, serde_json::Value>,
     /// gRPC initial metadata of the stream.
     pub grpc_metadata: &'a [(String, String)],
+    /// Dynamic metadata Envoy forwarded: namespace -> object.
+    pub metadata: &'a serde_json::Map<String, serde_json::Value>,
 }
 
 impl RouteInput<'_> {
@@ -132,6 +162,11 @@ impl RouteMatch {
                 return false;
             }
         }
+        if let Some(m) = &self.metadata {
+            if !m.matches(input.metadata) {
+                return false;
+            }
+        }
         self.grpc_metadata.iter().all(|(k, v)| {
             input
                 .grpc_metadata
@@ -148,6 +183,7 @@ impl RouteMatch {
             && self.headers.is_empty()
             && self.route_name.is_none()
             && self.grpc_metadata.is_empty()
+            && self.metadata.is_none()
     }
 
     /// A human-readable description, for `/routes` and `check-config`.
@@ -179,6 +215,9 @@ impl RouteMatch {
         }
         for (k, v) in &self.grpc_metadata {
             parts.push(format!("grpc metadata {k} = {v}"));
+        }
+        if let Some(m) = &self.metadata {
+            parts.push(format!("metadata {}.{} = {}", m.namespace, m.key, m.value));
         }
         if parts.is_empty() {
             "any request".to_string()
@@ -298,6 +337,9 @@ impl Router {
 mod tests {
     use super::*;
 
+    static NO_METADATA: std::sync::LazyLock<serde_json::Map<String, serde_json::Value>> =
+        std::sync::LazyLock::new(serde_json::Map::new);
+
     fn route(name: &str, m: RouteMatch) -> Route {
         Route {
             name: Arc::from(name),
@@ -341,6 +383,7 @@ mod tests {
             headers: Some(&headers),
             attributes: &attrs,
             grpc_metadata: &[],
+            metadata: &NO_METADATA,
         };
         assert_eq!(&*router.select(&input).name, "api");
         let get: Headers = [(":path", "/api/x"), (":method", "GET")]
@@ -351,6 +394,7 @@ mod tests {
             headers: Some(&get),
             attributes: &attrs,
             grpc_metadata: &md,
+            metadata: &NO_METADATA,
         };
         assert_eq!(&*router.select(&input).name, "meta");
         attrs.insert("xds.route_name".into(), "r1".into());
@@ -358,6 +402,7 @@ mod tests {
             headers: None,
             attributes: &attrs,
             grpc_metadata: &[],
+            metadata: &NO_METADATA,
         };
         assert_eq!(&*router.select(&input).name, "envoy-route");
         attrs.clear();
@@ -365,6 +410,7 @@ mod tests {
             headers: None,
             attributes: &attrs,
             grpc_metadata: &[],
+            metadata: &NO_METADATA,
         };
         assert_eq!(&*router.select(&input).name, "unmatched");
     }
@@ -387,6 +433,7 @@ mod tests {
             headers: Some(h),
             attributes: &attrs,
             grpc_metadata: &[],
+            metadata: &NO_METADATA,
         };
         assert!(m.matches(&input(&ok)));
         let debug: Headers = [(":path", "/v2/items"), ("x-tenant", "a"), ("x-debug", "1")]

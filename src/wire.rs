@@ -14,7 +14,8 @@ use crate::phase::{
     BodyChange, BodyPhase, Flow, HeaderAction, Headers, HeadersPhase, ImmediateResponse, Mutations,
     Phase, PhaseKind,
 };
-use crate::processor::{BodyNeed, PhaseNeeds};
+use crate::modes::{BodyMode, Protocol};
+use crate::processor::PhaseNeeds;
 use crate::proto::core::{header_value_option::HeaderAppendAction, HeaderValue, HeaderValueOption};
 use crate::proto::ext_proc::{
     body_mutation, common_response, processing_request, processing_response, BodyMutation,
@@ -22,7 +23,7 @@ use crate::proto::ext_proc::{
     ProcessingRequest, ProcessingResponse, StreamedBodyResponse, TrailersResponse,
 };
 use crate::proto::http_status::HttpStatus;
-use crate::proto::mode::processing_mode::{BodySendMode, HeaderSendMode};
+use crate::proto::mode::processing_mode::HeaderSendMode;
 use crate::proto::mode::ProcessingMode;
 
 /// The key under which Envoy's HTTP ext_proc filter puts request attributes.
@@ -64,6 +65,8 @@ fn body_phase(b: HttpBody) -> BodyPhase {
     BodyPhase {
         chunk: b.body,
         end_of_stream: b.end_of_stream || b.end_of_stream_without_message,
+        // The exchange knows the body mode and sets the kind.
+        kind: crate::phase::BodyKind::Whole,
     }
 }
 
@@ -99,6 +102,45 @@ pub fn attributes(message: &ProcessingRequest) -> serde_json::Map<String, serde_
     out
 }
 
+/// The dynamic metadata Envoy forwarded (`metadata_context.filter_metadata`), as
+/// `namespace -> JSON object`.
+pub fn metadata_context(message: &ProcessingRequest) -> serde_json::Map<String, serde_json::Value> {
+    let Some(md) = &message.metadata_context else {
+        return serde_json::Map::new();
+    };
+    md.filter_metadata
+        .iter()
+        .map(|(ns, st)| (ns.clone(), struct_json(st)))
+        .collect()
+}
+
+fn struct_json(st: &prost_types::Struct) -> serde_json::Value {
+    serde_json::Value::Object(
+        st.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), json_value(v)))
+            .collect(),
+    )
+}
+
+/// The JSON value as a protobuf `Value` (numbers become doubles, as in any Struct).
+pub fn proto_value(value: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(proto_value).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), proto_value(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
 fn json_value(value: &prost_types::Value) -> serde_json::Value {
     use prost_types::value::Kind;
     match &value.kind {
@@ -120,27 +162,30 @@ fn json_value(value: &prost_types::Value) -> serde_json::Value {
     }
 }
 
-/// A body mode Envoy is using for one direction, as far as the gateway knows.
+/// The body modes of one stream, one per direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BodyModes {
-    /// Envoy's `BodySendMode` for the request body.
-    pub request: i32,
-    /// Envoy's `BodySendMode` for the response body.
-    pub response: i32,
+    /// Request body.
+    pub request: BodyMode,
+    /// Response body.
+    pub response: BodyMode,
 }
 
 impl BodyModes {
-    /// Whether the given direction is FULL_DUPLEX_STREAMED (answers carry the body).
-    pub fn duplex(&self, request: bool) -> bool {
-        let mode = if request { self.request } else { self.response };
-        mode == BodySendMode::FullDuplexStreamed as i32
+    /// The mode of one direction.
+    pub fn get(&self, request: bool) -> BodyMode {
+        if request {
+            self.request
+        } else {
+            self.response
+        }
     }
 }
 
 /// The processing mode to ask for on the request-headers response: exactly what the
-/// chain needs. FULL_DUPLEX_STREAMED and GRPC body modes are kept as they are, since
-/// Envoy does not allow switching into or out of them.
-pub fn mode_override(needs: PhaseNeeds, current: BodyModes) -> ProcessingMode {
+/// chain needs, within what Envoy can switch to from the filter's `configured` body
+/// modes (see [`BodyMode::ask_for`]).
+pub fn mode_override(needs: PhaseNeeds, configured: BodyModes) -> ProcessingMode {
     let send = |wanted: bool| {
         if wanted {
             HeaderSendMode::Send as i32
@@ -151,27 +196,20 @@ pub fn mode_override(needs: PhaseNeeds, current: BodyModes) -> ProcessingMode {
     ProcessingMode {
         request_header_mode: HeaderSendMode::Send as i32,
         response_header_mode: send(needs.response_headers),
-        request_body_mode: body_mode(needs.request_body, current.request),
-        response_body_mode: body_mode(needs.response_body, current.response),
-        request_trailer_mode: send(needs.request_trailers),
-        response_trailer_mode: send(needs.response_trailers),
-    }
-}
-
-fn body_mode(need: BodyNeed, current: i32) -> i32 {
-    let fixed = [
-        BodySendMode::FullDuplexStreamed as i32,
-        BodySendMode::Grpc as i32,
-    ];
-    if fixed.contains(&current) {
-        return current;
-    }
-    match need {
-        BodyNeed::None => BodySendMode::None as i32,
-        // A streamed reader is happy with any mode that sends the body.
-        BodyNeed::Streamed if current != BodySendMode::None as i32 => current,
-        BodyNeed::Streamed => BodySendMode::Streamed as i32,
-        BodyNeed::Buffered => BodySendMode::Buffered as i32,
+        request_body_mode: configured.request.ask_for(needs.request_body).as_i32(),
+        response_body_mode: configured.response.ask_for(needs.response_body).as_i32(),
+        // Trailers end a streamed body: a chain that streams a body also hears them,
+        // so it knows the body is over. FULL_DUPLEX_STREAMED requires them.
+        request_trailer_mode: send(
+            needs.request_trailers
+                || configured.request.is_fixed()
+                || configured.request.ask_for(needs.request_body) == BodyMode::Streamed,
+        ),
+        response_trailer_mode: send(
+            needs.response_trailers
+                || configured.response.is_fixed()
+                || configured.response.ask_for(needs.response_body) == BodyMode::Streamed,
+        ),
     }
 }
 
@@ -184,35 +222,104 @@ pub struct Reply {
     pub modes: BodyModes,
 }
 
+/// What the first message says about Envoy's body modes (`protocol_config`).
+pub fn protocol(message: &ProcessingRequest) -> Protocol {
+    match &message.protocol_config {
+        Some(p) => Protocol {
+            known: true,
+            request: BodyMode::from_i32(p.request_body_mode),
+            response: BodyMode::from_i32(p.response_body_mode),
+            send_body_without_waiting_for_header_response: p
+                .send_body_without_waiting_for_header_response,
+        },
+        None => Protocol::default(),
+    }
+}
+
 /// Encodes the chain's outcome as the response of the matching kind.
 pub fn encode(outcome: &PhaseOutcome, reply: &Reply) -> ProcessingResponse {
+    encode_parts(&outcome.phase, &outcome.flow, &outcome.mutations, reply)
+}
+
+/// Like [`encode`], with other mutations than the outcome's (a held full-duplex body
+/// whose header changes go with the headers' answer).
+pub fn encode_with(outcome: &PhaseOutcome, m: &Mutations, reply: &Reply) -> ProcessingResponse {
+    encode_parts(&outcome.phase, &outcome.flow, m, reply)
+}
+
+/// A plain "continue" answer of the message's kind, for a message no processor sees.
+pub fn encode_continue(phase: &Phase, modes: &BodyModes) -> ProcessingResponse {
+    let reply = Reply {
+        mode_override: None,
+        modes: *modes,
+    };
+    encode_parts(phase, &Flow::Continue, &Mutations::new(), &reply)
+}
+
+/// The request headers' answer, sent late (after a held full-duplex body).
+pub fn encode_headers_answer(m: &Mutations, reply: &Reply) -> ProcessingResponse {
     use processing_response::Response;
-    let response = match &outcome.flow {
+    ProcessingResponse {
+        response: Some(Response::RequestHeaders(headers_response(m))),
+        mode_override: reply.mode_override,
+        dynamic_metadata: dynamic_metadata(m),
+        ..Default::default()
+    }
+}
+
+fn encode_parts(phase: &Phase, flow: &Flow, m: &Mutations, reply: &Reply) -> ProcessingResponse {
+    use processing_response::Response;
+    let response = match flow {
         Flow::Respond(immediate) => Response::ImmediateResponse(immediate_response(immediate)),
-        Flow::Continue => {
-            let m = &outcome.mutations;
-            match &outcome.phase {
-                Phase::RequestHeaders(_) => Response::RequestHeaders(headers_response(m)),
-                Phase::ResponseHeaders(_) => Response::ResponseHeaders(headers_response(m)),
-                Phase::RequestBody(b) => {
-                    Response::RequestBody(body_response(m, b, reply.modes.request))
-                }
-                Phase::ResponseBody(b) => {
-                    Response::ResponseBody(body_response(m, b, reply.modes.response))
-                }
-                Phase::RequestTrailers(_) => Response::RequestTrailers(trailers_response(m)),
-                Phase::ResponseTrailers(_) => Response::ResponseTrailers(trailers_response(m)),
+        Flow::Continue => match phase {
+            Phase::RequestHeaders(_) => Response::RequestHeaders(headers_response(m)),
+            Phase::ResponseHeaders(_) => Response::ResponseHeaders(headers_response(m)),
+            Phase::RequestBody(b) => Response::RequestBody(body_response(m, b, reply.modes.request)),
+            Phase::ResponseBody(b) => {
+                Response::ResponseBody(body_response(m, b, reply.modes.response))
             }
-        }
+            Phase::RequestTrailers(_) => Response::RequestTrailers(trailers_response(m)),
+            Phase::ResponseTrailers(_) => Response::ResponseTrailers(trailers_response(m)),
+        },
     };
     ProcessingResponse {
         response: Some(response),
-        mode_override: match outcome.phase.kind() {
+        mode_override: match phase.kind() {
             PhaseKind::RequestHeaders => reply.mode_override,
             _ => None,
         },
+        dynamic_metadata: dynamic_metadata(m),
         ..Default::default()
     }
+}
+
+/// Processors' metadata writes as Envoy's `dynamic_metadata`: one struct per namespace.
+fn dynamic_metadata(m: &Mutations) -> Option<prost_types::Struct> {
+    if m.metadata().is_empty() {
+        return None;
+    }
+    let mut namespaces: std::collections::BTreeMap<String, prost_types::Struct> =
+        std::collections::BTreeMap::new();
+    for w in m.metadata() {
+        namespaces
+            .entry(w.namespace.clone())
+            .or_default()
+            .fields
+            .insert(w.key.clone(), proto_value(&w.value));
+    }
+    Some(prost_types::Struct {
+        fields: namespaces
+            .into_iter()
+            .map(|(ns, st)| {
+                (
+                    ns,
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StructValue(st)),
+                    },
+                )
+            })
+            .collect(),
+    })
 }
 
 fn headers_response(m: &Mutations) -> HeadersResponse {
@@ -221,10 +328,10 @@ fn headers_response(m: &Mutations) -> HeadersResponse {
     }
 }
 
-fn body_response(m: &Mutations, body: &BodyPhase, mode: i32) -> BodyResponse {
-    let body_mutation = if mode == BodySendMode::FullDuplexStreamed as i32 {
-        // In full duplex Envoy forwards only what the answer carries: always send the
-        // chunk back (changed or not) with its end_of_stream.
+fn body_response(m: &Mutations, body: &BodyPhase, mode: BodyMode) -> BodyResponse {
+    let body_mutation = if mode.answers_with_body() {
+        // In full duplex (and GRPC) mode Envoy forwards only what the answer carries:
+        // always send the chunk back (changed or not) with its end_of_stream.
         let chunk = match m.body() {
             Some(BodyChange::Replace(b)) => b.clone(),
             Some(BodyChange::Clear) => Bytes::new(),
@@ -247,7 +354,7 @@ fn body_response(m: &Mutations, body: &BodyPhase, mode: i32) -> BodyResponse {
             }),
         })
     };
-    let content_length = match (mode == BodySendMode::Buffered as i32, m.body()) {
+    let content_length = match (mode == BodyMode::Buffered, m.body()) {
         (true, Some(BodyChange::Replace(b))) => Some(b.len()),
         (true, Some(BodyChange::Clear)) => Some(0),
         _ => None,
@@ -337,7 +444,9 @@ pub fn immediate_response(r: &ImmediateResponse) -> crate::proto::ext_proc::Imme
         }),
         headers,
         body: r.body.clone(),
-        grpc_status: None,
+        grpc_status: r
+            .grpc_status
+            .map(|status| crate::proto::ext_proc::GrpcStatus { status }),
         details: r.details.clone(),
     }
 }
@@ -345,7 +454,9 @@ pub fn immediate_response(r: &ImmediateResponse) -> crate::proto::ext_proc::Imme
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::processor::BodyNeed;
     use crate::proto::core::HeaderMap;
+    use crate::proto::mode::processing_mode::BodySendMode;
 
     fn hv(key: &str, value: &str, raw: &str) -> HeaderValue {
         HeaderValue {
@@ -414,11 +525,44 @@ mod tests {
         assert_eq!(m.request_body_mode, BodySendMode::Buffered as i32);
         assert_eq!(m.response_body_mode, BodySendMode::Streamed as i32);
         let duplex = BodyModes {
-            request: BodySendMode::FullDuplexStreamed as i32,
-            response: BodySendMode::Buffered as i32,
+            request: BodyMode::FullDuplexStreamed,
+            response: BodyMode::Buffered,
         };
         let m = mode_override(needs, duplex);
         assert_eq!(m.request_body_mode, BodySendMode::FullDuplexStreamed as i32);
         assert_eq!(m.response_body_mode, BodySendMode::Buffered as i32);
+        let partial = BodyModes {
+            request: BodyMode::BufferedPartial,
+            response: BodyMode::BufferedPartial,
+        };
+        let m = mode_override(needs, partial);
+        assert_eq!(m.request_body_mode, BodySendMode::Streamed as i32);
+        assert_eq!(m.response_body_mode, BodySendMode::Streamed as i32);
+        assert_eq!(m.request_trailer_mode, HeaderSendMode::Send as i32);
+    }
+
+    #[test]
+    fn dynamic_metadata_is_one_struct_per_namespace() {
+        let mut m = Mutations::new();
+        m.set_metadata("ns.a", "payload", serde_json::json!({"sub": "u1", "n": 2}));
+        m.set_metadata("ns.a", "other", serde_json::json!(true));
+        m.set_metadata("ns.b", "k", serde_json::json!("v"));
+        let st = dynamic_metadata(&m).unwrap();
+        assert_eq!(st.fields.len(), 2);
+        let Some(prost_types::value::Kind::StructValue(a)) = &st.fields["ns.a"].kind else {
+            panic!("namespace is not a struct")
+        };
+        assert_eq!(a.fields.len(), 2);
+        let Some(prost_types::value::Kind::StructValue(p)) = &a.fields["payload"].kind else {
+            panic!("payload is not a struct")
+        };
+        assert_eq!(
+            p.fields["sub"].kind,
+            Some(prost_types::value::Kind::StringValue("u1".into()))
+        );
+        assert_eq!(
+            p.fields["n"].kind,
+            Some(prost_types::value::Kind::NumberValue(2.0))
+        );
     }
 }

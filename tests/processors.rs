@@ -77,13 +77,35 @@ async fn context_check_detects_cross_talk_in_either_direction() {
     let a = d.response_body("not json", true).await.unwrap();
     assert_eq!(a.immediate.expect("500").status, 500);
 
-    // An id with no body at all is a mismatch too.
+}
+
+#[tokio::test]
+async fn context_check_compares_no_body_on_a_get_but_still_checks_the_response() {
+    // As the SDK's example: a GET has no request-body message, so nothing is
+    // compared; the response's `path` is still checked and the id returned.
     let mut d = driver(ContextCheck);
     let a = d
-        .request_headers(&with(&[("x-context-id", "id-7")]), true)
+        .request_headers(&with(&[("x-context-id", "ctx-42")]), true)
         .await
         .unwrap();
-    assert_eq!(a.immediate.expect("500").status, 500);
+    assert!(a.immediate.is_none(), "{a:?}");
+    assert_eq!(a.header("x-context-id"), Some("ctx-42"));
+    d.response_headers(&[(":status", "200")], false)
+        .await
+        .unwrap();
+    let a = d.response_body(r#"{"path":"/p?q=1"}"#, true).await.unwrap();
+    assert!(a.immediate.is_none(), "{a:?}");
+    assert_eq!(a.header("x-context-id"), Some("ctx-42"));
+
+    let mut d = driver(ContextCheck);
+    d.request_headers(&with(&[("x-context-id", "ctx-42")]), true)
+        .await
+        .unwrap();
+    d.response_headers(&[(":status", "200")], false)
+        .await
+        .unwrap();
+    let a = d.response_body(r#"{"path":"/elsewhere"}"#, true).await.unwrap();
+    assert_eq!(a.immediate.expect("500 on a wrong path").status, 500);
 }
 
 #[tokio::test]
@@ -218,7 +240,10 @@ async fn streamed_bodies_are_bounded() {
         .unwrap();
     let big = vec![b' '; 700 * 1024];
     d.response_body(big.clone(), false).await.unwrap();
+    // Too large to read is not cross-talk: no 500, and the id is not confirmed.
     let a = d.response_body(big, false).await.unwrap();
-    let i = a.immediate.expect("500");
-    assert!(String::from_utf8_lossy(&i.body).contains("too large"));
+    assert!(a.immediate.is_none(), "{a:?}");
+    let a = d.response_body(r#"{"path":"/p?q=1"}"#, true).await.unwrap();
+    assert!(a.immediate.is_none(), "{a:?}");
+    assert_eq!(a.header("x-context-id"), None);
 }

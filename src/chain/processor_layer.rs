@@ -181,8 +181,15 @@ impl<P: Processor> Shared<P> {
                 ))
             }
         };
+        let withheld = req.ctx.take_withheld();
+        if let Some(reason) = withheld {
+            tracing::debug!(processor = %name, reason = reason.as_str(), "processor withheld a result");
+        }
         if let (Some(m), Some(started)) = (&self.metrics, started) {
             m.hook(kind, started.elapsed());
+            if let Some(reason) = withheld {
+                m.withheld(reason);
+            }
             if let Flow::Respond(r) = &flow {
                 m.responded(r.status);
             }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use regex::Regex;
 
-pub use schema::{GatewayConfig, HeaderMatchConfig, MatchConfig, RouteConfig, ServerConfig};
+pub use schema::{
+    GatewayConfig, HeaderMatchConfig, MatchConfig, MetadataMatchConfig, RouteConfig, ServerConfig,
+};
 
 use crate::chain::Chain;
 use crate::metrics::Metrics;
@@ -252,6 +254,20 @@ fn route_match(m: &MatchConfig) -> Result<RouteMatch, (String, String)> {
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .collect(),
+        metadata: match &m.metadata {
+            Some(md) if md.namespace.is_empty() || md.key.is_empty() => {
+                return Err((
+                    "metadata".into(),
+                    "namespace and key must not be empty".into(),
+                ))
+            }
+            Some(md) => Some(crate::router::MetadataMatch {
+                namespace: md.namespace.clone(),
+                key: md.key.clone(),
+                value: md.value.clone(),
+            }),
+            None => None,
+        },
     })
 }
 

@@ -101,6 +101,22 @@ pub struct MatchConfig {
     /// gRPC initial metadata entries (ExtProcPerRoute `grpc_initial_metadata`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub grpc_metadata: BTreeMap<String, String>,
+    /// A dynamic metadata value Envoy forwards to the gateway (list the namespace in
+    /// the filter's `metadata_options.forwarding_namespaces.untyped`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<MetadataMatchConfig>,
+}
+
+/// `namespace.key == value` in Envoy's dynamic metadata.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataMatchConfig {
+    /// Metadata namespace.
+    pub namespace: String,
+    /// Key in the namespace.
+    pub key: String,
+    /// Expected value (numbers and booleans as their JSON text).
+    pub value: String,
 }
 
 /// One header condition: exactly one of `exact`, `prefix`, `regex`, `present`.

@@ -1,20 +1,30 @@
 //! The per-stream state machine: one `Exchange` per HTTP request, fed Envoy's messages
-//! in order, answering each with exactly one response of the matching kind.
+//! in order, answering each with exactly one response of the matching kind (or, when a
+//! full-duplex request body is held for the headers' answer, several at once, still in
+//! Envoy's order).
 //!
 //! It knows nothing of tonic: the gRPC service feeds it decoded messages, and the
-//! in-process test driver feeds it the same way.
+//! in-process test driver feeds it the same way. What Envoy really sends is tracked in
+//! [`Flows`](super::flows): the gateway never assumes its `mode_override` took effect.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::Instrument;
 
-use crate::chain::PhaseRequest;
+use super::flows::{Flows, Step};
+use crate::chain::{PhaseOutcome, PhaseRequest};
 use crate::metrics::StreamOutcome;
-use crate::phase::{Flow, Phase};
+use crate::modes::{ModeMismatch, Violation};
+use crate::phase::{Flow, Mutations, Phase};
 use crate::proto::ext_proc::{ProcessingRequest, ProcessingResponse};
 use crate::router::{Route, RouteInput, Router};
-use crate::wire::{self, BodyModes, Reply};
+use crate::wire::{self, Reply};
+
+/// Most bytes of a full-duplex request body held back while the request headers'
+/// answer waits for a processor that needs the whole body; past it the headers are
+/// answered and the body streams on.
+pub const DUPLEX_HOLD_LIMIT: usize = 8 * 1024 * 1024;
 
 /// Why a stream had to end: the gRPC status it maps to, with a message for the log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,27 +37,35 @@ pub enum ExchangeError {
     OutOfOrder(String),
 }
 
-/// What the gateway has seen of one direction (request or response).
-#[derive(Debug, Default, Clone, Copy)]
-struct Direction {
-    headers: bool,
-    body: bool,
-    /// end_of_stream seen (on headers or body), or trailers: nothing more may follow.
-    ended: bool,
-    trailers: bool,
+impl ExchangeError {
+    /// The violation counted for this error.
+    pub fn violation(&self) -> Violation {
+        match self {
+            ExchangeError::InvalidArgument(_) => Violation::EmptyMessage,
+            ExchangeError::OutOfOrder(_) => Violation::OutOfOrder,
+        }
+    }
+}
+
+/// The request headers' answer, held while a full-duplex body is read.
+struct Held {
+    /// The chain's outcome for the request headers (its mutations grow with header
+    /// changes made while the body is read).
+    mutations: Mutations,
+    reply: Reply,
+    /// Body answers, in order, sent after the headers' answer.
+    bodies: Vec<ProcessingResponse>,
+    bytes: usize,
 }
 
 /// A stream that has received its first message.
 struct Active {
     route: Arc<Route>,
-    /// Whether the gateway asked Envoy for any response phase.
-    asked_response: bool,
     started: Instant,
     span: tracing::Span,
     ctx: Option<Box<crate::processor::RequestCtx>>,
-    modes: BodyModes,
-    request: Direction,
-    response: Direction,
+    flows: Flows,
+    held: Option<Held>,
 }
 
 /// What happened to one message.
@@ -55,7 +73,10 @@ struct Active {
 pub enum Handled {
     /// Send this response.
     Reply(Box<ProcessingResponse>),
-    /// Send nothing (observability mode, or a duplicated chunk after end of stream).
+    /// Send these responses, in order (a held full-duplex exchange released).
+    Replies(Vec<ProcessingResponse>),
+    /// Send nothing (observability mode, a duplicated chunk after end of stream, or a
+    /// full-duplex message whose answer is held).
     Silent,
 }
 
@@ -98,7 +119,7 @@ impl Exchange {
         if self.ended {
             return;
         }
-        let Some(active) = &self.active else {
+        let Some(active) = &mut self.active else {
             return;
         };
         self.ended = true;
@@ -106,15 +127,14 @@ impl Exchange {
         // needs: that is a completed exchange if the response was already processed
         // (or nothing of the response was asked for and the request was through).
         let outcome = match outcome {
-            StreamOutcome::Cancelled
-                if active.response.headers
-                    || active.response.ended
-                    || (!active.asked_response && active.request.ended) =>
-            {
-                StreamOutcome::Completed
-            }
+            StreamOutcome::Cancelled if active.flows.looks_complete() => StreamOutcome::Completed,
             other => other,
         };
+        if outcome == StreamOutcome::Completed {
+            for reason in active.flows.at_stream_end() {
+                record_mismatch(&active.route, reason);
+            }
+        }
         if let Some(m) = &active.route.metrics {
             m.stream_ended(outcome, active.started.elapsed());
         }
@@ -133,7 +153,7 @@ impl Exchange {
             .is_none_or(|a| a.route.metrics.is_some())
             .then(Instant::now);
         let observability = message.observability_mode;
-        let phase = wire::decode(&mut message)
+        let mut phase = wire::decode(&mut message)
             .map_err(|e| ExchangeError::InvalidArgument(e.to_string()))?;
         if self.active.is_none() {
             self.start(&message, &phase);
@@ -141,13 +161,40 @@ impl Exchange {
         let Some(active) = self.active.as_mut() else {
             return Err(ExchangeError::InvalidArgument("stream not started".into()));
         };
-        if !check_order(active, &phase)? {
-            tracing::debug!(route = %active.route.name, "ignoring a body chunk after end of stream");
-            return Ok(Handled::Silent);
+        let step = active
+            .flows
+            .observe(&mut phase, observability)
+            .map_err(ExchangeError::OutOfOrder)?;
+        let mismatches = active.flows.take_mismatches();
+        for reason in mismatches {
+            record_mismatch(&active.route, reason);
+        }
+        match step {
+            Step::Run => {}
+            Step::IgnoreSilently => {
+                tracing::debug!(route = %active.route.name, "ignoring a body chunk after end of stream");
+                return Ok(Handled::Silent);
+            }
+            Step::Answer => {
+                // A duplicate end of stream: answered, not given to processors.
+                if observability {
+                    return Ok(Handled::Silent);
+                }
+                let outcome_phase = phase;
+                let response = wire::encode_continue(&outcome_phase, &active.flows.modes());
+                return Ok(Handled::Reply(Box::new(response)));
+            }
         }
         if self.stopped {
             // Observability mode after a processor answered: the chain is over.
             return Ok(Handled::Silent);
+        }
+        if !message.metadata_context.is_none() {
+            if let Some(ctx) = active.ctx.as_mut() {
+                for (ns, value) in wire::metadata_context(&message) {
+                    ctx.metadata.insert(ns, value);
+                }
+            }
         }
         let Some(mut ctx) = active.ctx.take() else {
             return Err(ExchangeError::InvalidArgument(
@@ -157,6 +204,7 @@ impl Exchange {
         if let Phase::RequestHeaders(h) = &phase {
             ctx.fill_from_request_headers(h);
         }
+        active.flows.fill_receipts(&mut ctx);
         let kind = phase.kind();
         let phase_span = tracing::debug_span!(
             parent: &active.span,
@@ -172,27 +220,27 @@ impl Exchange {
             .await;
         let mut reply = Reply {
             mode_override: None,
-            modes: active.modes,
+            modes: active.flows.modes(),
         };
         if let Phase::RequestHeaders(_) = &outcome.phase {
-            let needs = outcome.ctx.needs();
-            active.asked_response = needs.response_headers
-                || needs.response_trailers
-                || needs.response_body != crate::processor::BodyNeed::None;
-            let mode = wire::mode_override(needs, active.modes);
-            active.modes = BodyModes {
-                request: mode.request_body_mode,
-                response: mode.response_body_mode,
-            };
+            let mode = active.flows.plan(outcome.ctx.needs(), observability);
             reply.mode_override = Some(mode);
+            reply.modes = active.flows.modes();
         }
-        let response = wire::encode(&outcome, &reply);
         let responded = matches!(outcome.flow, Flow::Respond(_));
+        if responded && observability {
+            record_mismatch(&active.route, ModeMismatch::ObservabilityCannotBlock);
+        }
+        let handled = if observability {
+            Handled::Silent
+        } else {
+            respond(active, outcome.phase.kind(), &outcome, reply, responded)
+        };
         if let (Some(m), Some(received)) = (&active.route.metrics, received) {
             m.message(kind, received.elapsed());
         }
-        let mut ctx = outcome.ctx;
-        if let Phase::RequestHeaders(h) = outcome.phase {
+        let PhaseOutcome { phase, mut ctx, .. } = outcome;
+        if let Phase::RequestHeaders(h) = phase {
             // The event already carries every processor's changes: keep it as the
             // request's current headers (moved, not copied).
             *ctx.request_headers_mut() = h.headers;
@@ -205,14 +253,12 @@ impl Exchange {
                 self.end(StreamOutcome::ImmediateResponse);
             }
         }
-        if observability {
-            return Ok(Handled::Silent);
-        }
-        Ok(Handled::Reply(Box::new(response)))
+        Ok(handled)
     }
 
     fn start(&mut self, message: &ProcessingRequest, phase: &Phase) {
         let attributes = wire::attributes(message);
+        let metadata = wire::metadata_context(message);
         let headers = match phase {
             Phase::RequestHeaders(h) => Some(&h.headers),
             _ => None,
@@ -223,6 +269,7 @@ impl Exchange {
                 headers,
                 attributes: &attributes,
                 grpc_metadata: &self.grpc_metadata,
+                metadata: &metadata,
             })
             .clone();
         let span = tracing::debug_span!(
@@ -242,24 +289,16 @@ impl Exchange {
         let mut ctx = Box::new(route.chain.new_ctx(route.name.clone()));
         fill_from_attributes(&mut ctx, &attributes);
         ctx.attributes = attributes;
+        ctx.metadata = metadata;
         ctx.grpc_metadata = std::mem::take(&mut self.grpc_metadata);
-        let modes = message
-            .protocol_config
-            .as_ref()
-            .map(|p| BodyModes {
-                request: p.request_body_mode,
-                response: p.response_body_mode,
-            })
-            .unwrap_or_default();
+        let flows = Flows::new(wire::protocol(message));
         self.active = Some(Active {
             route,
-            asked_response: true,
             started: Instant::now(),
             span,
             ctx: Some(ctx),
-            modes,
-            request: Direction::default(),
-            response: Direction::default(),
+            flows,
+            held: None,
         });
     }
 }
@@ -268,6 +307,86 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         self.end(StreamOutcome::Cancelled);
     }
+}
+
+/// Counts a mismatch on the route and logs its first occurrence.
+fn record_mismatch(route: &Route, reason: ModeMismatch) {
+    let first = route.metrics.as_ref().is_none_or(|m| m.mismatch(reason));
+    if first {
+        tracing::warn!(
+            route = %route.name,
+            reason = reason.as_str(),
+            hint = reason.hint(),
+            "Envoy's processing mode does not give this route what its chain needs"
+        );
+    }
+}
+
+/// Encodes the answer, holding the request headers' answer while a full-duplex body
+/// that a processor needs whole is read.
+fn respond(
+    active: &mut Active,
+    kind: crate::phase::PhaseKind,
+    outcome: &PhaseOutcome,
+    reply: Reply,
+    responded: bool,
+) -> Handled {
+    use crate::phase::PhaseKind;
+    if responded {
+        // An immediate response replaces anything held.
+        active.held = None;
+        return Handled::Reply(Box::new(wire::encode(outcome, &reply)));
+    }
+    if kind == PhaseKind::RequestHeaders && active.flows.hold_request_headers() {
+        active.held = Some(Held {
+            mutations: outcome.mutations.clone(),
+            reply,
+            bodies: Vec::new(),
+            bytes: 0,
+        });
+        return Handled::Silent;
+    }
+    let Some(held) = active.held.as_mut() else {
+        return Handled::Reply(Box::new(wire::encode(outcome, &reply)));
+    };
+    match &outcome.phase {
+        Phase::RequestBody(b) => {
+            // Header changes made while reading the body go with the headers' answer.
+            let mut body_outcome = outcome.mutations.clone();
+            held.mutations.merge(body_outcome.take_header_changes());
+            held.bytes += b.chunk.len();
+            held.bodies
+                .push(wire::encode_with(outcome, &body_outcome, &reply));
+            if b.end_of_stream || held.bytes > DUPLEX_HOLD_LIMIT {
+                if !b.end_of_stream {
+                    tracing::debug!(route = %active.route.name, "full-duplex body over the hold limit: answering the headers now");
+                }
+                return release(active, None);
+            }
+            Handled::Silent
+        }
+        Phase::RequestTrailers(_) => {
+            let trailers = wire::encode(outcome, &reply);
+            release(active, Some(trailers))
+        }
+        _ => {
+            // Anything else means the request side is over: answer in order.
+            let this = wire::encode(outcome, &reply);
+            release(active, Some(this))
+        }
+    }
+}
+
+fn release(active: &mut Active, last: Option<ProcessingResponse>) -> Handled {
+    let Some(held) = active.held.take() else {
+        return last.map_or(Handled::Silent, |r| Handled::Reply(Box::new(r)));
+    };
+    active.flows.released_request_headers();
+    let mut out = Vec::with_capacity(held.bodies.len() + 2);
+    out.push(wire::encode_headers_answer(&held.mutations, &held.reply));
+    out.extend(held.bodies);
+    out.extend(last);
+    Handled::Replies(out)
 }
 
 /// Standard fields for a stream that did not start with request headers.
@@ -286,62 +405,4 @@ fn fill_from_attributes(
     ctx.path = get("request.path");
     ctx.authority = get("request.host");
     ctx.request_id = get("request.id");
-}
-
-/// Checks per-direction order: headers, then body chunks, then trailers. Returns
-/// `Ok(false)` for a full-duplex chunk after end of stream, which Envoy is known to
-/// duplicate on large bodies and which must be ignored, not answered.
-fn check_order(active: &mut Active, phase: &Phase) -> Result<bool, ExchangeError> {
-    let kind = phase.kind();
-    let request = kind.is_request();
-    let duplex = active.modes.duplex(request);
-    let dir = if request {
-        &mut active.request
-    } else {
-        &mut active.response
-    };
-    let side = if request { "request" } else { "response" };
-    match phase {
-        Phase::RequestHeaders(h) | Phase::ResponseHeaders(h) => {
-            if dir.headers || dir.body || dir.trailers {
-                return Err(ExchangeError::OutOfOrder(format!(
-                    "{side} headers after {side} headers, body or trailers"
-                )));
-            }
-            dir.headers = true;
-            dir.ended = h.end_of_stream;
-        }
-        Phase::RequestBody(b) | Phase::ResponseBody(b) => {
-            if dir.trailers {
-                return Err(ExchangeError::OutOfOrder(format!(
-                    "{side} body after {side} trailers"
-                )));
-            }
-            if dir.ended {
-                if duplex {
-                    return Ok(false);
-                }
-                return Err(ExchangeError::OutOfOrder(format!(
-                    "{side} body after the {side}'s end_of_stream"
-                )));
-            }
-            dir.body = true;
-            dir.ended = b.end_of_stream;
-        }
-        Phase::RequestTrailers(_) | Phase::ResponseTrailers(_) => {
-            if dir.trailers {
-                return Err(ExchangeError::OutOfOrder(format!(
-                    "{side} trailers arrived twice"
-                )));
-            }
-            if dir.ended && !duplex {
-                return Err(ExchangeError::OutOfOrder(format!(
-                    "{side} trailers after the {side}'s end_of_stream"
-                )));
-            }
-            dir.trailers = true;
-            dir.ended = true;
-        }
-    }
-    Ok(true)
 }

@@ -2,6 +2,7 @@
 //! beside it, and graceful shutdown.
 
 mod exchange;
+mod flows;
 mod reload;
 mod service;
 

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::exchange::{Exchange, ExchangeError, Handled};
 use crate::metrics::{Metrics, StreamOutcome};
+use crate::modes::Violation;
 use crate::proto::ext_proc::external_processor_server::ExternalProcessor;
 use crate::proto::ext_proc::{ProcessingRequest, ProcessingResponse};
 use crate::router::Router;
@@ -88,7 +89,21 @@ struct StreamState {
     inbound: Streaming<ProcessingRequest>,
     exchange: Exchange,
     metrics: Arc<Metrics>,
+    /// Answers decided but not yet sent (a released full-duplex exchange).
+    queued: std::collections::VecDeque<ProcessingResponse>,
     done: bool,
+}
+
+/// The violation a status ending the stream stands for.
+fn violation_of(status: &Status) -> Violation {
+    match status.code() {
+        tonic::Code::FailedPrecondition => Violation::OutOfOrder,
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => Violation::Oversized,
+        tonic::Code::InvalidArgument if status.message().starts_with("malformed") => {
+            Violation::Malformed
+        }
+        _ => Violation::EmptyMessage,
+    }
 }
 
 impl StreamState {
@@ -97,6 +112,7 @@ impl StreamState {
         self.done = true;
         self.exchange.end(StreamOutcome::Error);
         self.metrics.grpc_error(code_name(status.code()));
+        self.metrics.violation(violation_of(&status));
         let route = self.exchange.route().map(|r| r.name.to_string());
         tracing::warn!(route = ?route, %status, "ending ext_proc stream");
         status
@@ -142,9 +158,13 @@ impl ExternalProcessor for ExtProcService {
             inbound: request.into_inner(),
             exchange: Exchange::new(self.router.current(), grpc_metadata),
             metrics: self.metrics.clone(),
+            queued: std::collections::VecDeque::new(),
             done: false,
         };
         let stream = futures_util::stream::unfold(state, |mut st| async move {
+            if let Some(next) = st.queued.pop_front() {
+                return Some((Ok(next), st));
+            }
             if st.done {
                 return None;
             }
@@ -154,6 +174,14 @@ impl ExternalProcessor for ExtProcService {
                         Ok(Handled::Reply(response)) => {
                             st.done = st.exchange.is_finished();
                             return Some((Ok(*response), st));
+                        }
+                        Ok(Handled::Replies(responses)) => {
+                            st.done = st.exchange.is_finished();
+                            st.queued.extend(responses);
+                            match st.queued.pop_front() {
+                                Some(first) => return Some((Ok(first), st)),
+                                None => continue,
+                            }
                         }
                         Ok(Handled::Silent) => continue,
                         Err(e) => {

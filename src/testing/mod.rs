@@ -203,15 +203,33 @@ impl Driver {
         self.exchange.is_finished()
     }
 
-    /// Sends a raw message; `Ok(None)` when the gateway sends nothing back.
+    /// Sends a raw message; `Ok(None)` when the gateway sends nothing back. Several
+    /// answers at once (a held full-duplex exchange) are an error here: use
+    /// [`Driver::send_all`].
     pub async fn send(
         &mut self,
         message: ProcessingRequest,
     ) -> Result<Option<Answer>, ExchangeError> {
-        match self.exchange.handle(message).await? {
-            Handled::Reply(r) => Ok(Some(Answer::from_response(*r))),
-            Handled::Silent => Ok(None),
+        let mut all = self.send_all(message).await?;
+        match all.len() {
+            0 => Ok(None),
+            1 => Ok(all.pop()),
+            n => Err(ExchangeError::InvalidArgument(format!(
+                "{n} answers to one message; use send_all"
+            ))),
         }
+    }
+
+    /// Sends a raw message and returns every answer it released, in order.
+    pub async fn send_all(
+        &mut self,
+        message: ProcessingRequest,
+    ) -> Result<Vec<Answer>, ExchangeError> {
+        Ok(match self.exchange.handle(message).await? {
+            Handled::Reply(r) => vec![Answer::from_response(*r)],
+            Handled::Replies(rs) => rs.into_iter().map(Answer::from_response).collect(),
+            Handled::Silent => Vec::new(),
+        })
     }
 
     fn message(&self, request: processing_request::Request) -> ProcessingRequest {
