@@ -215,8 +215,10 @@ impl Metrics {
             timeouts: self
                 .processor_errors
                 .with_label_values(&[route, processor, "timeout"]),
-            withheld: Withheld::ALL
-                .map(|w| self.withheld.with_label_values(&[route, processor, w.as_str()])),
+            withheld: Withheld::ALL.map(|w| {
+                self.withheld
+                    .with_label_values(&[route, processor, w.as_str()])
+            }),
             immediate: self.immediate.clone(),
             route: Arc::from(route),
             processor: Arc::from(processor),
@@ -467,10 +469,7 @@ impl ProcessorMetrics {
 
     /// Counts a result the processor left out.
     pub fn withheld(&self, reason: Withheld) {
-        let i = Withheld::ALL
-            .iter()
-            .position(|w| *w == reason)
-            .unwrap_or(0);
+        let i = Withheld::ALL.iter().position(|w| *w == reason).unwrap_or(0);
         self.withheld[i].inc();
     }
 

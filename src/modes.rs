@@ -233,7 +233,10 @@ mod tests {
         assert_eq!(Streamed.ask_for(BodyNeed::Buffered), Buffered);
         assert_eq!(Buffered.ask_for(BodyNeed::Streamed), Buffered);
         assert_eq!(None.ask_for(BodyNeed::Streamed), Streamed);
-        assert_eq!(FullDuplexStreamed.ask_for(BodyNeed::None), FullDuplexStreamed);
+        assert_eq!(
+            FullDuplexStreamed.ask_for(BodyNeed::None),
+            FullDuplexStreamed
+        );
         assert_eq!(Grpc.ask_for(BodyNeed::Buffered), Buffered);
         assert_eq!(Grpc.ask_for(BodyNeed::None), None);
     }

@@ -85,7 +85,10 @@ pub struct MetadataMatch {
 
 impl MetadataMatch {
     fn matches(&self, metadata: &serde_json::Map<String, serde_json::Value>) -> bool {
-        match metadata.get(&self.namespace).and_then(|ns| ns.get(&self.key)) {
+        match metadata
+            .get(&self.namespace)
+            .and_then(|ns| ns.get(&self.key))
+        {
             Some(serde_json::Value::String(s)) => *s == self.value,
             Some(v @ (serde_json::Value::Bool(_) | serde_json::Value::Number(_))) => {
                 v.to_string() == self.value
@@ -295,7 +298,12 @@ impl Route {
 pub struct Router {
     routes: Vec<Arc<Route>>,
     unmatched: Arc<Route>,
+    buffer_limit: usize,
 }
+
+/// Envoy's default `per_connection_buffer_limit_bytes` (1 MiB): a BUFFERED body over it
+/// gets the client a 413.
+pub const ENVOY_DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
 
 impl Router {
     /// Routes in match order.
@@ -316,7 +324,21 @@ impl Router {
                 chain: Chain::empty(),
                 metrics: unmatched_metrics,
             }),
+            buffer_limit: ENVOY_DEFAULT_BUFFER_LIMIT,
         }
+    }
+
+    /// The largest body Envoy buffers (its listener's `per_connection_buffer_limit_bytes`).
+    /// A request whose `content-length` is larger is asked for as STREAMED where a
+    /// processor wants it BUFFERED, so it is read whole instead of refused with 413.
+    pub fn with_buffer_limit(mut self, bytes: usize) -> Self {
+        self.buffer_limit = bytes;
+        self
+    }
+
+    /// See [`Router::with_buffer_limit`].
+    pub fn buffer_limit(&self) -> usize {
+        self.buffer_limit
     }
 
     /// The first route whose conditions hold.

@@ -10,11 +10,11 @@
 use bytes::Bytes;
 
 use crate::chain::PhaseOutcome;
+use crate::modes::{BodyMode, Protocol};
 use crate::phase::{
     BodyChange, BodyPhase, Flow, HeaderAction, Headers, HeadersPhase, ImmediateResponse, Mutations,
     Phase, PhaseKind,
 };
-use crate::modes::{BodyMode, Protocol};
 use crate::processor::PhaseNeeds;
 use crate::proto::core::{header_value_option::HeaderAppendAction, HeaderValue, HeaderValueOption};
 use crate::proto::ext_proc::{
@@ -198,17 +198,18 @@ pub fn mode_override(needs: PhaseNeeds, configured: BodyModes) -> ProcessingMode
         response_header_mode: send(needs.response_headers),
         request_body_mode: configured.request.ask_for(needs.request_body).as_i32(),
         response_body_mode: configured.response.ask_for(needs.response_body).as_i32(),
-        // Trailers end a streamed body: a chain that streams a body also hears them,
-        // so it knows the body is over. FULL_DUPLEX_STREAMED requires them.
+        // Trailers end a body that comes without end_of_stream (a streamed one, or a
+        // buffered one followed by trailers): a chain that reads a body also hears
+        // them, so it knows the body is over. FULL_DUPLEX_STREAMED requires them.
         request_trailer_mode: send(
             needs.request_trailers
                 || configured.request.is_fixed()
-                || configured.request.ask_for(needs.request_body) == BodyMode::Streamed,
+                || configured.request.ask_for(needs.request_body) != BodyMode::None,
         ),
         response_trailer_mode: send(
             needs.response_trailers
                 || configured.response.is_fixed()
-                || configured.response.ask_for(needs.response_body) == BodyMode::Streamed,
+                || configured.response.ask_for(needs.response_body) != BodyMode::None,
         ),
     }
 }
@@ -274,7 +275,9 @@ fn encode_parts(phase: &Phase, flow: &Flow, m: &Mutations, reply: &Reply) -> Pro
         Flow::Continue => match phase {
             Phase::RequestHeaders(_) => Response::RequestHeaders(headers_response(m)),
             Phase::ResponseHeaders(_) => Response::ResponseHeaders(headers_response(m)),
-            Phase::RequestBody(b) => Response::RequestBody(body_response(m, b, reply.modes.request)),
+            Phase::RequestBody(b) => {
+                Response::RequestBody(body_response(m, b, reply.modes.request))
+            }
             Phase::ResponseBody(b) => {
                 Response::ResponseBody(body_response(m, b, reply.modes.response))
             }

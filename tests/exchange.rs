@@ -983,12 +983,26 @@ async fn end_of_stream_sent_twice_is_answered_and_not_hashed_again() {
     envoy.request_headers(&GET, false).await.unwrap();
     let first = envoy.request_body("all", true).await.unwrap();
     let digest = values(&first, "x-request-digest");
-    assert_eq!(digest, vec![expected_digest("unknown", "GET", "/", "all").as_str()]);
+    assert_eq!(
+        digest,
+        vec![expected_digest("unknown", "GET", "/", "all").as_str()]
+    );
     let again = envoy.request_body("", true).await.unwrap();
-    assert_eq!(again.kind, Some(PhaseKind::RequestBody), "answered with its own kind");
+    assert_eq!(
+        again.kind,
+        Some(PhaseKind::RequestBody),
+        "answered with its own kind"
+    );
     assert!(values(&again, "x-request-digest").is_empty());
-    let resp = envoy.response_headers(&[(":status", "200")], true).await.unwrap();
-    assert_eq!(values(&resp, "x-request-digest"), digest, "the body was hashed once");
+    let resp = envoy
+        .response_headers(&[(":status", "200")], true)
+        .await
+        .unwrap();
+    assert_eq!(
+        values(&resp, "x-request-digest"),
+        digest,
+        "the body was hashed once"
+    );
 }
 
 #[tokio::test]

@@ -76,7 +76,6 @@ async fn context_check_detects_cross_talk_in_either_direction() {
         .unwrap();
     let a = d.response_body("not json", true).await.unwrap();
     assert_eq!(a.immediate.expect("500").status, 500);
-
 }
 
 #[tokio::test]
@@ -104,7 +103,10 @@ async fn context_check_compares_no_body_on_a_get_but_still_checks_the_response()
     d.response_headers(&[(":status", "200")], false)
         .await
         .unwrap();
-    let a = d.response_body(r#"{"path":"/elsewhere"}"#, true).await.unwrap();
+    let a = d
+        .response_body(r#"{"path":"/elsewhere"}"#, true)
+        .await
+        .unwrap();
     assert_eq!(a.immediate.expect("500 on a wrong path").status, 500);
 }
 

@@ -150,10 +150,10 @@ impl GatewayConfig {
                 metrics: metrics.map(|m| m.route(&r.name)),
             });
         }
-        Ok(Router::with_unmatched(
-            routes,
-            metrics.map(|m| m.route(crate::router::UNMATCHED)),
-        ))
+        Ok(
+            Router::with_unmatched(routes, metrics.map(|m| m.route(crate::router::UNMATCHED)))
+                .with_buffer_limit(self.server.envoy_buffer_limit_bytes),
+        )
     }
 
     /// The applied-processors header, or `None` when turned off (empty string).

@@ -45,6 +45,10 @@ pub struct ServerConfig {
     /// no limit of the gateway's own (Envoy's `message_timeout` still applies).
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub processor_timeout: Option<Duration>,
+    /// Envoy's buffer limit (the listener's `per_connection_buffer_limit_bytes`,
+    /// 1 MiB by default). A request with a larger `content-length` is asked for as
+    /// STREAMED rather than BUFFERED, so Envoy does not refuse it with 413.
+    pub envoy_buffer_limit_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +59,7 @@ impl Default for ServerConfig {
             max_message_bytes: 64 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             processor_timeout: None,
+            envoy_buffer_limit_bytes: crate::router::ENVOY_DEFAULT_BUFFER_LIMIT,
         }
     }
 }

@@ -223,7 +223,11 @@ impl Exchange {
             modes: active.flows.modes(),
         };
         if let Phase::RequestHeaders(_) = &outcome.phase {
-            let mode = active.flows.plan(outcome.ctx.needs(), observability);
+            let mode = active.flows.plan(
+                outcome.ctx.needs(),
+                observability,
+                self.router.buffer_limit(),
+            );
             reply.mode_override = Some(mode);
             reply.modes = active.flows.modes();
         }

@@ -110,8 +110,24 @@ impl Flows {
         }
     }
 
-    /// Decides the `mode_override` for this request's needs and remembers it.
-    pub fn plan(&mut self, needs: PhaseNeeds, observability: bool) -> ProcessingMode {
+    /// Decides the `mode_override` for this request's needs and remembers it. A body
+    /// announced larger than Envoy's buffer (`buffer_limit`) is asked for as STREAMED:
+    /// BUFFERED would get the client a 413.
+    pub fn plan(
+        &mut self,
+        mut needs: PhaseNeeds,
+        observability: bool,
+        buffer_limit: usize,
+    ) -> ProcessingMode {
+        if needs.request_body == BodyNeed::Buffered
+            && !self.request.configured.is_fixed()
+            && self
+                .request
+                .content_length
+                .is_some_and(|n| n > buffer_limit)
+        {
+            needs.request_body = BodyNeed::Streamed;
+        }
         let configured = BodyModes {
             request: self.request.configured,
             response: self.response.configured,
@@ -178,8 +194,7 @@ impl Flows {
     /// needed and never sent.
     pub fn at_stream_end(&mut self) -> Vec<ModeMismatch> {
         let r = &self.response;
-        if r.headers && !r.headers_end && r.bodies == 0 && !r.trailers && r.need != BodyNeed::None
-        {
+        if r.headers && !r.headers_end && r.bodies == 0 && !r.trailers && r.need != BodyNeed::None {
             self.mismatches.push(ModeMismatch::ResponseBodyNotSent);
         }
         self.take_mismatches()
@@ -241,11 +256,13 @@ impl Flows {
                 if side.ended && side.bodies > 0 {
                     // Envoy's duplicated last chunk (full duplex), or an end of stream
                     // sent twice: answered (or ignored in full duplex), never fatal.
-                    return Ok(if self.modes().get(request) == BodyMode::FullDuplexStreamed {
-                        Step::IgnoreSilently
-                    } else {
-                        Step::Answer
-                    });
+                    return Ok(
+                        if self.modes().get(request) == BodyMode::FullDuplexStreamed {
+                            Step::IgnoreSilently
+                        } else {
+                            Step::Answer
+                        },
+                    );
                 }
                 if side.headers_end {
                     return Err(format!(
@@ -269,8 +286,12 @@ impl Flows {
                 side.ended = true;
                 // Trailers end the body: all of it arrived unless the last message
                 // may have been a BUFFERED_PARTIAL prefix.
-                let (pending, bodies, maybe_prefix, need) =
-                    (side.receipt == BodyReceipt::Pending, side.bodies, side.maybe_prefix, side.need);
+                let (pending, bodies, maybe_prefix, need) = (
+                    side.receipt == BodyReceipt::Pending,
+                    side.bodies,
+                    side.maybe_prefix,
+                    side.need,
+                );
                 if pending {
                     let receipt = if bodies == 0 {
                         // Trailers but no body message: the body (if any) was not sent.
@@ -409,8 +430,28 @@ impl Flows {
         let ambiguous_partial = self.honoured.is_none()
             && side.asked == BodyMode::Streamed
             && side.configured == BodyMode::BufferedPartial;
+        // BUFFERED asked where STREAMED is configured: a body followed by trailers
+        // comes without end_of_stream in both, whole in one and a first chunk in the
+        // other. Until a second chunk or the trailers tell, it is only a chunk.
+        let ambiguous_buffered = self.honoured.is_none()
+            && side.asked == BodyMode::Buffered
+            && side.configured != BodyMode::Buffered
+            && side.configured != BodyMode::None
+            && side.configured != BodyMode::Grpc;
+        if !first && side.asked == BodyMode::Buffered && self.honoured.is_none() {
+            // BUFFERED sends one message: a second one means STREAMED is in force.
+            self.learn(false);
+        }
+        let mode = if !first && side.asked == BodyMode::Buffered && self.honoured == Some(false) {
+            side.configured
+        } else {
+            mode
+        };
         let (kind, maybe_prefix) = match mode {
             BodyMode::FullDuplexStreamed => (BodyKind::Duplex, false),
+            BodyMode::Buffered if ambiguous_buffered && !(b.end_of_stream || fits) => {
+                (BodyKind::Chunk, false)
+            }
             // BUFFERED never truncates (over Envoy's limit the client gets 413); a
             // body followed by trailers comes without end_of_stream.
             BodyMode::Buffered => (BodyKind::Whole, false),

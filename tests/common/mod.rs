@@ -453,6 +453,56 @@ impl Envoy {
             config,
             _dir: dir,
         };
+        envoy.wait_for_gateway().await;
+        envoy
+    }
+
+    /// Starts Envoy with a config whose listeners and admin bind port 0: the admin
+    /// address is read from `--admin-address-path`, listener ports from `/listeners`.
+    /// `port` is left 0.
+    pub async fn start_any_ports(bin: &Path, config: String) -> Envoy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("envoy.yaml");
+        std::fs::write(&cfg, &config).expect("write envoy config");
+        let admin_file = dir.path().join("admin-address");
+        let mut cmd = Command::new(bin);
+        cmd.arg("-c")
+            .arg(&cfg)
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            .args(["--use-dynamic-base-id", "--concurrency", "1"])
+            .args(["--log-level", "warn"]);
+        let mut proc = spawn("envoy", &mut cmd, dir.path());
+        let mut admin_port = 0;
+        wait_until("envoy", &mut proc, async || {
+            let Some(port) = std::fs::read_to_string(&admin_file)
+                .ok()
+                .and_then(|a| a.trim().rsplit(':').next()?.parse().ok())
+            else {
+                return false;
+            };
+            admin_port = port;
+            matches!(http_get(port, "/ready").await, Some((200, _)))
+        })
+        .await;
+        let envoy = Envoy {
+            proc,
+            port: 0,
+            admin_port,
+            config,
+            _dir: dir,
+        };
+        envoy.wait_for_gateway().await;
+        envoy
+    }
+
+    /// Waits until the gateway cluster has a healthy host (health checked) or, without
+    /// health checks, until Envoy is ready.
+    async fn wait_for_gateway(&self) {
+        if !self.config.contains("grpc_health_check") {
+            return;
+        }
+        let envoy = self;
         // Wait for the first gRPC health check of the gateway to pass.
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -468,7 +518,7 @@ impl Envoy {
                     .unwrap_or(0)
                     >= 1
             {
-                return envoy;
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -1,0 +1,442 @@
+//! The conformance matrix through real Envoy 1.40: every body mode (NONE, STREAMED,
+//! BUFFERED, BUFFERED_PARTIAL, FULL_DUPLEX_STREAMED) x `allow_mode_override` on/off x
+//! observability mode off/on, each as its own listener (buffer limit 64 KiB) of one
+//! Envoy, in front of one gateway serving the default chain and a `jwt_auth` chain.
+//! Each listener gets a GET, a small POST, a 1 MiB POST (over the buffer limit) and an
+//! HTTP/2 POST with request trailers. Every case asserts the status, the body the
+//! upstream received byte for byte, the digest (whole or absent, never wrong, and
+//! present where the mode lets the gateway see the whole body), and Envoy's own
+//! ext_proc stats: no spurious message, no failed stream, no message timeout.
+
+mod common;
+
+#[path = "fixtures/jwt/helpers.rs"]
+mod jwt_helpers;
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+const MODES: [&str; 5] = [
+    "NONE",
+    "STREAMED",
+    "BUFFERED",
+    "BUFFERED_PARTIAL",
+    "FULL_DUPLEX_STREAMED",
+];
+
+const BUFFER_LIMIT: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    mode: &'static str,
+    allow_override: bool,
+    observability: bool,
+    jwt: bool,
+}
+
+impl Case {
+    fn name(&self) -> String {
+        format!(
+            "{} override={} observability={} chain={}",
+            self.mode,
+            if self.allow_override { "on" } else { "off" },
+            self.observability,
+            if self.jwt { "jwt" } else { "default" }
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Req {
+    Get,
+    SmallPost,
+    LargePost,
+    Http2Trailers,
+}
+
+fn cases() -> Vec<Case> {
+    let mut out = Vec::new();
+    for jwt in [false, true] {
+        for mode in MODES {
+            for allow_override in [true, false] {
+                for observability in [false, true] {
+                    out.push(Case {
+                        mode,
+                        allow_override,
+                        observability,
+                        jwt,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn gateway_config() -> String {
+    format!(
+        r#"
+server:
+  envoy_buffer_limit_bytes: {BUFFER_LIMIT}
+routes:
+  - name: jwt
+    match: {{grpc_metadata: {{x-chain: jwt}}}}
+    processors:
+      - jwt_auth:
+          jwks_file: '{jwks}'
+          issuer: '{issuer}'
+          audiences: ['{audience}']
+      - trivial
+      - digest
+  - name: default
+    processors: [trivial, timer, digest, context_check, echo]
+"#,
+        jwks = jwt_helpers::example("jwks.json").display(),
+        issuer = jwt_helpers::ISSUER,
+        audience = jwt_helpers::AUDIENCE,
+    )
+}
+
+fn listener(i: usize, c: &Case) -> String {
+    let trailers = if c.mode == "FULL_DUPLEX_STREAMED" {
+        "SEND"
+    } else {
+        "SKIP"
+    };
+    let chain = if c.jwt { "jwt" } else { "default" };
+    format!(
+        r#"  - name: c{i}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    per_connection_buffer_limit_bytes: {BUFFER_LIMIT}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: c{i}
+          route_config:
+            name: r{i}
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: upstream, timeout: 30s}}
+          http_filters:
+          - name: envoy.filters.http.ext_proc
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              grpc_service:
+                envoy_grpc: {{cluster_name: extproc_gateway}}
+                timeout: 5s
+                initial_metadata: [{{key: x-chain, value: {chain}}}]
+              failure_mode_allow: false
+              message_timeout: 2s
+              allow_mode_override: {ov}
+              observability_mode: {obs}
+              processing_mode:
+                request_header_mode: SEND
+                response_header_mode: SEND
+                request_body_mode: {mode}
+                response_body_mode: {mode}
+                request_trailer_mode: {trailers}
+                response_trailer_mode: {trailers}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#,
+        ov = c.allow_override,
+        obs = c.observability,
+        mode = c.mode,
+    )
+}
+
+fn envoy_config(cases: &[Case], gateway: u16, upstream: u16) -> String {
+    let listeners: String = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| listener(i, c))
+        .collect();
+    format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+{listeners}  clusters:
+  - name: extproc_gateway
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: extproc_gateway
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {gateway}}}}}}}
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}
+"#
+    )
+}
+
+/// What a case must give.
+#[derive(Debug, PartialEq, Eq)]
+struct Expect {
+    status: u16,
+    /// The response carries the whole body's digest (true) or no digest (false).
+    digest: bool,
+}
+
+fn expect(c: &Case, req: Req) -> Expect {
+    let ok = |digest| Expect {
+        status: 200,
+        digest,
+    };
+    if c.observability {
+        // Envoy ignores every answer: nothing of the gateway shows.
+        return ok(false);
+    }
+    let (mode, on) = (c.mode, c.allow_override);
+    match req {
+        Req::Get => ok(true),
+        Req::SmallPost => ok(!(mode == "NONE" && !on)),
+        Req::LargePost => match (mode, on) {
+            // Envoy buffers a BUFFERED body while the headers' answer is pending, and
+            // refuses it once over the limit: no override can come in time.
+            ("BUFFERED", _) => Expect {
+                status: 413,
+                digest: false,
+            },
+            ("NONE", false) | ("BUFFERED_PARTIAL", false) => ok(false),
+            _ => ok(true),
+        },
+        Req::Http2Trailers => match (mode, on) {
+            // Without the override Envoy neither sends the body (NONE) nor the
+            // trailers that end a streamed one, and a PARTIAL body followed by trailers
+            // cannot be told from a prefix: no digest rather than a wrong one.
+            ("NONE", false) | ("STREAMED", false) | ("BUFFERED_PARTIAL", false) => ok(false),
+            _ => ok(true),
+        },
+    }
+}
+
+fn pattern(len: usize) -> Bytes {
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    Bytes::from(
+        (0..len)
+            .map(|i| alphabet[(i * 7 + i / 97) % alphabet.len()])
+            .collect::<Vec<u8>>(),
+    )
+}
+
+async fn listener_ports(admin: u16) -> Vec<u16> {
+    let (_, body) = http_get(admin, "/listeners?format=json")
+        .await
+        .expect("envoy /listeners");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("listeners json");
+    let mut ports: Vec<(usize, u16)> = v["listener_statuses"]
+        .as_array()
+        .expect("listener_statuses")
+        .iter()
+        .map(|l| {
+            let name = l["name"].as_str().expect("name");
+            let i: usize = name.trim_start_matches('c').parse().expect("index");
+            let port = l["local_address"]["socket_address"]["port_value"]
+                .as_u64()
+                .expect("port") as u16;
+            (i, port)
+        })
+        .collect();
+    ports.sort();
+    ports.into_iter().map(|(_, p)| p).collect()
+}
+
+struct Sent {
+    resp: Resp,
+    body: Bytes,
+    method: &'static str,
+    path: String,
+}
+
+async fn send_case(
+    h1: &HttpClient,
+    h2: &HttpClient,
+    port: u16,
+    i: usize,
+    req: Req,
+    token: &str,
+) -> Sent {
+    let path = format!("/c{i}/{req:?}");
+    let auth = format!("Bearer {token}");
+    let headers = [("authorization", auth.as_str()), ("x-tenant-id", "acme")];
+    match req {
+        Req::Get => Sent {
+            resp: send(h1, port, "GET", &path, &headers, empty()).await,
+            body: Bytes::new(),
+            method: "GET",
+            path,
+        },
+        Req::SmallPost | Req::LargePost => {
+            let body = pattern(if req == Req::SmallPost {
+                4096
+            } else {
+                1024 * 1024
+            });
+            Sent {
+                resp: send(h1, port, "POST", &path, &headers, full(body.clone())).await,
+                body,
+                method: "POST",
+                path,
+            }
+        }
+        Req::Http2Trailers => {
+            let body = pattern(4096);
+            let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+                Ok(Frame::data(body.slice(..2048))),
+                Ok(Frame::data(body.slice(2048..))),
+                Ok(Frame::trailers({
+                    let mut t = hyper::HeaderMap::new();
+                    t.insert("x-checksum", hyper::header::HeaderValue::from_static("c1"));
+                    t
+                })),
+            ];
+            let stream = StreamBody::new(futures_util::stream::iter(frames)).boxed();
+            Sent {
+                resp: send(h2, port, "POST", &path, &headers, stream).await,
+                body,
+                method: "POST",
+                path,
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_body_mode_override_and_observability_combination() {
+    let Some(bin) = envoy_bin() else { return };
+    let cases = cases();
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&gateway_config()).await;
+    let config = envoy_config(&cases, gateway.grpc_port, upstream.port);
+    let envoy = Envoy::start_any_ports(&bin, config).await;
+    let ports = listener_ports(envoy.admin_port).await;
+    assert_eq!(ports.len(), cases.len(), "one listener per case");
+    let h1 = client();
+    let h2: HttpClient = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let token = jwt_helpers::Signer::example_rsa().sign(&jwt_helpers::good_claims());
+    let mut failures = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        for req in [Req::Get, Req::SmallPost, Req::LargePost, Req::Http2Trailers] {
+            let sent = send_case(&h1, &h2, ports[i], i, req, &token).await;
+            let want = expect(c, req);
+            let label = format!("{} {req:?}", c.name());
+            let resp = &sent.resp;
+            if resp.status != want.status {
+                failures.push(format!(
+                    "{label}: status {} (want {}) body {:?}",
+                    resp.status,
+                    want.status,
+                    String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)])
+                ));
+                continue;
+            }
+            if want.status != 200 {
+                continue;
+            }
+            let echoed = resp.echoed();
+            if echoed.body.as_bytes() != sent.body.as_ref() {
+                failures.push(format!(
+                    "{label}: upstream got {} bytes, sent {} (or different bytes)",
+                    echoed.body.len(),
+                    sent.body.len()
+                ));
+            }
+            let digest = digest("acme", sent.method, &sent.path, &sent.body);
+            match resp.header("x-request-digest") {
+                Some(d) if d != digest => failures.push(format!("{label}: WRONG digest {d}")),
+                Some(_) if !want.digest => {
+                    failures.push(format!("{label}: digest present, expected absent"))
+                }
+                None if want.digest => failures.push(format!("{label}: digest missing")),
+                _ => {}
+            }
+            if let Some(d) = echoed.headers.get("x-request-digest") {
+                if *d != digest {
+                    failures.push(format!("{label}: WRONG digest upstream {d}"));
+                }
+            }
+            if !c.observability {
+                let applied = resp.header("x-ext-procs-applied").unwrap_or("");
+                let want_applied = if c.jwt {
+                    "jwt_auth,trivial,digest"
+                } else {
+                    "trivial,timer,digest,context_check,echo"
+                };
+                if applied != want_applied {
+                    failures.push(format!("{label}: applied {applied:?}"));
+                }
+                if c.jwt && echoed.headers.get("decoded-sub").is_none() {
+                    failures.push(format!("{label}: no decoded-sub upstream"));
+                }
+            } else if resp.header("x-ext-procs-applied").is_some() {
+                failures.push(format!("{label}: observability answer applied"));
+            }
+        }
+    }
+    // Envoy's own view of every listener's streams.
+    let stats = envoy.stats().await;
+    for (i, c) in cases.iter().enumerate() {
+        let prefix = format!("http.c{i}.ext_proc.");
+        for stat in [
+            "spurious_msgs_received",
+            "streams_failed",
+            "message_timeouts",
+        ] {
+            let v: u64 = stats
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix) && k.ends_with(stat))
+                .map(|(_, v)| *v)
+                .sum();
+            if v != 0 {
+                failures.push(format!("{}: envoy {stat} = {v}", c.name()));
+            }
+        }
+        let started: u64 = stats
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix) && k.ends_with("streams_started"))
+            .map(|(_, v)| *v)
+            .sum();
+        if started == 0 {
+            failures.push(format!("{}: no ext_proc stream started", c.name()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}\n--- gateway log tail ---\n{}",
+        failures.len(),
+        cases.len() * 4,
+        failures.join("\n"),
+        tail(&gateway.proc.log_text(), 40)
+    );
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
