@@ -258,6 +258,10 @@ pub struct RouteSummary {
     pub processors: Vec<String>,
     /// Phases the gateway asks Envoy for on this route.
     pub phases: Vec<String>,
+    /// Streams on this route that got less from Envoy than the chain needs, by reason
+    /// (see `extproc_mode_mismatches_total`): the first place to look when a header
+    /// is missing.
+    pub mode_mismatches: std::collections::BTreeMap<String, u64>,
 }
 
 impl Route {
@@ -288,6 +292,17 @@ impl Route {
             matcher: self.matcher.describe(),
             processors: self.chain.names().iter().map(|n| n.to_string()).collect(),
             phases,
+            mode_mismatches: self
+                .metrics
+                .as_ref()
+                .map(|m| {
+                    m.mismatch_counts()
+                        .into_iter()
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(r, n)| (r.to_string(), n))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }
