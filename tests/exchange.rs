@@ -1772,3 +1772,217 @@ async fn chains_longer_than_64_processors_list_every_processor() {
     let applied = a.header("x-ext-procs-applied").unwrap();
     assert_eq!(applied.split(',').count(), 70);
 }
+
+// ---------------------------------------------------------------------------------
+// Effective body modes: what Envoy really sends, learnt from protocol_config and from
+// what arrives (the override is never assumed to have taken effect)
+// ---------------------------------------------------------------------------------
+
+const NONE: i32 = 0;
+const STREAMED: i32 = 1;
+const BUFFERED: i32 = 2;
+const PARTIAL: i32 = 3;
+
+/// Records the kind and receipt each body message came with.
+struct Witness(Arc<Mutex<Vec<(BodyKind, bool, BodyReceipt)>>>);
+
+impl Processor for Witness {
+    type State = ();
+    fn name(&self) -> &str {
+        "witness"
+    }
+    fn needs(&self) -> PhaseNeeds {
+        PhaseNeeds {
+            request_body: BodyNeed::Buffered,
+            ..PhaseNeeds::HEADERS
+        }
+    }
+    async fn on_request_body(
+        &self,
+        ctx: &mut RequestCtx,
+        _: &mut (),
+        b: &BodyPhase,
+        _: &mut Mutations,
+    ) -> Flow {
+        self.0
+            .lock()
+            .unwrap()
+            .push((b.kind, b.end_of_stream, ctx.request_body()));
+        Flow::Continue
+    }
+}
+
+fn digest_and_witness() -> (Chain, Arc<Mutex<Vec<(BodyKind, bool, BodyReceipt)>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let chain = Chain::builder()
+        .processor(Witness(seen.clone()))
+        .processor(Digest::default())
+        .build();
+    (chain, seen)
+}
+
+#[tokio::test]
+async fn partial_is_never_upgraded_and_a_lone_chunk_before_trailers_is_not_presented_as_whole() {
+    let (chain, seen) = digest_and_witness();
+    let mut envoy = Driver::new(chain);
+    let a = envoy
+        .send(with_protocol(req_headers(&GET, false), PARTIAL, NONE))
+        .await
+        .unwrap()
+        .unwrap();
+    let mode = a.mode_override.expect("mode_override");
+    assert_eq!(mode.request_body_mode, STREAMED, "PARTIAL is asked as STREAMED, never BUFFERED");
+    assert_eq!(mode.request_trailer_mode, 1, "trailers end a streamed body");
+    // One chunk without end_of_stream: a STREAMED chunk, or a PARTIAL prefix if Envoy
+    // kept its mode. Trailers follow either way.
+    envoy.send(message(req_body("first", false))).await.unwrap();
+    envoy.send(message(req_trailers(&[("t", "1")]))).await.unwrap();
+    let resp = envoy
+        .send(message(resp_headers(&[(":status", "200")], true)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(values(&resp, "x-request-digest").is_empty(), "no digest of what may be a prefix");
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        &[(BodyKind::Prefix, false, BodyReceipt::Pending)]
+    );
+}
+
+#[tokio::test]
+async fn a_second_chunk_proves_streamed_and_the_digest_covers_every_chunk() {
+    let (chain, seen) = digest_and_witness();
+    let mut envoy = Driver::new(chain);
+    envoy
+        .send(with_protocol(req_headers(&GET, false), PARTIAL, NONE))
+        .await
+        .unwrap();
+    envoy.send(message(req_body("ab", false))).await.unwrap();
+    envoy.send(message(req_body("cd", false))).await.unwrap();
+    envoy.send(message(req_trailers(&[("t", "1")]))).await.unwrap();
+    let resp = envoy
+        .send(message(resp_headers(&[(":status", "200")], true)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        values(&resp, "x-request-digest"),
+        vec![expected_digest("unknown", "GET", "/", "abcd").as_str()]
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[1], (BodyKind::Chunk, false, BodyReceipt::Pending));
+}
+
+#[tokio::test]
+async fn a_buffered_body_followed_by_trailers_is_whole_without_end_of_stream() {
+    // Envoy sends a BUFFERED body with end_of_stream=false when trailers follow.
+    let (chain, seen) = digest_and_witness();
+    let mut envoy = Driver::new(chain);
+    envoy
+        .send(with_protocol(req_headers(&GET, false), BUFFERED, NONE))
+        .await
+        .unwrap();
+    let a = envoy
+        .send(message(req_body("whole", false)))
+        .await
+        .unwrap()
+        .unwrap();
+    let want = expected_digest("unknown", "GET", "/", "whole");
+    assert_eq!(values(&a, "x-request-digest"), vec![want.as_str()], "digest with the held headers");
+    // The trailers after a body the gateway took as ended are answered, not refused.
+    let t = envoy.send(message(req_trailers(&[("t", "1")]))).await.unwrap().unwrap();
+    assert_eq!(t.kind, Some(PhaseKind::RequestTrailers));
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        &[(BodyKind::Whole, true, BodyReceipt::Complete)]
+    );
+}
+
+#[tokio::test]
+async fn a_body_envoy_does_not_send_gets_no_digest_and_is_counted() {
+    let metrics = extproc_gateway::metrics::Metrics::new();
+    let chain = Chain::builder()
+        .observe(&metrics, "r")
+        .processor(Digest::default())
+        .build();
+    let router = extproc_gateway::router::Router::new(vec![extproc_gateway::router::Route {
+        name: Arc::from("r"),
+        matcher: Default::default(),
+        chain,
+        metrics: Some(metrics.route("r")),
+    }]);
+    let mut envoy = Driver::with_router(router);
+    let a = envoy
+        .send(with_protocol(req_headers(&GET, false), NONE, NONE))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.mode_override.unwrap().request_body_mode, BUFFERED);
+    // allow_mode_override off: Envoy sends no body, the response comes next.
+    let resp = envoy
+        .send(message(resp_headers(&[(":status", "200")], true)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(values(&resp, "x-request-digest").is_empty(), "{resp:?}");
+    let text = metrics.render();
+    assert!(
+        text.contains(r#"extproc_mode_mismatches_total{reason="request_body_not_sent",route="r"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"extproc_results_withheld_total{processor="digest",reason="body_not_sent",route="r"} 1"#
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn echo_refuses_a_partial_prefix_instead_of_echoing_it() {
+    let mut envoy = Driver::new(Chain::builder().processor(Echo).build());
+    // send_body_without_waiting_for_header_response: Envoy ignores every override,
+    // so PARTIAL stays and a body without end_of_stream is a prefix.
+    let mut first = with_protocol(req_headers(&echo_request("yes"), false), PARTIAL, NONE);
+    if let Some(p) = first.protocol_config.as_mut() {
+        p.send_body_without_waiting_for_header_response = true;
+    }
+    envoy.send(first).await.unwrap();
+    let a = envoy
+        .send(message(req_body("only the first bytes", false)))
+        .await
+        .unwrap()
+        .unwrap();
+    let immediate = a.immediate.expect("a refusal, not an echo");
+    assert_eq!(immediate.status, 413);
+}
+
+#[tokio::test]
+async fn full_duplex_holds_the_headers_answer_until_the_body_is_read() {
+    let chain = Chain::builder().processor(Digest::default()).build();
+    let mut envoy = Driver::new(chain);
+    let held = envoy
+        .send_all(with_protocol(req_headers(&GET, false), FDX, FDX))
+        .await
+        .unwrap();
+    assert!(held.is_empty(), "headers' answer held: {held:?}");
+    assert!(envoy
+        .send_all(message(req_body("ab", false)))
+        .await
+        .unwrap()
+        .is_empty());
+    let released = envoy.send_all(message(req_body("cd", true))).await.unwrap();
+    assert_eq!(released.len(), 3, "headers, then both chunks, in order");
+    assert_eq!(released[0].kind, Some(PhaseKind::RequestHeaders));
+    let want = expected_digest("unknown", "GET", "/", "abcd");
+    assert_eq!(values(&released[0], "x-request-digest"), vec![want.as_str()]);
+    let chunks: Vec<_> = released[1..]
+        .iter()
+        .map(|a| streamed(a).expect("streamed_response"))
+        .collect();
+    assert_eq!(&chunks[0].body[..], b"ab");
+    assert!(!chunks[0].end_of_stream);
+    assert_eq!(&chunks[1].body[..], b"cd");
+    assert!(chunks[1].end_of_stream);
+    assert!(values(&released[1], "x-request-digest").is_empty());
+}
