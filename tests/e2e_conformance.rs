@@ -511,3 +511,151 @@ fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// Dynamic metadata both ways through real Envoy: `set_metadata` puts a chain name in
+/// a namespace Envoy forwards to the gateway (`forwarding_namespaces`), a gateway route
+/// matches on it, and `jwt_auth` writes the verified claims where Envoy's `jwt_authn`
+/// would (`receiving_namespaces`), read back by the access log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_metadata_in_and_out() {
+    let Some(bin) = envoy_bin() else { return };
+    let upstream = Upstream::start().await;
+    let gateway_yaml = format!(
+        r#"
+routes:
+  - name: by-metadata
+    match: {{metadata: {{namespace: extproc.route, key: chain, value: jwt}}}}
+    processors:
+      - jwt_auth:
+          jwks_file: '{jwks}'
+          issuer: '{issuer}'
+          audiences: ['{audience}']
+      - trivial
+  - name: default
+    processors: [trivial]
+"#,
+        jwks = jwt_helpers::example("jwks.json").display(),
+        issuer = jwt_helpers::ISSUER,
+        audience = jwt_helpers::AUDIENCE,
+    );
+    let gateway = Gateway::start(&gateway_yaml).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let config = format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+  - name: c0
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: md
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {log}
+              log_format:
+                text_format_source:
+                  inline_string: "path=%REQ(:PATH)% sub=%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:payload:sub)%\n"
+          route_config:
+            name: r
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: upstream, timeout: 30s}}
+          http_filters:
+          - name: envoy.filters.http.set_metadata
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config
+              metadata:
+              - metadata_namespace: extproc.route
+                value: {{chain: jwt}}
+          - name: envoy.filters.http.ext_proc
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              grpc_service:
+                envoy_grpc: {{cluster_name: extproc_gateway}}
+                timeout: 5s
+              failure_mode_allow: false
+              message_timeout: 2s
+              allow_mode_override: true
+              metadata_options:
+                forwarding_namespaces: {{untyped: [extproc.route]}}
+                receiving_namespaces: {{untyped: [envoy.filters.http.jwt_authn]}}
+              processing_mode: {{request_header_mode: SEND, response_header_mode: SEND}}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: extproc_gateway
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: extproc_gateway
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {gw}}}}}}}
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
+"#,
+        log = log.display(),
+        gw = gateway.grpc_port,
+        up = upstream.port,
+    );
+    let envoy = Envoy::start_any_ports(&bin, config).await;
+    let port = listener_ports(envoy.admin_port).await[0];
+    let h1 = client();
+    // The route was picked by the forwarded metadata: no token, 401.
+    let r = send(&h1, port, "GET", "/no-token", &[], empty()).await;
+    assert_eq!(r.status, 401, "{:?}", String::from_utf8_lossy(&r.body));
+    let token = jwt_helpers::Signer::example_rsa().sign(&jwt_helpers::good_claims());
+    let auth = format!("Bearer {token}");
+    let r = send(
+        &h1,
+        port,
+        "GET",
+        "/with-token",
+        &[("authorization", &auth)],
+        empty(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let sub = jwt_helpers::good_claims()["sub"]
+        .as_str()
+        .expect("sub claim")
+        .to_string();
+    assert_eq!(r.echoed().headers.get("decoded-sub"), Some(&sub));
+    // The access log reads the claims from the jwt_authn namespace.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let want = format!("path=/with-token sub={sub}");
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().any(|l| l == want) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "access log never showed {want:?}:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(envoy.ext_proc_stat("streams_failed").await, 0);
+    assert_eq!(envoy.ext_proc_stat("spurious_msgs_received").await, 0);
+}

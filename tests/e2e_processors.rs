@@ -373,7 +373,12 @@ async fn one_filter_matches_six_filters() {
         let what = format!("{method} {path}");
         assert_eq!(a.status, b.status, "{what}: status");
         if *path == "/ctx-get" {
-            assert_eq!(a.status, 200, "{what}: {:?}", String::from_utf8_lossy(&a.body));
+            assert_eq!(
+                a.status,
+                200,
+                "{what}: {:?}",
+                String::from_utf8_lossy(&a.body)
+            );
             assert_eq!(a.header("x-context-id"), Some("ctx-42"), "{what}");
         }
         assert_eq!(

@@ -1831,18 +1831,27 @@ async fn partial_is_never_upgraded_and_a_lone_chunk_before_trailers_is_not_prese
         .unwrap()
         .unwrap();
     let mode = a.mode_override.expect("mode_override");
-    assert_eq!(mode.request_body_mode, STREAMED, "PARTIAL is asked as STREAMED, never BUFFERED");
+    assert_eq!(
+        mode.request_body_mode, STREAMED,
+        "PARTIAL is asked as STREAMED, never BUFFERED"
+    );
     assert_eq!(mode.request_trailer_mode, 1, "trailers end a streamed body");
     // One chunk without end_of_stream: a STREAMED chunk, or a PARTIAL prefix if Envoy
     // kept its mode. Trailers follow either way.
     envoy.send(message(req_body("first", false))).await.unwrap();
-    envoy.send(message(req_trailers(&[("t", "1")]))).await.unwrap();
+    envoy
+        .send(message(req_trailers(&[("t", "1")])))
+        .await
+        .unwrap();
     let resp = envoy
         .send(message(resp_headers(&[(":status", "200")], true)))
         .await
         .unwrap()
         .unwrap();
-    assert!(values(&resp, "x-request-digest").is_empty(), "no digest of what may be a prefix");
+    assert!(
+        values(&resp, "x-request-digest").is_empty(),
+        "no digest of what may be a prefix"
+    );
     assert_eq!(
         seen.lock().unwrap().as_slice(),
         &[(BodyKind::Prefix, false, BodyReceipt::Pending)]
@@ -1859,7 +1868,10 @@ async fn a_second_chunk_proves_streamed_and_the_digest_covers_every_chunk() {
         .unwrap();
     envoy.send(message(req_body("ab", false))).await.unwrap();
     envoy.send(message(req_body("cd", false))).await.unwrap();
-    envoy.send(message(req_trailers(&[("t", "1")]))).await.unwrap();
+    envoy
+        .send(message(req_trailers(&[("t", "1")])))
+        .await
+        .unwrap();
     let resp = envoy
         .send(message(resp_headers(&[(":status", "200")], true)))
         .await
@@ -1888,9 +1900,17 @@ async fn a_buffered_body_followed_by_trailers_is_whole_without_end_of_stream() {
         .unwrap()
         .unwrap();
     let want = expected_digest("unknown", "GET", "/", "whole");
-    assert_eq!(values(&a, "x-request-digest"), vec![want.as_str()], "digest with the held headers");
+    assert_eq!(
+        values(&a, "x-request-digest"),
+        vec![want.as_str()],
+        "digest with the held headers"
+    );
     // The trailers after a body the gateway took as ended are answered, not refused.
-    let t = envoy.send(message(req_trailers(&[("t", "1")]))).await.unwrap().unwrap();
+    let t = envoy
+        .send(message(req_trailers(&[("t", "1")])))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(t.kind, Some(PhaseKind::RequestTrailers));
     assert_eq!(
         seen.lock().unwrap().as_slice(),
@@ -1927,7 +1947,9 @@ async fn a_body_envoy_does_not_send_gets_no_digest_and_is_counted() {
     assert!(values(&resp, "x-request-digest").is_empty(), "{resp:?}");
     let text = metrics.render();
     assert!(
-        text.contains(r#"extproc_mode_mismatches_total{reason="request_body_not_sent",route="r"} 1"#),
+        text.contains(
+            r#"extproc_mode_mismatches_total{reason="request_body_not_sent",route="r"} 1"#
+        ),
         "{text}"
     );
     assert!(
@@ -1975,7 +1997,10 @@ async fn full_duplex_holds_the_headers_answer_until_the_body_is_read() {
     assert_eq!(released.len(), 3, "headers, then both chunks, in order");
     assert_eq!(released[0].kind, Some(PhaseKind::RequestHeaders));
     let want = expected_digest("unknown", "GET", "/", "abcd");
-    assert_eq!(values(&released[0], "x-request-digest"), vec![want.as_str()]);
+    assert_eq!(
+        values(&released[0], "x-request-digest"),
+        vec![want.as_str()]
+    );
     let chunks: Vec<_> = released[1..]
         .iter()
         .map(|a| streamed(a).expect("streamed_response"))
