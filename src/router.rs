@@ -90,8 +90,9 @@ impl MetadataMatch {
             .and_then(|ns| ns.get(&self.key))
         {
             Some(serde_json::Value::String(s)) => *s == self.value,
-            Some(v @ (serde_json::Value::Bool(_) | serde_json::Value::Number(_))) => {
-                v.to_string() == self.value
+            Some(serde_json::Value::Bool(b)) => self.value == if *b { "true" } else { "false" },
+            Some(serde_json::Value::Number(n)) => {
+                n.as_f64().is_some() && self.value.parse::<f64>().ok() == n.as_f64()
             }
             _ => false,
         }

@@ -1783,8 +1783,11 @@ const STREAMED: i32 = 1;
 const BUFFERED: i32 = 2;
 const PARTIAL: i32 = 3;
 
+/// What a body message came with: its kind, end_of_stream and the receipt then.
+type Seen = Arc<Mutex<Vec<(BodyKind, bool, BodyReceipt)>>>;
+
 /// Records the kind and receipt each body message came with.
-struct Witness(Arc<Mutex<Vec<(BodyKind, bool, BodyReceipt)>>>);
+struct Witness(Seen);
 
 impl Processor for Witness {
     type State = ();
@@ -1812,7 +1815,7 @@ impl Processor for Witness {
     }
 }
 
-fn digest_and_witness() -> (Chain, Arc<Mutex<Vec<(BodyKind, bool, BodyReceipt)>>>) {
+fn digest_and_witness() -> (Chain, Seen) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let chain = Chain::builder()
         .processor(Witness(seen.clone()))

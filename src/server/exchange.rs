@@ -189,7 +189,7 @@ impl Exchange {
             // Observability mode after a processor answered: the chain is over.
             return Ok(Handled::Silent);
         }
-        if !message.metadata_context.is_none() {
+        if message.metadata_context.is_some() {
             if let Some(ctx) = active.ctx.as_mut() {
                 for (ns, value) in wire::metadata_context(&message) {
                     ctx.metadata.insert(ns, value);
