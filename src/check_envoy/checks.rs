@@ -172,6 +172,17 @@ fn plain_list(names: impl IntoIterator<Item = String>) -> String {
     names.into_iter().collect::<Vec<_>>().join(", ")
 }
 
+/// A duration as Envoy's YAML writes it (`1.5s`).
+fn proto_duration(d: Duration) -> String {
+    let millis = d.as_millis();
+    if millis % 1000 == 0 {
+        format!("{}s", millis / 1000)
+    } else {
+        let frac = format!("{:03}", millis % 1000);
+        format!("{}.{}s", millis / 1000, frac.trim_end_matches('0'))
+    }
+}
+
 fn show(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
@@ -638,7 +649,7 @@ impl<'c, 'a> Checker<'c, 'a> {
             self.error(
                 line,
                 format!("{}message_timeout ({}{written}) is not longer than the gateway's server.processor_timeout ({}): when a processor is slow Envoy gives up first, the gateway's own timeout answer never arrives, and {outcome} ({})", ctx.label, show(timeout), show(processor), routes_phrase(&reach.iter().map(|r| r.name.clone()).collect::<Vec<_>>())),
-                format!("set message_timeout above server.processor_timeout plus the gateway's own overhead (e.g. `message_timeout: {}`), or lower server.processor_timeout", show(processor + Duration::from_millis(500)).replace(' ', "")),
+                format!("set message_timeout above server.processor_timeout plus the gateway's own overhead (e.g. `message_timeout: {}`), or lower server.processor_timeout", proto_duration(processor + Duration::from_millis(500))),
             );
         }
     }
@@ -653,7 +664,7 @@ impl<'c, 'a> Checker<'c, 'a> {
         if ctx.failure_mode_allow.value && !auth.is_empty() {
             self.error(
                 ctx.failure_mode_allow.line_or(ctx.line),
-                format!("{}failure_mode_allow: true fails open: when the gateway is down, slow or refuses a stream, Envoy forwards the request without jwt_auth, unauthenticated ({} authenticate)", ctx.label, routes_phrase(&auth)),
+                format!("{}failure_mode_allow: true fails open: when the gateway is down, slow or refuses a stream, Envoy forwards the request without jwt_auth, unauthenticated ({} {})", ctx.label, routes_phrase(&auth), if auth.len() == 1 { "authenticates" } else { "authenticate" }),
                 "set failure_mode_allow: false on filters whose routes authenticate (routes that may fail open can use a filter of their own)",
             );
         }
@@ -703,7 +714,7 @@ impl<'c, 'a> Checker<'c, 'a> {
             if !answering.is_empty() {
                 self.warning(
                     line,
-                    format!("{}disable_immediate_response: true drops the answers of {} (an echo, a cross-talk 500, a 400): the request goes on to the upstream instead", ctx.label, plain_list(answering)),
+                    format!("{}disable_immediate_response: true drops the immediate responses of {}: the request goes on to the upstream instead of being answered", ctx.label, plain_list(answering)),
                     "remove disable_immediate_response",
                 );
             }
@@ -969,7 +980,7 @@ fn describe(
     let set_mode = match reason {
         Reason::HeadersSkipped => "set request_header_mode: SEND (or remove it)".to_string(),
         Reason::Observability => "remove observability_mode".to_string(),
-        Reason::NotAllowed(asked) => format!("add {asked} to allowed_override_modes (every field written, as the gateway sends it), or remove allowed_override_modes"),
+        Reason::NotAllowed(_) => "add the mode the gateway asks for to allowed_override_modes, every field written as above (or remove allowed_override_modes)".to_string(),
         Reason::SendWithoutWaiting => "remove send_body_without_waiting_for_header_response".to_string(),
         Reason::Duplex(p) => format!("set {}: {} (mode_override cannot change FULL_DUPLEX_STREAMED or GRPC)", p.field(), if p.is_body() { "STREAMED or BUFFERED" } else { "SEND" }),
         Reason::OverrideOff => "set allow_mode_override: true (the gateway then asks per request for what its route needs)".to_string(),
@@ -978,10 +989,7 @@ fn describe(
     match gap {
         Gap::Withheld => {
             let what_need = if part.is_body() && g.need == BUFFERED {
-                format!(
-                    "the whole {} before the headers go on (BUFFERED)",
-                    part.words()
-                )
+                format!("the {} whole, before the headers go on", part.words())
             } else {
                 format!("the {}", part.words())
             };
