@@ -793,8 +793,13 @@ impl<'c, 'a> Checker<'c, 'a> {
             String::new()
         } else {
             format!(
-                ", so {} would never get the bodies they need",
-                routes_phrase(&bodies)
+                ", so {} would never get the bodies {} needs",
+                routes_phrase(&bodies),
+                if bodies.len() == 1 {
+                    "its chain"
+                } else {
+                    "their chains"
+                }
             )
         };
         self.warning(
