@@ -395,9 +395,16 @@ pub fn value_name(part: Part, value: i32) -> &'static str {
 /// A ProcessingMode written out with every field, as an `allowed_override_modes`
 /// entry that matches it must be.
 pub fn mode_text(mode: &ProcessingMode) -> String {
-    let fields: Vec<String> = Part::ALL
+    // In the order of ProcessingMode's fields; request_header_mode is not compared.
+    let order = [
+        Part::ResponseHeaders,
+        Part::RequestBody,
+        Part::ResponseBody,
+        Part::RequestTrailers,
+        Part::ResponseTrailers,
+    ];
+    let fields: Vec<String> = order
         .iter()
-        .filter(|p| **p != Part::RequestHeaders)
         .map(|p| format!("{}: {}", p.field(), value_name(*p, part_value(mode, *p))))
         .collect();
     format!("{{{}}}", fields.join(", "))
