@@ -91,6 +91,14 @@ struct Group {
     others_need: bool,
 }
 
+/// Routes whose bodies Envoy buffers in one mode, and whether the gateway asked.
+#[derive(Default)]
+struct Buffered {
+    routes: Vec<String>,
+    processors: Vec<String>,
+    asked: bool,
+}
+
 /// Runs every check.
 pub fn run(
     file: &str,
@@ -175,7 +183,7 @@ fn plain_list(names: impl IntoIterator<Item = String>) -> String {
 /// A duration as Envoy's YAML writes it (`1.5s`).
 fn proto_duration(d: Duration) -> String {
     let millis = d.as_millis();
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{}s", millis / 1000)
     } else {
         let frac = format!("{:03}", millis % 1000);
@@ -537,7 +545,7 @@ impl<'c, 'a> Checker<'c, 'a> {
         let limit = listener.buffer_limit_bytes();
         let max = self.gateway.server.max_message_bytes as u64;
         // (part, mode) -> routes, processors, asked via mode_override
-        let mut groups: BTreeMap<(Part, i32), (Vec<String>, Vec<String>, bool)> = BTreeMap::new();
+        let mut groups: BTreeMap<(Part, i32), Buffered> = BTreeMap::new();
         for route in reach {
             let (got, reason) = self.effective(ctx, route.needs);
             for part in [Part::RequestBody, Part::ResponseBody] {
@@ -546,17 +554,26 @@ impl<'c, 'a> Checker<'c, 'a> {
                     continue;
                 }
                 let g = groups.entry((part, mode)).or_default();
-                g.0.push(route.name.clone());
+                g.routes.push(route.name.clone());
                 for p in route.needing(part, BodyNeed::Streamed) {
-                    if !g.1.contains(&p) {
-                        g.1.push(p);
+                    if !g.processors.contains(&p) {
+                        g.processors.push(p);
                     }
                 }
-                g.2 |= reason == Reason::Applied && part_value(&ctx.mode.resolved(), part) != mode;
+                g.asked |=
+                    reason == Reason::Applied && part_value(&ctx.mode.resolved(), part) != mode;
             }
         }
         let chosen = listener.buffer_limit.is_some();
-        for ((part, mode), (routes, procs, asked)) in groups {
+        for (
+            (part, mode),
+            Buffered {
+                routes,
+                processors: procs,
+                asked,
+            },
+        ) in groups
+        {
             let via = if asked {
                 format!(
                     "the gateway asks for {} via mode_override",

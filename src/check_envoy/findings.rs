@@ -77,8 +77,7 @@ impl Report {
 
     /// Sorts by line, errors first on a line, so the output reads top to bottom.
     pub fn sort(&mut self) {
-        self.findings
-            .sort_by(|a, b| (a.line, a.severity).cmp(&(b.line, b.severity)));
+        self.findings.sort_by_key(|f| (f.line, f.severity));
     }
 
     /// Number of errors.

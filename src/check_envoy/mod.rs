@@ -110,3 +110,158 @@ pub fn main(envoy_file: &Path, config: Option<&Path>) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOOT: &str = r#"
+static_resources:
+  listeners:
+  - name: l
+    per_connection_buffer_limit_bytes: 1048576
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          route_config:
+            virtual_hosts:
+            - name: vh
+              domains: ["*"]
+              VHOST_CONFIG
+              routes:
+              - name: r
+                match: {prefix: "/"}
+                route: {cluster: up}
+                ROUTE_CONFIG
+          http_filters:
+          - name: ep
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              grpc_service: {envoy_grpc: {cluster_name: gw}}
+              FILTER_CONFIG
+  clusters:
+  - name: gw
+    circuit_breakers: {thresholds: [{max_requests: 100000}]}
+    http2_protocol_options: {}
+    health_checks: [{grpc_health_check: {}}]
+"#;
+
+    fn run(filter: &str, vhost: &str, route: &str, gateway: &str) -> Report {
+        let text = BOOT
+            .replace("FILTER_CONFIG", filter)
+            .replace("VHOST_CONFIG", vhost)
+            .replace("ROUTE_CONFIG", route);
+        let gateway = GatewayConfig::parse(gateway, "gw.yaml").unwrap();
+        check(&text, "e.yaml", &gateway).unwrap()
+    }
+
+    fn texts(r: &Report) -> Vec<String> {
+        r.findings.iter().map(|f| f.to_string()).collect()
+    }
+
+    const HEADERS_ONLY: &str = "routes: [{name: h, processors: [trivial]}]\n";
+    const DIGEST: &str = "routes: [{name: d, processors: [digest]}]\n";
+
+    #[test]
+    fn a_headers_only_route_is_happy_with_envoys_defaults() {
+        let r = run("failure_mode_allow: false", "", "", HEADERS_ONLY);
+        assert_eq!(texts(&r), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_route_override_beats_a_disabled_virtual_host_and_keeps_its_mode() {
+        let per = |body: &str| {
+            format!(
+                "typed_per_filter_config: {{ep: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute, {body}}}}}"
+            )
+        };
+        // The virtual host disables the filter, the route turns it back on with a
+        // mode that withholds the body digest needs.
+        let r = run(
+            "allow_mode_override: true",
+            &per("disabled: true"),
+            &per("overrides: {processing_mode: {request_body_mode: NONE}, failure_mode_allow: false}"),
+            DIGEST,
+        );
+        // The override's processing_mode is still overridable (allow_mode_override is
+        // the filter's): no finding.
+        assert_eq!(texts(&r), Vec::<String>::new());
+        let r = run(
+            "",
+            &per("disabled: true"),
+            &per("overrides: {processing_mode: {request_body_mode: STREAMED}}"),
+            DIGEST,
+        );
+        let t = texts(&r);
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert!(t[0].starts_with("e.yaml:20: error: on Envoy route `r` (ExtProcPerRoute): gateway route `d` needs the request body whole"), "{t:?}");
+        assert!(t[0].contains("Envoy streams it (STREAMED)"), "{t:?}");
+        // Disabled on the route: nothing runs, nothing to report.
+        let r = run("", "", &per("disabled: true"), DIGEST);
+        assert_eq!(texts(&r), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_filter_config_wrapper_is_unwrapped() {
+        let r = run(
+            "",
+            "",
+            "typed_per_filter_config: {ep: {\"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig, config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute, disabled: true}}}",
+            DIGEST,
+        );
+        assert_eq!(texts(&r), Vec::<String>::new());
+    }
+
+    #[test]
+    fn allowed_override_modes_must_list_the_narrow_mode_too() {
+        // The full mode of the default chain is listed, but a request without
+        // x-context-id / x-echo-only gets a narrower override, which is not: Envoy then
+        // keeps processing_mode (no body) and digest goes without.
+        let full = "{response_header_mode: SEND, request_body_mode: BUFFERED, response_body_mode: BUFFERED, request_trailer_mode: SEND, response_trailer_mode: SKIP}";
+        let r = run(
+            &format!("allow_mode_override: true\n              allowed_override_modes: [{full}]"),
+            "",
+            "",
+            "routes: [{name: d, processors: [trivial, timer, digest, context_check, echo]}]\n",
+        );
+        let t = texts(&r);
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert!(
+            t[0].contains("requests of gateway route `d` that trigger no optional body reading need the request body whole"),
+            "{t:?}"
+        );
+        assert!(
+            t[0].contains("response_body_mode: NONE, request_trailer_mode: SKIP"),
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_findings_not_panics() {
+        let r = run("message_timeout: 200ms", "", "", HEADERS_ONLY);
+        assert!(
+            texts(&r)[0].contains("message_timeout is not a duration"),
+            "{:?}",
+            texts(&r)
+        );
+        let r = run(
+            "processing_mode: {request_body_mode: BUFFERD}",
+            "",
+            "",
+            HEADERS_ONLY,
+        );
+        assert!(texts(&r)[0].contains("request_body_mode has a value Envoy does not know"));
+        let gateway = GatewayConfig::embedded().unwrap();
+        for text in [
+            "[]",
+            "42",
+            "static_resources: 3",
+            "static_resources: {listeners: [1, {filter_chains: 2}]}",
+            "{a: *x}",
+        ] {
+            let _ = check(text, "x.yaml", &gateway);
+        }
+    }
+}
