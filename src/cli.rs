@@ -31,6 +31,16 @@ pub enum Command {
         /// The YAML file.
         file: PathBuf,
     },
+    /// Check an Envoy bootstrap against the gateway's routes: report ext_proc
+    /// settings that withhold what a route needs, fail open, or break under load.
+    /// Exit code 0 without errors, 1 with errors, 2 when a file cannot be read.
+    CheckEnvoy {
+        /// The Envoy bootstrap YAML (what `envoy -c` reads).
+        envoy: PathBuf,
+        /// The gateway config to check against (default: the embedded default).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print the embedded default config.
     PrintConfig,
     /// Run a small HTTP upstream that answers every request with a JSON echo of its

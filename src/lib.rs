@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod chain;
+pub mod check_envoy;
 pub mod cli;
 pub mod config;
 pub mod jwks;

@@ -18,6 +18,9 @@ fn main() -> ExitCode {
             print!("{}", extproc_gateway::config::DEFAULT_YAML);
             ExitCode::SUCCESS
         }
+        Some(Command::CheckEnvoy { envoy, config }) => {
+            extproc_gateway::check_envoy::main(&envoy, config.as_deref())
+        }
         Some(Command::CheckConfig { file }) => match check(&serve_args.log, &file) {
             Ok(config) => {
                 println!("{}: ok", file.display());

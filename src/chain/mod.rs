@@ -17,13 +17,14 @@ pub use processor_layer::{ProcessorLayer, ProcessorService};
 pub use service::{PhaseFuture, PhaseOutcome, PhaseRequest, PhaseService};
 
 use crate::metrics::Metrics;
-use crate::phase::{Flow, Phase};
+use crate::phase::{Flow, HeadersPhase, Phase};
 use crate::processor::{PhaseNeeds, Processor, RequestCtx};
 
 /// Default name of the response header listing the processors that ran.
 pub const APPLIED_HEADER: &str = "x-ext-procs-applied";
 
 type Wrap = Box<dyn FnOnce(PhaseService) -> PhaseService + Send>;
+type Narrow = Arc<dyn Fn(&HeadersPhase) -> PhaseNeeds + Send + Sync>;
 
 /// Collects processors (and any other tower layers over phases) in chain order.
 #[derive(Default)]
@@ -31,6 +32,7 @@ pub struct ChainBuilder {
     wraps: Vec<Wrap>,
     names: Vec<Arc<str>>,
     needs: PhaseNeeds,
+    narrows: Vec<Narrow>,
     applied_header: Option<String>,
     metrics: Option<(Arc<Metrics>, Arc<str>)>,
     timeout: Option<Duration>,
@@ -55,7 +57,11 @@ impl ChainBuilder {
         let index = self.names.len();
         self.names.push(Arc::from(processor.name()));
         self.needs = self.needs.union(processor.needs());
-        let mut layer = ProcessorLayer::new(Arc::new(processor), index).with_timeout(self.timeout);
+        let processor = Arc::new(processor);
+        let narrow = processor.clone();
+        self.narrows
+            .push(Arc::new(move |h: &HeadersPhase| narrow.needs_for(h)));
+        let mut layer = ProcessorLayer::new(processor, index).with_timeout(self.timeout);
         if let Some((metrics, route)) = &self.metrics {
             layer = layer.with_metrics(metrics.processor(route, &self.names[index]));
         }
@@ -102,6 +108,7 @@ impl ChainBuilder {
             service,
             names: self.names.into(),
             needs,
+            narrows: self.narrows.into(),
             applied_header: self.applied_header,
         }
     }
@@ -113,6 +120,7 @@ pub struct Chain {
     service: PhaseService,
     names: Arc<[Arc<str>]>,
     needs: PhaseNeeds,
+    narrows: Arc<[Narrow]>,
     applied_header: Option<String>,
 }
 
@@ -144,6 +152,21 @@ impl Chain {
     /// The union of what the processors need: drives `mode_override`.
     pub fn needs(&self) -> PhaseNeeds {
         self.needs
+    }
+
+    /// What the chain would ask Envoy for on a request with these headers: the union
+    /// of every processor's `needs_for` (as if none answered early), plus the response
+    /// headers the applied-processors header needs. Lets tools see the narrower modes
+    /// the gateway sends per request, not only the route's widest one.
+    pub fn needs_for(&self, request: &HeadersPhase) -> PhaseNeeds {
+        let mut needs = self
+            .narrows
+            .iter()
+            .fold(PhaseNeeds::NONE, |acc, n| acc.union(n(request)));
+        if self.applied_header.is_some() && !self.names.is_empty() {
+            needs.response_headers = true;
+        }
+        needs
     }
 
     /// A fresh per-request context sized for this chain.
