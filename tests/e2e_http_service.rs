@@ -441,3 +441,60 @@ async fn a_reload_applies_to_the_http_listener() {
     }
     panic!("the reloaded chain never served HTTP requests: {applied}");
 }
+
+/// The README's snippets are parts of `examples/http_service/envoy.yaml`, which Envoy
+/// accepts; and Envoy refuses the same filter asked to send a body.
+#[test]
+fn the_documented_envoy_config_is_valid() {
+    let Some(bin) = envoy_bin() else { return };
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let example = root.join("examples/http_service/envoy.yaml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = readme
+        .split("## ext_proc over HTTP")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README section `ext_proc over HTTP`");
+    let snippets: Vec<&str> = section
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|s| s.split("```").next())
+        .collect();
+    assert_eq!(snippets.len(), 2, "filter and cluster snippets");
+    for snippet in snippets {
+        assert!(
+            text.contains(snippet),
+            "not in {}:\n{snippet}",
+            example.display()
+        );
+    }
+    let validate = |path: &std::path::Path| {
+        std::process::Command::new(&bin)
+            .args(["--mode", "validate", "-c"])
+            .arg(path)
+            .output()
+            .expect("run envoy")
+    };
+    let out = validate(&example);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        text.replace("request_body_mode: NONE", "request_body_mode: BUFFERED"),
+    )
+    .unwrap();
+    let out = validate(&bad);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("configured with http_service"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
