@@ -158,6 +158,49 @@ async fn the_default_chain_runs_over_http_with_state_carried_to_the_response() {
     );
 }
 
+/// A body cannot travel over HTTP: the gateway never asks for one (Envoy would hang
+/// the request), and `digest` withholds its header rather than hash a body it never saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_is_never_asked_for_and_digest_withholds() {
+    let Some(s) = stack(None).await else { return };
+    let r = send(
+        &s.client,
+        s.envoy.port,
+        "POST",
+        "/upload",
+        &[("x-request-id", "b-1")],
+        full("a body the gateway never sees"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let echoed = r.echoed();
+    assert_eq!(echoed.body, "a body the gateway never sees");
+    assert_eq!(echoed.headers.get("x-request-digest"), None);
+    assert_eq!(r.header("x-request-digest"), None);
+    // The rest of the chain still ran, with its state carried to the response.
+    assert_eq!(r.header("x-extra-request-id"), Some("b-1"));
+    assert_eq!(
+        r.header("x-request-started"),
+        echoed.headers.get("x-request-started").map(String::as_str)
+    );
+    assert_eq!(
+        r.header("x-ext-procs-applied"),
+        Some("trivial,timer,digest,context_check,echo")
+    );
+    // Request headers and response headers only: no body POST.
+    assert_eq!(s.envoy.ext_proc_stat("stream_msgs_sent").await, 2);
+    s.assert_clean().await;
+    let m = s.gateway_metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"extproc_results_withheld_total{processor="digest",reason="body_not_sent",route="default"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_keep_their_own_state() {
     let Some(s) = stack(None).await else { return };
@@ -344,7 +387,8 @@ async fn bad_posts_get_clear_json_errors_and_are_counted() {
     assert_eq!(status, 400, "{json}");
     assert_eq!(json["result"], "rejected");
 
-    // Response headers twice for one request: out of order.
+    // Request headers then response headers of one request: the second POST resumes
+    // the state of the first.
     let resp_headers =
         r#"{"response_headers":{"headers":{"headers":[{"key":":status","raw_value":"MjAw"}]}}}"#;
     let req_headers = r#"{"request_headers":{"headers":{"headers":[{"key":":path","raw_value":"Lw=="},{"key":":method","raw_value":"R0VU"}]},"end_of_stream":true}}"#;
@@ -362,6 +406,18 @@ async fn bad_posts_get_clear_json_errors_and_are_counted() {
                 && h["header"]["raw_value"] == "dHJpdmlhbA=="),
         "{json}"
     );
+    // A request body after request headers that ended the request: out of order.
+    let (status, _, json) = post(full(req_headers), Some("5")).await;
+    assert_eq!(status, 200, "{json}");
+    let body = r#"{"request_body":{"body":"eA==","end_of_stream":true}}"#;
+    let (status, _, json) = post(full(body), Some("5")).await;
+    assert_eq!(status, 409, "{json}");
+    assert_eq!(json["result"], "rejected");
+    assert!(
+        json["error"].as_str().unwrap().contains("end_of_stream"),
+        "{json}"
+    );
+
     // Without Envoy's stream id a POST is answered alone.
     let (status, _, json) = post(full(req_headers), None).await;
     assert_eq!(status, 200, "{json}");
@@ -383,18 +439,30 @@ async fn bad_posts_get_clear_json_errors_and_are_counted() {
     };
     assert_eq!(count("malformed"), Some(2.0), "{m}");
     assert_eq!(count("too_large"), Some(1.0));
-    assert_eq!(count("rejected"), Some(1.0));
+    assert_eq!(count("rejected"), Some(2.0));
     assert_eq!(count("not_allowed"), Some(1.0));
-    assert_eq!(count("ok"), Some(3.0));
+    assert_eq!(count("ok"), Some(4.0));
+    // The same kinds of protocol violation as over gRPC.
+    let violations = |kind: &str| {
+        metric(
+            &m,
+            &format!(r#"extproc_protocol_violations_total{{kind="{kind}"}}"#),
+        )
+    };
+    assert_eq!(violations("malformed"), Some(2.0), "{m}");
+    assert_eq!(violations("oversized"), Some(1.0));
+    assert_eq!(violations("empty_message"), Some(1.0));
+    assert_eq!(violations("out_of_order"), Some(1.0));
     assert_eq!(
         metric(&m, r#"extproc_http_exchanges_total{event="uncorrelated"}"#),
         Some(1.0),
         "{m}"
     );
-    // The response headers of POST 4 continued the state its request headers left.
+    // POST 4's response headers and POST 5's body found the state their request
+    // headers left.
     assert_eq!(
         metric(&m, r#"extproc_http_exchanges_total{event="resumed"}"#),
-        Some(1.0),
+        Some(2.0),
         "{m}"
     );
     // The gateway is still serving.

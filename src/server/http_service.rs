@@ -31,6 +31,7 @@ use super::exchange::{Exchange, ExchangeError, Handled};
 use super::json::{JsonCodec, JsonError};
 use super::{Readiness, RouterHandle};
 use crate::metrics::{HttpExchangeEvent, HttpResult, Metrics, StreamOutcome};
+use crate::modes::Violation;
 use crate::proto::ext_proc::{processing_request, ProcessingRequest, ProcessingResponse};
 use crate::proto::mode::processing_mode::{BodySendMode, HeaderSendMode};
 
@@ -246,6 +247,7 @@ async fn handle(State(svc): State<Arc<HttpService>>, request: Request) -> Respon
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             http.request(HttpResult::TooLarge);
+            svc.metrics.violation(Violation::Oversized);
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 HttpResult::TooLarge,
@@ -257,6 +259,7 @@ async fn handle(State(svc): State<Arc<HttpService>>, request: Request) -> Respon
         }
         Err(e) => {
             http.request(HttpResult::Malformed);
+            svc.metrics.violation(Violation::Malformed);
             return error(
                 StatusCode::BAD_REQUEST,
                 HttpResult::Malformed,
@@ -271,6 +274,7 @@ async fn handle(State(svc): State<Arc<HttpService>>, request: Request) -> Respon
         }
         Err(Failure::Json(e @ JsonError::Malformed { .. })) => {
             http.request(HttpResult::Malformed);
+            svc.metrics.violation(Violation::Malformed);
             tracing::warn!(error = %e, "rejecting an ext_proc HTTP request");
             error(
                 StatusCode::BAD_REQUEST,
@@ -289,6 +293,7 @@ async fn handle(State(svc): State<Arc<HttpService>>, request: Request) -> Respon
         }
         Err(Failure::Exchange(e)) => {
             http.request(HttpResult::Rejected);
+            svc.metrics.violation(e.violation());
             // The gRPC status the same error would end a stream with, as HTTP.
             let status = tonic::Status::from(e);
             let code = match status.code() {
