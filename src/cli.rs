@@ -64,6 +64,9 @@ pub struct ServeArgs {
     /// Admin HTTP listen address (overrides server.admin_addr).
     #[arg(long, env = "EXTPROC_ADMIN_ADDR", global = true)]
     pub admin_addr: Option<SocketAddr>,
+    /// ext_proc over HTTP (Envoy's http_service) listen address (overrides server.http_addr).
+    #[arg(long, env = "EXTPROC_HTTP_ADDR", global = true)]
+    pub http_addr: Option<SocketAddr>,
     /// Largest gRPC message in bytes (overrides server.max_message_bytes).
     #[arg(long, env = "EXTPROC_MAX_MESSAGE_BYTES", global = true)]
     pub max_message_bytes: Option<usize>,
@@ -87,6 +90,9 @@ impl ServeArgs {
         }
         if let Some(a) = self.admin_addr {
             config.server.admin_addr = a;
+        }
+        if let Some(a) = self.http_addr {
+            config.server.http_addr = Some(a);
         }
         if let Some(n) = self.max_message_bytes {
             config.server.max_message_bytes = n;

@@ -68,6 +68,7 @@ pub struct Metrics {
     mismatches: IntCounterVec,
     withheld: IntCounterVec,
     active: IntGauge,
+    http: HttpMetrics,
 }
 
 /// gRPC status codes the gateway ends streams with (label values of
@@ -151,6 +152,7 @@ impl Metrics {
             ),
             active: IntGauge::new("extproc_active_streams", "ext_proc streams open now")
                 .unwrap_or_else(|e| unreachable!("static gauge: {e}")),
+            http: HttpMetrics::new(),
             registry,
         };
         let build = IntGaugeVec::new(
@@ -165,7 +167,10 @@ impl Metrics {
         for kind in Violation::ALL {
             m.violations.with_label_values(&[kind.as_str()]);
         }
-        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+            Box::new(m.http.requests_vec.clone()),
+            Box::new(m.http.exchanges_vec.clone()),
+            Box::new(m.http.held.clone()),
             Box::new(m.message.clone()),
             Box::new(m.processor.clone()),
             Box::new(m.stream.clone()),
@@ -223,6 +228,11 @@ impl Metrics {
             route: Arc::from(route),
             processor: Arc::from(processor),
         }
+    }
+
+    /// Handles for the ext_proc-over-HTTP listener (`server.http_addr`).
+    pub fn http(&self) -> &HttpMetrics {
+        &self.http
     }
 
     /// Counts a stream ended with a gRPC error (`code` as its canonical name).
@@ -478,5 +488,151 @@ impl ProcessorMetrics {
         self.immediate
             .with_label_values(&[&*self.route, &*self.processor, status.to_string().as_str()])
             .inc();
+    }
+}
+
+/// How one POST of Envoy's `http_service` was answered (label `result` of
+/// `extproc_http_requests_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpResult {
+    /// 200 with a ProcessingResponse.
+    Ok,
+    /// 400: the body is not a ProcessingRequest in proto3 JSON.
+    Malformed,
+    /// 413: the body exceeds `server.max_message_bytes`.
+    TooLarge,
+    /// 4xx: a well-formed message the exchange refused (out of order, no phase).
+    Rejected,
+    /// 405: not a POST.
+    NotAllowed,
+    /// 500: the answer could not be encoded (a bug, never bad input).
+    Internal,
+}
+
+impl HttpResult {
+    const ALL: [HttpResult; 6] = [
+        HttpResult::Ok,
+        HttpResult::Malformed,
+        HttpResult::TooLarge,
+        HttpResult::Rejected,
+        HttpResult::NotAllowed,
+        HttpResult::Internal,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpResult::Ok => "ok",
+            HttpResult::Malformed => "malformed",
+            HttpResult::TooLarge => "too_large",
+            HttpResult::Rejected => "rejected",
+            HttpResult::NotAllowed => "not_allowed",
+            HttpResult::Internal => "internal",
+        }
+    }
+}
+
+/// What happened to the per-request state the HTTP listener keeps between Envoy's
+/// POSTs (label `event` of `extproc_http_exchanges_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpExchangeEvent {
+    /// A later POST found the state its request headers left.
+    Resumed,
+    /// Dropped after `server.http_exchange_ttl` without a later POST (Envoy skipped
+    /// the response phase, the request was reset, or the state was never needed).
+    Expired,
+    /// Dropped to stay within `server.http_max_exchanges`, oldest first.
+    Evicted,
+    /// Replaced by new request headers under the same key.
+    Replaced,
+    /// A POST without the `x-request-id` Envoy sets: handled alone, no state kept.
+    Uncorrelated,
+}
+
+impl HttpExchangeEvent {
+    const ALL: [HttpExchangeEvent; 5] = [
+        HttpExchangeEvent::Resumed,
+        HttpExchangeEvent::Expired,
+        HttpExchangeEvent::Evicted,
+        HttpExchangeEvent::Replaced,
+        HttpExchangeEvent::Uncorrelated,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpExchangeEvent::Resumed => "resumed",
+            HttpExchangeEvent::Expired => "expired",
+            HttpExchangeEvent::Evicted => "evicted",
+            HttpExchangeEvent::Replaced => "replaced",
+            HttpExchangeEvent::Uncorrelated => "uncorrelated",
+        }
+    }
+}
+
+/// Pre-resolved handles of the HTTP listener: every label value exists (at zero)
+/// from the start, so a dashboard or alert sees the series before the first error.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests_vec: IntCounterVec,
+    requests: [IntCounter; 6],
+    exchanges_vec: IntCounterVec,
+    exchanges: [IntCounter; 5],
+    held: IntGauge,
+}
+
+impl std::fmt::Debug for HttpMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpMetrics")
+    }
+}
+
+impl HttpMetrics {
+    fn new() -> Self {
+        let requests_vec = counter(
+            "extproc_http_requests_total",
+            "POSTs of Envoy's ext_proc http_service, by result (ok, malformed, too_large, rejected, not_allowed, internal)",
+            &["result"],
+        );
+        let exchanges_vec = counter(
+            "extproc_http_exchanges_total",
+            "Per-request state kept between http_service POSTs, by event (resumed, expired, evicted, replaced, uncorrelated)",
+            &["event"],
+        );
+        Self {
+            requests: HttpResult::ALL.map(|r| requests_vec.with_label_values(&[r.as_str()])),
+            exchanges: HttpExchangeEvent::ALL
+                .map(|e| exchanges_vec.with_label_values(&[e.as_str()])),
+            requests_vec,
+            exchanges_vec,
+            held: IntGauge::new(
+                "extproc_http_exchanges_held",
+                "Per-request states held now between http_service POSTs",
+            )
+            .unwrap_or_else(|e| unreachable!("static gauge: {e}")),
+        }
+    }
+
+    /// Counts one POST by how it was answered.
+    pub fn request(&self, result: HttpResult) {
+        let i = HttpResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(0);
+        self.requests[i].inc();
+    }
+
+    /// Counts `n` events of one kind.
+    pub fn exchanges(&self, event: HttpExchangeEvent, n: u64) {
+        let i = HttpExchangeEvent::ALL
+            .iter()
+            .position(|e| *e == event)
+            .unwrap_or(0);
+        self.exchanges[i].inc_by(n);
+    }
+
+    /// Sets how many states are held now.
+    pub fn held(&self, n: usize) {
+        self.held.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }

@@ -40,3 +40,8 @@ pub use envoy::config::core::v3 as core;
 pub use envoy::extensions::filters::http::ext_proc::v3 as mode;
 pub use envoy::r#type::v3 as http_status;
 pub use envoy::service::ext_proc::v3 as ext_proc;
+
+/// The compiled descriptors of `proto/` (with the well-known types they import), for
+/// transcoding ext_proc messages to and from proto3 JSON.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/ext_proc_descriptors.bin"));

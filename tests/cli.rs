@@ -14,6 +14,7 @@ fn gateway() -> Command {
         "EXTPROC_CONFIG",
         "EXTPROC_GRPC_ADDR",
         "EXTPROC_ADMIN_ADDR",
+        "EXTPROC_HTTP_ADDR",
         "EXTPROC_MAX_MESSAGE_BYTES",
         "EXTPROC_SHUTDOWN_GRACE",
     ] {
@@ -182,4 +183,108 @@ fn a_port_in_use_is_a_clear_start_error() {
         stderr.contains(&format!("cannot listen for gRPC on 127.0.0.1:{port}")),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_listener_is_off_by_default_and_set_by_file_env_or_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("h.yaml");
+    let (admin, file_http, env_http, flag_http) =
+        (free_port(), free_port(), free_port(), free_port());
+    let healthy = |port: u16| async move {
+        for _ in 0..200 {
+            if let Some((200, body)) = http_get(port, "/healthz").await {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no ext_proc HTTP listener on {port}");
+    };
+    let ready = |port: u16| async move {
+        for _ in 0..200 {
+            if let Some((200, _)) = http_get(port, "/readyz").await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nothing ready on admin port {port}");
+    };
+    let base = format!(
+        "server:\n  grpc_addr: 127.0.0.1:{}\n  admin_addr: 127.0.0.1:{admin}\n",
+        free_port()
+    );
+
+    // Off by default: /config does not mention it.
+    std::fs::write(&file, format!("{base}routes: []\n")).unwrap();
+    let mut child = gateway().arg("--config").arg(&file).spawn().unwrap();
+    ready(admin).await;
+    let (_, config) = http_get(admin, "/config").await.unwrap();
+    assert!(!config.contains("http_addr"), "{config}");
+    assert!(config.contains("http_exchange_ttl: 1m"), "{config}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // From the file.
+    std::fs::write(
+        &file,
+        format!("{base}  http_addr: 127.0.0.1:{file_http}\nroutes: []\n"),
+    )
+    .unwrap();
+    let mut child = gateway().arg("--config").arg(&file).spawn().unwrap();
+    assert_eq!(healthy(file_http).await, "ok\n");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The environment beats the file, the flag beats the environment.
+    let mut child = gateway()
+        .arg("--config")
+        .arg(&file)
+        .env("EXTPROC_HTTP_ADDR", format!("127.0.0.1:{env_http}"))
+        .spawn()
+        .unwrap();
+    healthy(env_http).await;
+    assert!(http_get(file_http, "/healthz").await.is_none());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut child = gateway()
+        .arg("--config")
+        .arg(&file)
+        .env("EXTPROC_HTTP_ADDR", format!("127.0.0.1:{env_http}"))
+        .args(["--http-addr", &format!("127.0.0.1:{flag_http}")])
+        .spawn()
+        .unwrap();
+    healthy(flag_http).await;
+    assert!(http_get(env_http, "/healthz").await.is_none());
+    let (_, config) = http_get(admin, "/config").await.unwrap();
+    assert!(
+        config.contains(&format!("http_addr: 127.0.0.1:{flag_http}")),
+        "{config}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn bad_http_limits_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    for (yaml, field) in [
+        (
+            "server: {http_exchange_ttl: 0s}\n",
+            "server.http_exchange_ttl",
+        ),
+        (
+            "server: {http_max_exchanges: 0}\n",
+            "server.http_max_exchanges",
+        ),
+    ] {
+        std::fs::write(&file, yaml).unwrap();
+        let out = gateway().arg("check-config").arg(&file).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{yaml} accepted");
+        assert!(
+            stderr.contains(&format!("bad.yaml: {field}: must")),
+            "{stderr}"
+        );
+    }
 }

@@ -414,8 +414,8 @@ impl<'c, 'a> Checker<'c, 'a> {
         let ask = mode_override(
             needs,
             BodyModes {
-                request: configured.request_body_mode,
-                response: configured.response_body_mode,
+                request: crate::modes::BodyMode::from_i32(configured.request_body_mode),
+                response: crate::modes::BodyMode::from_i32(configured.response_body_mode),
             },
         );
         let allowed = f

@@ -73,13 +73,31 @@ impl GatewayConfig {
             }
         })?;
         config
-            .build_router()
+            .validate_server()
+            .and_then(|()| config.build_router().map(drop))
             .map_err(|(field, message)| ConfigError {
                 source_name: source_name.to_string(),
                 location: field,
                 message,
             })?;
         Ok(config)
+    }
+
+    /// Checks server settings that parse but cannot work.
+    fn validate_server(&self) -> Result<(), (String, String)> {
+        if self.server.http_exchange_ttl.is_zero() {
+            return Err((
+                "server.http_exchange_ttl".into(),
+                "must be longer than zero: request state must outlive the upstream's answer".into(),
+            ));
+        }
+        if self.server.http_max_exchanges == 0 {
+            return Err((
+                "server.http_max_exchanges".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Builds the routes and their chains. Errors carry the field path.

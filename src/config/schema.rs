@@ -36,7 +36,20 @@ pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
     /// The admin HTTP server (health, routes, config).
     pub admin_addr: SocketAddr,
-    /// Largest gRPC message accepted or sent; buffered bodies must fit.
+    /// ext_proc over HTTP (Envoy's `http_service`: one JSON POST per message) on this
+    /// address, through the same routes as gRPC. Unset (the default): not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<SocketAddr>,
+    /// How long the HTTP listener keeps one request's state (its exchange) waiting for
+    /// Envoy's next POST, e.g. response headers after request headers. Longer than the
+    /// slowest upstream response the routes should still see whole.
+    #[serde(with = "humantime_serde")]
+    pub http_exchange_ttl: Duration,
+    /// Most request states the HTTP listener holds at once; past it the oldest is
+    /// dropped (counted in `extproc_http_exchanges_total{event="evicted"}`).
+    pub http_max_exchanges: usize,
+    /// Largest gRPC message accepted or sent; buffered bodies must fit. Also the
+    /// largest JSON body the HTTP listener reads.
     pub max_message_bytes: usize,
     /// How long in-flight streams may run after SIGTERM/SIGINT.
     #[serde(with = "humantime_serde")]
@@ -56,6 +69,9 @@ impl Default for ServerConfig {
         Self {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            http_addr: None,
+            http_exchange_ttl: Duration::from_secs(60),
+            http_max_exchanges: 16_384,
             max_message_bytes: 64 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             processor_timeout: None,

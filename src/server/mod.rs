@@ -1,8 +1,11 @@
-//! The ext_proc gRPC server (with gRPC health on the same port), the admin server
-//! beside it, and graceful shutdown.
+//! The ext_proc gRPC server (with gRPC health on the same port), the optional
+//! ext_proc-over-HTTP listener (Envoy's `http_service`) through the same routes, the
+//! admin server beside them, and graceful shutdown.
 
 mod exchange;
 mod flows;
+mod http_service;
+mod json;
 mod reload;
 mod service;
 
@@ -16,6 +19,8 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 pub use exchange::{Exchange, ExchangeError, Handled};
+pub use http_service::{HttpService, HttpSettings, STREAM_ID_HEADER};
+pub use json::{JsonCodec, JsonError};
 pub use reload::ConfigHandle;
 pub use service::{ExtProcService, RouterHandle};
 
@@ -47,6 +52,8 @@ pub struct Bound {
     pub grpc: SocketAddr,
     /// Admin HTTP.
     pub admin: SocketAddr,
+    /// ext_proc over HTTP, when `server.http_addr` is set.
+    pub http: Option<SocketAddr>,
 }
 
 /// Runs the gateway until `shutdown` resolves, then drains: readiness and gRPC health
@@ -117,9 +124,21 @@ async fn run(
     let admin_listener = TcpListener::bind(config.server.admin_addr)
         .await
         .with_context(|| format!("cannot listen for admin on {}", config.server.admin_addr))?;
+    let http_listener = match config.server.http_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for ext_proc over HTTP on {addr}"))?,
+        ),
+        None => None,
+    };
     let bound = Bound {
         grpc: grpc_listener.local_addr()?,
         admin: admin_listener.local_addr()?,
+        http: match &http_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        },
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -134,6 +153,27 @@ async fn run(
 
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let grace = config.server.shutdown_grace;
+    let http = match http_listener {
+        Some(listener) => {
+            let service = HttpService::new(
+                routes.clone(),
+                metrics.clone(),
+                readiness.clone(),
+                HttpSettings {
+                    max_body_bytes: limit,
+                    exchange_ttl: config.server.http_exchange_ttl,
+                    max_exchanges: config.server.http_max_exchanges,
+                },
+            )
+            .context("cannot start ext_proc over HTTP")?;
+            Some(tokio::spawn(http_service::serve(
+                listener,
+                service,
+                wait_for(drain_rx.clone()),
+            )))
+        }
+        None => None,
+    };
     let served = ConfigHandle::new(config);
     let reloader = reload.map(|reload| {
         tokio::spawn(reload::on_sighup(
@@ -160,7 +200,7 @@ async fn run(
             .serve_with_incoming_shutdown(incoming, wait_for(drain_rx)),
     );
     readiness.set(true);
-    tracing::info!(grpc = %bound.grpc, admin = %bound.admin, "extproc-gateway serving");
+    tracing::info!(grpc = %bound.grpc, admin = %bound.admin, http = ?bound.http, "extproc-gateway serving");
     on_bound(bound);
 
     shutdown.await;
@@ -170,10 +210,24 @@ async fn run(
         .set_not_serving::<ExternalProcessorServer<ExtProcService>>()
         .await;
     let _ = drain_tx.send(true);
-    match tokio::time::timeout(grace, grpc).await {
+    let deadline = tokio::time::Instant::now() + grace;
+    match tokio::time::timeout_at(deadline, grpc).await {
         Ok(Ok(result)) => result.context("gRPC server failed")?,
         Ok(Err(join)) => return Err(anyhow::anyhow!("gRPC server task failed: {join}")),
         Err(_) => tracing::warn!("grace period over; closing remaining streams"),
+    }
+    if let Some(http) = http {
+        let abort = http.abort_handle();
+        match tokio::time::timeout_at(deadline, http).await {
+            Ok(Ok(result)) => result.context("ext_proc HTTP server failed")?,
+            Ok(Err(join)) => {
+                return Err(anyhow::anyhow!("ext_proc HTTP server task failed: {join}"))
+            }
+            Err(_) => {
+                tracing::warn!("grace period over; closing remaining HTTP requests");
+                abort.abort();
+            }
+        }
     }
     admin.abort();
     if let Some(r) = reloader {

@@ -649,3 +649,96 @@ pub fn digest(tenant: &str, method: &str, path: &str, body: &[u8]) -> String {
     h.update(body);
     hex::encode(h.finalize())
 }
+
+/// Renders an Envoy bootstrap whose ONE ext_proc filter reaches the gateway over HTTP
+/// (`http_service`: one JSON POST per message, headers only) on `gateway_http`, with
+/// `path` as the POST path. The gateway's cluster is HTTP/1.1, health-checked on the
+/// gateway's `GET /healthz`, and named `extproc_gateway` as in [`envoy_config`], so
+/// [`Envoy::start_config`] waits for it the same way.
+pub fn envoy_http_service_config(
+    listen: u16,
+    admin: u16,
+    gateway_http: u16,
+    upstream: u16,
+    path: &str,
+) -> String {
+    format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: ingress
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            name: local
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - name: default
+                match: {{prefix: "/"}}
+                route: {{cluster: upstream, timeout: 30s}}
+          http_filters:
+          - name: envoy.filters.http.ext_proc
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              http_service:
+                http_service:
+                  http_uri:
+                    uri: http://127.0.0.1:{gateway_http}{path}
+                    cluster: extproc_gateway
+                    timeout: 2s
+              failure_mode_allow: false
+              message_timeout: 2s
+              allow_mode_override: true
+              request_attributes: [xds.route_name, request.path, request.method, request.host]
+              processing_mode:
+                request_header_mode: SEND
+                response_header_mode: SEND
+                request_body_mode: NONE
+                response_body_mode: NONE
+                request_trailer_mode: SKIP
+                response_trailer_mode: SKIP
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: extproc_gateway
+    type: STATIC
+    connect_timeout: 1s
+    health_checks:
+    - timeout: 1s
+      interval: 2s
+      unhealthy_threshold: 2
+      healthy_threshold: 1
+      http_health_check: {{path: /healthz}}
+    load_assignment:
+      cluster_name: extproc_gateway
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {gateway_http}}}}}}}
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}
+"#
+    )
+}
+
+/// A metric's value from the gateway's `/metrics` text (`name{labels}` exactly as
+/// rendered, or a bare name), or `None` when absent.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
