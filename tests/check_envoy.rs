@@ -221,6 +221,8 @@ fn every_shipped_envoy_config_is_checked() {
             "benches/load/envoy-one-filter.yaml.tmpl",
             "benches/load/envoy-six-filters.yaml.tmpl",
             "envoy.yaml",
+            // checked by check9_the_http_service_example_is_clean_with_a_headers_only_http_gateway
+            "examples/http_service/envoy.yaml",
         ]
     );
 }
@@ -765,6 +767,32 @@ fn check9_http_service_carries_headers_only() {
             ],
         )],
     );
+}
+
+#[test]
+fn check9_http_service_needs_the_gateways_http_listener() {
+    let run = check(
+        &fixture("http-service.yaml"),
+        Some(&fixture("headers-only.gateway.yaml")),
+    );
+    expect(
+        &run,
+        0,
+        &[(
+            "warning",
+            31,
+            &["http_service", "server.http_addr", "sets none"],
+        )],
+    );
+    assert!(!run.findings[0].text.contains("bodies"), "{}", run.stdout);
+}
+
+#[test]
+fn check9_the_http_service_example_is_clean_with_a_headers_only_http_gateway() {
+    clean(&check(
+        "examples/http_service/envoy.yaml",
+        Some(&fixture("headers-only-http.gateway.yaml")),
+    ));
 }
 
 #[test]

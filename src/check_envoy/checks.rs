@@ -806,23 +806,41 @@ impl<'c, 'a> Checker<'c, 'a> {
             })
             .map(|r| r.name.clone())
             .collect();
-        let need = if bodies.is_empty() {
-            String::new()
-        } else {
-            format!(
-                ", so {} would never get the bodies {} needs",
+        let served = self.gateway.server.http_addr.is_some();
+        if bodies.is_empty() && served {
+            return;
+        }
+        let mut problems = Vec::new();
+        if !bodies.is_empty() {
+            problems.push(format!(
+                "it carries headers only, so {} would never get the bodies {} needs",
                 routes_phrase(&bodies),
                 if bodies.len() == 1 {
                     "its chain"
                 } else {
                     "their chains"
                 }
-            )
+            ));
+        }
+        if !served {
+            problems.push(
+                "the gateway serves it only with server.http_addr (or --http-addr) set, and this gateway config sets none"
+                    .to_string(),
+            );
+        }
+        let fix = if bodies.is_empty() {
+            "set server.http_addr in the gateway config (or --http-addr) and point http_uri at it"
+        } else {
+            "for bodies, point the filter at the gateway with grpc_service: {envoy_grpc: {cluster_name: <the gateway's cluster>}}"
         };
         self.warning(
             node.line,
-            format!("{}this filter uses ext_proc over HTTP (http_service), which carries headers only and which the gateway does not serve (it speaks gRPC){need}", ctx.label),
-            "point the filter at the gateway with grpc_service: {envoy_grpc: {cluster_name: <the gateway's cluster>}}",
+            format!(
+                "{}this filter uses ext_proc over HTTP (http_service): {}",
+                ctx.label,
+                problems.join("; ")
+            ),
+            fix,
         );
     }
 
