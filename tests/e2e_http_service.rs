@@ -199,6 +199,17 @@ async fn a_request_body_is_never_asked_for_and_digest_withholds() {
         Some(1.0),
         "{m}"
     );
+    // Over HTTP bodies are never asked for: not a mode mismatch.
+    for reason in ["request_body_not_sent", "override_ignored"] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!(r#"extproc_mode_mismatches_total{{reason="{reason}",route="default"}}"#)
+            ),
+            Some(0.0),
+            "{m}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -219,7 +219,7 @@ static_resources:
         // The full mode of the default chain is listed, but a request without
         // x-context-id / x-echo-only gets a narrower override, which is not: Envoy then
         // keeps processing_mode (no body) and digest goes without.
-        let full = "{response_header_mode: SEND, request_body_mode: BUFFERED, response_body_mode: BUFFERED, request_trailer_mode: SEND, response_trailer_mode: SKIP}";
+        let full = "{response_header_mode: SEND, request_body_mode: BUFFERED, response_body_mode: BUFFERED, request_trailer_mode: SEND, response_trailer_mode: SEND}";
         let r = run(
             &format!("allow_mode_override: true\n              allowed_override_modes: [{full}]"),
             "",
@@ -233,7 +233,7 @@ static_resources:
             "{t:?}"
         );
         assert!(
-            t[0].contains("response_body_mode: NONE, request_trailer_mode: SKIP"),
+            t[0].contains("response_body_mode: NONE, request_trailer_mode: SEND"),
             "{t:?}"
         );
     }

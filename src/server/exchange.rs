@@ -88,6 +88,7 @@ pub struct Exchange {
     finished: bool,
     stopped: bool,
     ended: bool,
+    headers_only: bool,
 }
 
 impl Exchange {
@@ -100,7 +101,16 @@ impl Exchange {
             finished: false,
             stopped: false,
             ended: false,
+            headers_only: false,
         }
+    }
+
+    /// A stream over a transport that carries headers only (Envoy's ext_proc over
+    /// HTTP): bodies and trailers are never asked for, so their absence is no
+    /// mismatch (processors that need them still withhold their results).
+    pub fn headers_only(mut self) -> Self {
+        self.headers_only = true;
+        self
     }
 
     /// True once an immediate response was sent: the stream should close.
@@ -223,11 +233,16 @@ impl Exchange {
             modes: active.flows.modes(),
         };
         if let Phase::RequestHeaders(_) = &outcome.phase {
-            let mode = active.flows.plan(
-                outcome.ctx.needs(),
-                observability,
-                self.router.buffer_limit(),
-            );
+            let mut needs = outcome.ctx.needs();
+            if self.headers_only {
+                needs.request_body = crate::processor::BodyNeed::None;
+                needs.response_body = crate::processor::BodyNeed::None;
+                needs.request_trailers = false;
+                needs.response_trailers = false;
+            }
+            let mode = active
+                .flows
+                .plan(needs, observability, self.router.buffer_limit());
             reply.mode_override = Some(mode);
             reply.modes = active.flows.modes();
         }

@@ -142,7 +142,7 @@ impl HttpService {
             None => {}
         }
         // No gRPC initial metadata over HTTP: routes match on headers and attributes.
-        Exchange::new(self.router.current(), Vec::new())
+        Exchange::new(self.router.current(), Vec::new()).headers_only()
     }
 }
 
