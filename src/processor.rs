@@ -166,6 +166,10 @@ impl Withheld {
     }
 }
 
+/// Sends an `override_message_timeout` to Envoy on the current stream, out of band
+/// (while the processor still works); false when it could not be sent.
+pub type TimeoutExtender = std::sync::Arc<dyn Fn(std::time::Duration) -> bool + Send + Sync>;
+
 /// Everything the gateway knows about one HTTP request, lent to every phase.
 ///
 /// Standard fields are filled from the request headers when Envoy sends them (a stream
@@ -199,6 +203,7 @@ pub struct RequestCtx {
     request_body: BodyReceipt,
     response_body: BodyReceipt,
     withheld: Option<Withheld>,
+    timeout_extender: Option<TimeoutExtender>,
     request_headers: Headers,
     needs: PhaseNeeds,
     slots: Vec<Slot>,
@@ -224,6 +229,7 @@ impl RequestCtx {
             request_body: BodyReceipt::Unknown,
             response_body: BodyReceipt::Unknown,
             withheld: None,
+            timeout_extender: None,
             request_headers: Headers::new(),
             needs: PhaseNeeds::NONE,
             slots,
@@ -283,6 +289,21 @@ impl RequestCtx {
 
     pub(crate) fn take_withheld(&mut self) -> Option<Withheld> {
         self.withheld.take()
+    }
+
+    /// Asks Envoy to wait up to `by` for the answer to the message being processed
+    /// (`override_message_timeout`), for a processor that knowingly needs longer than
+    /// Envoy's `message_timeout` (a remote policy check, a key refetch). Envoy takes it
+    /// only when its filter sets `max_message_timeout` (and caps it there), once per
+    /// message, and only before the timeout fires (its stat
+    /// `override_message_timeout_received` counts it). Returns false where nothing can
+    /// be sent: observability mode, ext_proc over HTTP, the in-process test driver.
+    pub fn extend_message_timeout(&self, by: std::time::Duration) -> bool {
+        self.timeout_extender.as_ref().is_some_and(|f| f(by))
+    }
+
+    pub(crate) fn set_timeout_extender(&mut self, extender: Option<TimeoutExtender>) {
+        self.timeout_extender = extender;
     }
 
     /// A value Envoy forwarded in `metadata_context`, e.g. `("envoy.filters.http.jwt_authn", "payload")`.

@@ -237,6 +237,18 @@ pub fn protocol(message: &ProcessingRequest) -> Protocol {
     }
 }
 
+/// A response carrying only `override_message_timeout` (Envoy ignores every other
+/// field of such a response and keeps waiting for the real answer).
+pub fn timeout_override(by: std::time::Duration) -> ProcessingResponse {
+    ProcessingResponse {
+        override_message_timeout: Some(prost_types::Duration {
+            seconds: i64::try_from(by.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(by.subsec_nanos()).unwrap_or(0),
+        }),
+        ..Default::default()
+    }
+}
+
 /// Encodes the chain's outcome as the response of the matching kind.
 pub fn encode(outcome: &PhaseOutcome, reply: &Reply) -> ProcessingResponse {
     encode_parts(&outcome.phase, &outcome.flow, &outcome.mutations, reply)

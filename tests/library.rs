@@ -152,3 +152,132 @@ async fn a_processor_of_your_own_served_through_envoy() {
     let _ = stop_tx.send(());
     server.await.expect("join").expect("served");
 }
+
+/// Takes longer than Envoy's `message_timeout` on request headers; when told to,
+/// first asks Envoy to wait longer (`override_message_timeout`).
+struct Slow {
+    extend: bool,
+}
+
+impl Processor for Slow {
+    type State = ();
+
+    fn name(&self) -> &str {
+        "slow"
+    }
+
+    fn needs(&self) -> PhaseNeeds {
+        PhaseNeeds::REQUEST_HEADERS
+    }
+
+    async fn on_request_headers(
+        &self,
+        ctx: &mut RequestCtx,
+        _: &mut (),
+        _: &HeadersPhase,
+        out: &mut Mutations,
+    ) -> Flow {
+        if self.extend {
+            let sent = ctx.extend_message_timeout(std::time::Duration::from_secs(3));
+            out.set("x-extension-sent", sent.to_string());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        Flow::Continue
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_can_extend_envoys_message_timeout() {
+    let Some(bin) = envoy_bin() else { return };
+    let metrics = Metrics::new();
+    let route = |name: &str, extend: bool, header: Option<&str>| Route {
+        name: Arc::from(name),
+        matcher: RouteMatch {
+            headers: header
+                .map(|h| {
+                    vec![(
+                        h.to_string(),
+                        extproc_gateway::router::ValueMatch::Present(true),
+                    )]
+                })
+                .unwrap_or_default(),
+            ..RouteMatch::default()
+        },
+        chain: Chain::builder()
+            .observe(&metrics, name)
+            .processor(Slow { extend })
+            .build(),
+        metrics: Some(metrics.route(name)),
+    };
+    let router = Router::new(vec![
+        route("extends", true, Some("x-extend")),
+        route("waits", false, None),
+    ]);
+    let mut config = GatewayConfig::embedded().expect("default config");
+    config.routes.clear();
+    config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.admin_addr = "127.0.0.1:0".parse().unwrap();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve_routes(
+        config,
+        router,
+        metrics,
+        async {
+            let _ = stop_rx.await;
+        },
+        move |b| {
+            let _ = bound_tx.send(b);
+        },
+    ));
+    let bound = bound_rx.await.expect("bound");
+    let upstream = Upstream::start().await;
+    // Envoy waits 200 ms for an answer, and accepts extensions up to 5 s. Its
+    // listener and admin bind port 0.
+    let config = envoy_config(
+        &EnvoySpec::default(),
+        0,
+        0,
+        bound.grpc.port(),
+        upstream.port,
+    )
+    .replace(
+        "message_timeout: 2s\n",
+        "message_timeout: 0.2s\n              max_message_timeout: 5s\n",
+    );
+    assert!(config.contains("max_message_timeout: 5s"), "{config}");
+    let envoy = Envoy::start_any_ports(&bin, config).await;
+    let port = envoy.listener_port("ingress").await;
+    let c = client();
+
+    // Without an extension Envoy gives up after 200 ms.
+    let r = send(&c, port, "GET", "/slow", &[], empty()).await;
+    assert_ne!(r.status, 200, "{r:?}");
+    assert!(envoy.ext_proc_stat("message_timeouts").await >= 1);
+
+    // With one, it waits for the 700 ms answer.
+    let r = send(&c, port, "GET", "/slow", &[("x-extend", "1")], empty()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.echoed()
+            .headers
+            .get("x-extension-sent")
+            .map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        envoy
+            .ext_proc_stat("override_message_timeout_received")
+            .await,
+        1
+    );
+    assert_eq!(
+        envoy
+            .ext_proc_stat("override_message_timeout_ignored")
+            .await,
+        0
+    );
+    assert_eq!(envoy.ext_proc_stat("spurious_msgs_received").await, 0);
+    let _ = stop_tx.send(());
+    server.await.expect("join").expect("served");
+}

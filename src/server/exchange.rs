@@ -89,6 +89,7 @@ pub struct Exchange {
     stopped: bool,
     ended: bool,
     headers_only: bool,
+    extender: Option<crate::processor::TimeoutExtender>,
 }
 
 impl Exchange {
@@ -102,7 +103,15 @@ impl Exchange {
             stopped: false,
             ended: false,
             headers_only: false,
+            extender: None,
         }
+    }
+
+    /// Lets processors extend Envoy's message timeout on this stream: `extender` sends
+    /// an `override_message_timeout` ahead of the answer being worked on.
+    pub fn with_timeout_extender(mut self, extender: crate::processor::TimeoutExtender) -> Self {
+        self.extender = Some(extender);
+        self
     }
 
     /// A stream over a transport that carries headers only (Envoy's ext_proc over
@@ -310,6 +319,9 @@ impl Exchange {
         ctx.attributes = attributes;
         ctx.metadata = metadata;
         ctx.grpc_metadata = std::mem::take(&mut self.grpc_metadata);
+        if !message.observability_mode {
+            ctx.set_timeout_extender(self.extender.take());
+        }
         let flows = Flows::new(wire::protocol(message));
         self.active = Some(Active {
             route,

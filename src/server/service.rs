@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::exchange::{Exchange, ExchangeError, Handled};
@@ -154,9 +154,14 @@ impl ExternalProcessor for ExtProcService {
                 tonic::metadata::KeyAndValueRef::Binary(..) => None,
             })
             .collect();
+        // Timeout extensions go out of band, ahead of the answer being worked on.
+        let (extend_tx, extend_rx) = tokio::sync::mpsc::unbounded_channel();
+        let extender: crate::processor::TimeoutExtender =
+            Arc::new(move |by| extend_tx.send(crate::wire::timeout_override(by)).is_ok());
         let state = StreamState {
             inbound: request.into_inner(),
-            exchange: Exchange::new(self.router.current(), grpc_metadata),
+            exchange: Exchange::new(self.router.current(), grpc_metadata)
+                .with_timeout_extender(extender),
             metrics: self.metrics.clone(),
             queued: std::collections::VecDeque::new(),
             done: false,
@@ -207,6 +212,14 @@ impl ExternalProcessor for ExtProcService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(stream)))
+        // The side channel ends when the exchange (which holds its sender) is dropped
+        // with the main stream; it is polled first so an extension precedes the answer.
+        let extensions =
+            tokio_stream::wrappers::UnboundedReceiverStream::new(extend_rx).map(Ok::<_, Status>);
+        let merged =
+            futures_util::stream::select_with_strategy(extensions, stream, |_: &mut ()| {
+                futures_util::stream::PollNext::Left
+            });
+        Ok(Response::new(Box::pin(merged)))
     }
 }

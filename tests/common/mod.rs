@@ -528,6 +528,22 @@ impl Envoy {
         );
     }
 
+    /// The port a listener of this Envoy bound (for configs that bind port 0).
+    pub async fn listener_port(&self, name: &str) -> u16 {
+        let (_, body) = http_get(self.admin_port, "/listeners?format=json")
+            .await
+            .expect("envoy /listeners");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("listeners json");
+        v["listener_statuses"]
+            .as_array()
+            .expect("listener_statuses")
+            .iter()
+            .find(|l| l["name"] == name)
+            .and_then(|l| l["local_address"]["socket_address"]["port_value"].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or_else(|| panic!("no listener {name}: {body}"))
+    }
+
     /// Envoy's counters and gauges.
     pub async fn stats(&self) -> HashMap<String, u64> {
         let text = http_get(self.admin_port, "/stats")
