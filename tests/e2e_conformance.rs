@@ -1,5 +1,6 @@
 //! The conformance matrix through real Envoy 1.40: every body mode (NONE, STREAMED,
-//! BUFFERED, BUFFERED_PARTIAL, FULL_DUPLEX_STREAMED) x `allow_mode_override` on/off x
+//! BUFFERED, BUFFERED_PARTIAL, FULL_DUPLEX_STREAMED, GRPC, and STREAMED with
+//! `send_body_without_waiting_for_header_response`) x `allow_mode_override` on/off x
 //! observability mode off/on, each as its own listener (buffer limit 64 KiB) of one
 //! Envoy, in front of one gateway serving the default chain and a `jwt_auth` chain.
 //! Each listener gets a GET, a small POST, a 1 MiB POST (over the buffer limit) and an
@@ -22,12 +23,17 @@ use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-const MODES: [&str; 5] = [
+const MODES: [&str; 7] = [
     "NONE",
     "STREAMED",
     "BUFFERED",
     "BUFFERED_PARTIAL",
     "FULL_DUPLEX_STREAMED",
+    // Accepted by Envoy 1.40's config but not implemented (no body is sent).
+    "GRPC",
+    // STREAMED with send_body_without_waiting_for_header_response: chunks may come
+    // before the headers' answer, and Envoy ignores every override.
+    "STREAMED_EARLY",
 ];
 
 const BUFFER_LIMIT: usize = 64 * 1024;
@@ -110,6 +116,10 @@ fn listener(i: usize, c: &Case) -> String {
         "SKIP"
     };
     let chain = if c.jwt { "jwt" } else { "default" };
+    let (mode, early) = match c.mode {
+        "STREAMED_EARLY" => ("STREAMED", true),
+        other => (other, false),
+    };
     format!(
         r#"  - name: c{i}
     address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
@@ -139,6 +149,7 @@ fn listener(i: usize, c: &Case) -> String {
               failure_mode_allow: false
               message_timeout: 2s
               allow_mode_override: {ov}
+              send_body_without_waiting_for_header_response: {early}
               observability_mode: {obs}
               processing_mode:
                 request_header_mode: SEND
@@ -153,7 +164,6 @@ fn listener(i: usize, c: &Case) -> String {
 "#,
         ov = c.allow_override,
         obs = c.observability,
-        mode = c.mode,
     )
 }
 
@@ -197,20 +207,34 @@ static_resources:
 #[derive(Debug, PartialEq, Eq)]
 struct Expect {
     status: u16,
-    /// The response carries the whole body's digest (true) or no digest (false).
-    digest: bool,
+    /// The response carries the whole body's digest (Some(true)), no digest
+    /// (Some(false)), or either (None); a wrong digest always fails.
+    digest: Option<bool>,
 }
 
 fn expect(c: &Case, req: Req) -> Expect {
     let ok = |digest| Expect {
         status: 200,
-        digest,
+        digest: Some(digest),
     };
     if c.observability {
         // Envoy ignores every answer: nothing of the gateway shows.
         return ok(false);
     }
-    let (mode, on) = (c.mode, c.allow_override);
+    if c.mode == "GRPC" && req != Req::Get {
+        // GRPC is accepted by Envoy 1.40's config but not implemented: what it sends
+        // of a body is not specified, so the gateway only guarantees a digest that is
+        // whole or absent, never wrong.
+        return Expect {
+            status: 200,
+            digest: None,
+        };
+    }
+    let (mode, on) = match c.mode {
+        // Envoy ignores every override with send_body_without_waiting...
+        "STREAMED_EARLY" => ("STREAMED", false),
+        other => (other, c.allow_override),
+    };
     match req {
         Req::Get => ok(true),
         Req::SmallPost => ok(mode != "NONE" || on),
@@ -219,7 +243,7 @@ fn expect(c: &Case, req: Req) -> Expect {
             // refuses it once over the limit: no override can come in time.
             ("BUFFERED", _) => Expect {
                 status: 413,
-                digest: false,
+                digest: Some(false),
             },
             ("NONE", false) | ("BUFFERED_PARTIAL", false) => ok(false),
             _ => ok(true),
@@ -379,10 +403,12 @@ async fn every_body_mode_override_and_observability_combination() {
             let digest = digest("acme", sent.method, &sent.path, &sent.body);
             match resp.header("x-request-digest") {
                 Some(d) if d != digest => failures.push(format!("{label}: WRONG digest {d}")),
-                Some(_) if !want.digest => {
+                Some(_) if want.digest == Some(false) => {
                     failures.push(format!("{label}: digest present, expected absent"))
                 }
-                None if want.digest => failures.push(format!("{label}: digest missing")),
+                None if want.digest == Some(true) => {
+                    failures.push(format!("{label}: digest missing"))
+                }
                 _ => {}
             }
             if let Some(d) = echoed.headers.get("x-request-digest") {
@@ -625,6 +651,20 @@ static_resources:
     // The route was picked by the forwarded metadata: no token, 401.
     let r = send(&h1, port, "GET", "/no-token", &[], empty()).await;
     assert_eq!(r.status, 401, "{:?}", String::from_utf8_lossy(&r.body));
+    // A gRPC client gets the refusal as a gRPC status: UNAUTHENTICATED (16).
+    let h2: HttpClient = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let r = send(
+        &h2,
+        port,
+        "POST",
+        "/pkg.Service/Method",
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+        full(Bytes::from_static(&[0, 0, 0, 0, 0])),
+    )
+    .await;
+    assert_eq!(r.header("grpc-status"), Some("16"), "{:?}", r.headers);
     let token = jwt_helpers::Signer::example_rsa().sign(&jwt_helpers::good_claims());
     let auth = format!("Bearer {token}");
     let r = send(

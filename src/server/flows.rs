@@ -389,9 +389,11 @@ impl Flows {
             self.learn(true);
         }
         let side = if request { self.request } else { self.response };
-        if !self.known {
-            // No protocol_config (an older Envoy): neither the configured mode nor the
-            // override's fate is known, so only end_of_stream says where a body ends.
+        if !self.known || side.configured == BodyMode::Grpc {
+            // No protocol_config (an older Envoy), or GRPC mode (not implemented by
+            // Envoy 1.40, which may still send a body): neither the mode in force nor
+            // the override's fate is known, so only end_of_stream says where a body
+            // ends.
             let end = b.end_of_stream;
             b.kind = if first && end {
                 BodyKind::Whole
