@@ -13,6 +13,42 @@ use extproc_gateway::processors::Trivial;
 use extproc_gateway::router::{Route, RouteMatch, Router};
 use extproc_gateway::server;
 
+/// Routes built in code, served in process on free ports (the library's entry point).
+struct Served {
+    bound: server::Bound,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Served {
+    async fn start(router: Router, metrics: Arc<Metrics>) -> Served {
+        let mut config = GatewayConfig::embedded().expect("default config");
+        config.routes.clear();
+        config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
+        config.server.admin_addr = "127.0.0.1:0".parse().unwrap();
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve_routes(
+            config,
+            router,
+            metrics,
+            async {
+                let _ = stop_rx.await;
+            },
+            move |b| {
+                let _ = bound_tx.send(b);
+            },
+        ));
+        let bound = bound_rx.await.expect("bound");
+        Served { bound, stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("join").expect("served");
+    }
+}
+
 /// Refuses requests without a tenant; counts requests per stream in typed state.
 struct RequireTenant;
 
@@ -80,24 +116,8 @@ async fn a_processor_of_your_own_served_through_envoy() {
         chain,
         metrics: Some(metrics.route("custom")),
     }]);
-    let mut config = GatewayConfig::embedded().expect("default config");
-    config.routes.clear();
-    config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
-    config.server.admin_addr = "127.0.0.1:0".parse().unwrap();
-    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::serve_routes(
-        config,
-        router,
-        metrics,
-        async {
-            let _ = stop_rx.await;
-        },
-        move |b| {
-            let _ = bound_tx.send(b);
-        },
-    ));
-    let bound = bound_rx.await.expect("bound");
+    let served = Served::start(router, metrics).await;
+    let bound = served.bound;
     let upstream = Upstream::start().await;
     let envoy = Envoy::start(
         &bin,
@@ -149,8 +169,7 @@ async fn a_processor_of_your_own_served_through_envoy() {
     assert!(m.contains(
         r#"extproc_immediate_responses_total{processor="require_tenant",route="custom",status="400"} 1"#
     ), "{m}");
-    let _ = stop_tx.send(());
-    server.await.expect("join").expect("served");
+    served.stop().await;
 }
 
 /// Takes longer than Envoy's `message_timeout` on request headers; when told to,
@@ -213,24 +232,8 @@ async fn a_processor_can_extend_envoys_message_timeout() {
         route("extends", true, Some("x-extend")),
         route("waits", false, None),
     ]);
-    let mut config = GatewayConfig::embedded().expect("default config");
-    config.routes.clear();
-    config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
-    config.server.admin_addr = "127.0.0.1:0".parse().unwrap();
-    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::serve_routes(
-        config,
-        router,
-        metrics,
-        async {
-            let _ = stop_rx.await;
-        },
-        move |b| {
-            let _ = bound_tx.send(b);
-        },
-    ));
-    let bound = bound_rx.await.expect("bound");
+    let served = Served::start(router, metrics).await;
+    let bound = served.bound;
     let upstream = Upstream::start().await;
     // Envoy waits 200 ms for an answer, and accepts extensions up to 5 s. Its
     // listener and admin bind port 0.
@@ -278,6 +281,5 @@ async fn a_processor_can_extend_envoys_message_timeout() {
         0
     );
     assert_eq!(envoy.ext_proc_stat("spurious_msgs_received").await, 0);
-    let _ = stop_tx.send(());
-    server.await.expect("join").expect("served");
+    served.stop().await;
 }

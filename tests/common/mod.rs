@@ -359,6 +359,8 @@ pub fn envoy_config(
             st = f.response_trailer_mode,
         ));
     }
+    let gateway_cluster = gateway_grpc_cluster_yaml(gateway, true);
+    let upstream_cluster = upstream_cluster_yaml(upstream);
     format!(
         r#"admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
@@ -383,32 +385,52 @@ static_resources:
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
-  - name: extproc_gateway
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    health_checks:
-    - timeout: 1s
-      interval: 2s
-      unhealthy_threshold: 2
-      healthy_threshold: 1
-      grpc_health_check: {{service_name: envoy.service.ext_proc.v3.ExternalProcessor}}
-    load_assignment:
-      cluster_name: extproc_gateway
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {gateway}}}}}}}
-  - name: upstream
+{gateway_cluster}{upstream_cluster}"#
+    )
+}
+
+/// The `upstream` cluster of generated Envoy configs: the echo upstream on loopback.
+pub fn upstream_cluster_yaml(port: u16) -> String {
+    format!(
+        r#"  - name: upstream
     type: STATIC
     connect_timeout: 1s
     load_assignment:
       cluster_name: upstream
       endpoints:
       - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
+"#
+    )
+}
+
+/// The `extproc_gateway` cluster of generated Envoy configs: the gateway's gRPC port
+/// over HTTP/2, gRPC health checked when `health_check` (Envoy then waits for it).
+pub fn gateway_grpc_cluster_yaml(port: u16, health_check: bool) -> String {
+    let health = if health_check {
+        r#"    health_checks:
+    - timeout: 1s
+      interval: 2s
+      unhealthy_threshold: 2
+      healthy_threshold: 1
+      grpc_health_check: {service_name: envoy.service.ext_proc.v3.ExternalProcessor}
+"#
+    } else {
+        ""
+    };
+    format!(
+        r#"  - name: extproc_gateway
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+{health}    load_assignment:
+      cluster_name: extproc_gateway
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
 "#
     )
 }
@@ -678,6 +700,7 @@ pub fn envoy_http_service_config(
     upstream: u16,
     path: &str,
 ) -> String {
+    let upstream_cluster = upstream_cluster_yaml(upstream);
     format!(
         r#"admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
@@ -739,15 +762,7 @@ static_resources:
       endpoints:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {gateway_http}}}}}}}
-  - name: upstream
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: upstream
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}
-"#
+{upstream_cluster}"#
     )
 }
 
