@@ -2014,3 +2014,40 @@ async fn full_duplex_holds_the_headers_answer_until_the_body_is_read() {
     assert!(chunks[1].end_of_stream);
     assert!(values(&released[1], "x-request-digest").is_empty());
 }
+
+#[tokio::test]
+async fn empty_chunks_are_answered_and_hash_nothing() {
+    let chain = Chain::builder().processor(Digest::default()).build();
+    let mut envoy = Driver::new(chain);
+    envoy
+        .send(with_protocol(req_headers(&GET, false), STREAMED, NONE))
+        .await
+        .unwrap();
+    for (chunk, eos) in [
+        ("", false),
+        ("ab", false),
+        ("", false),
+        ("cd", false),
+        ("", true),
+    ] {
+        let a = envoy
+            .send(message(Request::RequestBody(HttpBody {
+                body: Bytes::from_static(chunk.as_bytes()),
+                end_of_stream: eos,
+                ..Default::default()
+            })))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.kind, Some(PhaseKind::RequestBody));
+    }
+    let resp = envoy
+        .send(message(resp_headers(&[(":status", "200")], true)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        values(&resp, "x-request-digest"),
+        vec![expected_digest("unknown", "GET", "/", "abcd").as_str()]
+    );
+}

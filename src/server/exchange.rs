@@ -174,7 +174,8 @@ impl Exchange {
         let observability = message.observability_mode;
         let mut phase = wire::decode(&mut message)
             .map_err(|e| ExchangeError::InvalidArgument(e.to_string()))?;
-        if self.active.is_none() {
+        let first = self.active.is_none();
+        if first {
             self.start(&message, &phase);
         }
         let Some(active) = self.active.as_mut() else {
@@ -208,7 +209,8 @@ impl Exchange {
             // Observability mode after a processor answered: the chain is over.
             return Ok(Handled::Silent);
         }
-        if message.metadata_context.is_some() {
+        if !first && message.metadata_context.is_some() {
+            // Envoy sends the forwarded namespaces with every message: keep the latest.
             if let Some(ctx) = active.ctx.as_mut() {
                 for (ns, value) in wire::metadata_context(&message) {
                     ctx.metadata.insert(ns, value);
