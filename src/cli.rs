@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// Drain time after SIGTERM, e.g. `10s` (overrides server.shutdown_grace).
     #[arg(long, env = "EXTPROC_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_grace: Option<Duration>,
+    /// Once listening, write the bound addresses here as JSON (`{"grpc": ..., "admin":
+    /// ..., "http": ...}`), so a supervisor or a test can bind port 0 and learn the port.
+    #[arg(long, env = "EXTPROC_ADDRESSES_FILE", global = true)]
+    pub addresses_file: Option<PathBuf>,
     /// Log filter, e.g. `info` or `extproc_gateway=debug`.
     #[arg(long, env = "EXTPROC_LOG", default_value = "info", global = true)]
     pub log: String,

@@ -70,9 +70,14 @@ fn main() -> ExitCode {
             let args = serve_args.clone();
             let reload: server::Reload =
                 Box::new(move || args.resolve().map_err(|e| e.to_string()));
+            let addresses_file = serve_args.addresses_file.clone();
             run(
                 &serve_args.log,
-                server::serve_with_reload(config, reload, server::shutdown_signal(), |_| {}),
+                server::serve_with_reload(config, reload, server::shutdown_signal(), move |b| {
+                    if let Some(path) = addresses_file {
+                        write_addresses(&path, &b);
+                    }
+                }),
             )
         }
     }
@@ -104,6 +109,21 @@ fn run(log: &str, fut: impl std::future::Future<Output = anyhow::Result<()>>) ->
             eprintln!("extproc-gateway: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes the bound addresses for `--addresses-file` (whole file at once: written to
+/// a temporary name, then renamed, so a reader never sees half of it).
+fn write_addresses(path: &std::path::Path, bound: &server::Bound) {
+    let json = serde_json::json!({
+        "grpc": bound.grpc.to_string(),
+        "admin": bound.admin.to_string(),
+        "http": bound.http.map(|a| a.to_string()),
+    });
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::write(&tmp, json.to_string()).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::error!(path = %path.display(), error = %e, "cannot write the addresses file");
     }
 }
 

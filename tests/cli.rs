@@ -17,6 +17,7 @@ fn gateway() -> Command {
         "EXTPROC_HTTP_ADDR",
         "EXTPROC_MAX_MESSAGE_BYTES",
         "EXTPROC_SHUTDOWN_GRACE",
+        "EXTPROC_ADDRESSES_FILE",
     ] {
         c.env_remove(var);
     }
@@ -109,63 +110,109 @@ fn print_config_is_the_embedded_default_and_valid() {
     );
 }
 
+/// A gateway process started with `--addresses-file`, killed on drop whatever the
+/// test's outcome.
+struct Running {
+    child: std::process::Child,
+    addresses: serde_json::Value,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// Starts `cmd` and waits until it has bound its listeners and is ready.
+    async fn start(mut cmd: Command) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("addresses.json");
+        let child = cmd.arg("--addresses-file").arg(&file).spawn().unwrap();
+        let mut running = Running {
+            child,
+            addresses: serde_json::Value::Null,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(v) = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+            {
+                running.addresses = v;
+                if let Some((200, _)) = http_get_at(running.addr("admin").unwrap(), "/readyz").await
+                {
+                    return running;
+                }
+            }
+            if let Ok(Some(status)) = running.child.try_wait() {
+                panic!("gateway exited with {status}");
+            }
+            assert!(std::time::Instant::now() < deadline, "gateway not ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A bound address (`grpc`, `admin`, `http`).
+    fn addr(&self, key: &str) -> Option<std::net::SocketAddr> {
+        self.addresses[key].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// Each source names another loopback address (port 0): the address the gateway
+// bound tells which source won, with no port picked in advance.
+const FILE_IP: &str = "127.0.0.2";
+const ENV_IP: &str = "127.0.0.3";
+const FLAG_IP: &str = "127.0.0.4";
+
+fn ip(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map(|a| a.ip().to_string()).unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn environment_overrides_file_and_flags_override_environment() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("c.yaml");
-    let (file_admin, env_admin, flag_admin) = (free_port(), free_port(), free_port());
     std::fs::write(
         &file,
-        format!("server:\n  grpc_addr: 127.0.0.1:{}\n  admin_addr: 127.0.0.1:{file_admin}\nroutes: []\n", free_port()),
+        format!("server:\n  grpc_addr: 127.0.0.1:0\n  admin_addr: {FILE_IP}:0\nroutes: []\n"),
     )
     .unwrap();
 
-    let check = |admin: u16| async move {
-        for _ in 0..200 {
-            if let Some((200, body)) = http_get(admin, "/readyz").await {
-                return body;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("nothing ready on admin port {admin}");
-    };
-
     // File only.
-    let mut child = gateway().arg("--config").arg(&file).spawn().unwrap();
-    check(file_admin).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let mut cmd = gateway();
+    cmd.arg("--config").arg(&file);
+    let g = Running::start(cmd).await;
+    assert_eq!(ip(g.addr("admin")), FILE_IP);
+    drop(g);
 
     // Environment beats the file.
-    let mut child = gateway()
-        .env("EXTPROC_CONFIG", &file)
-        .env("EXTPROC_ADMIN_ADDR", format!("127.0.0.1:{env_admin}"))
-        .spawn()
-        .unwrap();
-    check(env_admin).await;
-    assert!(http_get(file_admin, "/readyz").await.is_none());
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let mut cmd = gateway();
+    cmd.env("EXTPROC_CONFIG", &file)
+        .env("EXTPROC_ADMIN_ADDR", format!("{ENV_IP}:0"));
+    let g = Running::start(cmd).await;
+    assert_eq!(ip(g.addr("admin")), ENV_IP);
+    drop(g);
 
     // The flag beats the environment.
-    let mut child = gateway()
-        .env("EXTPROC_CONFIG", &file)
-        .env("EXTPROC_ADMIN_ADDR", format!("127.0.0.1:{env_admin}"))
-        .args(["--admin-addr", &format!("127.0.0.1:{flag_admin}")])
-        .spawn()
-        .unwrap();
-    check(flag_admin).await;
-    assert!(http_get(env_admin, "/readyz").await.is_none());
+    let mut cmd = gateway();
+    cmd.env("EXTPROC_CONFIG", &file)
+        .env("EXTPROC_ADMIN_ADDR", format!("{ENV_IP}:0"))
+        .args(["--admin-addr", &format!("{FLAG_IP}:0")]);
+    let g = Running::start(cmd).await;
+    let admin = g.addr("admin").unwrap();
+    assert_eq!(admin.ip().to_string(), FLAG_IP);
     // The admin server reports the effective routes and config.
-    let (_, routes) = http_get(flag_admin, "/routes").await.unwrap();
+    let (_, routes) = http_get_at(admin, "/routes").await.unwrap();
     assert_eq!(routes, "[]");
-    let (_, config) = http_get(flag_admin, "/config").await.unwrap();
+    let (_, config) = http_get_at(admin, "/config").await.unwrap();
     assert!(
-        config.contains(&format!("admin_addr: 127.0.0.1:{flag_admin}")),
+        config.contains(&format!("admin_addr: {FLAG_IP}:0")),
         "{config}"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[test]
@@ -189,79 +236,68 @@ fn a_port_in_use_is_a_clear_start_error() {
 async fn the_http_listener_is_off_by_default_and_set_by_file_env_or_flag() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("h.yaml");
-    let (admin, file_http, env_http, flag_http) =
-        (free_port(), free_port(), free_port(), free_port());
-    let healthy = |port: u16| async move {
+    let base = "server:\n  grpc_addr: 127.0.0.1:0\n  admin_addr: 127.0.0.1:0\n";
+    let healthy = |addr: std::net::SocketAddr| async move {
         for _ in 0..200 {
-            if let Some((200, body)) = http_get(port, "/healthz").await {
+            if let Some((200, body)) = http_get_at(addr, "/healthz").await {
                 return body;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("no ext_proc HTTP listener on {port}");
+        panic!("no ext_proc HTTP listener on {addr}");
     };
-    let ready = |port: u16| async move {
-        for _ in 0..200 {
-            if let Some((200, _)) = http_get(port, "/readyz").await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("nothing ready on admin port {port}");
-    };
-    let base = format!(
-        "server:\n  grpc_addr: 127.0.0.1:{}\n  admin_addr: 127.0.0.1:{admin}\n",
-        free_port()
-    );
 
-    // Off by default: /config does not mention it.
+    // Off by default: /config does not mention it, and nothing is bound.
     std::fs::write(&file, format!("{base}routes: []\n")).unwrap();
-    let mut child = gateway().arg("--config").arg(&file).spawn().unwrap();
-    ready(admin).await;
-    let (_, config) = http_get(admin, "/config").await.unwrap();
+    let mut cmd = gateway();
+    cmd.arg("--config").arg(&file);
+    let g = Running::start(cmd).await;
+    assert_eq!(g.addr("http"), None);
+    let (_, config) = http_get_at(g.addr("admin").unwrap(), "/config")
+        .await
+        .unwrap();
     assert!(!config.contains("http_addr"), "{config}");
     assert!(config.contains("http_exchange_ttl: 1m"), "{config}");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(g);
 
     // From the file.
     std::fs::write(
         &file,
-        format!("{base}  http_addr: 127.0.0.1:{file_http}\nroutes: []\n"),
+        format!("{base}  http_addr: {FILE_IP}:0\nroutes: []\n"),
     )
     .unwrap();
-    let mut child = gateway().arg("--config").arg(&file).spawn().unwrap();
-    assert_eq!(healthy(file_http).await, "ok\n");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let mut cmd = gateway();
+    cmd.arg("--config").arg(&file);
+    let g = Running::start(cmd).await;
+    let http = g.addr("http").unwrap();
+    assert_eq!(http.ip().to_string(), FILE_IP);
+    assert_eq!(healthy(http).await, "ok\n");
+    drop(g);
 
     // The environment beats the file, the flag beats the environment.
-    let mut child = gateway()
-        .arg("--config")
+    let mut cmd = gateway();
+    cmd.arg("--config")
         .arg(&file)
-        .env("EXTPROC_HTTP_ADDR", format!("127.0.0.1:{env_http}"))
-        .spawn()
-        .unwrap();
-    healthy(env_http).await;
-    assert!(http_get(file_http, "/healthz").await.is_none());
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let mut child = gateway()
-        .arg("--config")
+        .env("EXTPROC_HTTP_ADDR", format!("{ENV_IP}:0"));
+    let g = Running::start(cmd).await;
+    assert_eq!(ip(g.addr("http")), ENV_IP);
+    healthy(g.addr("http").unwrap()).await;
+    drop(g);
+    let mut cmd = gateway();
+    cmd.arg("--config")
         .arg(&file)
-        .env("EXTPROC_HTTP_ADDR", format!("127.0.0.1:{env_http}"))
-        .args(["--http-addr", &format!("127.0.0.1:{flag_http}")])
-        .spawn()
+        .env("EXTPROC_HTTP_ADDR", format!("{ENV_IP}:0"))
+        .args(["--http-addr", &format!("{FLAG_IP}:0")]);
+    let g = Running::start(cmd).await;
+    assert_eq!(ip(g.addr("http")), FLAG_IP);
+    healthy(g.addr("http").unwrap()).await;
+    let (_, config) = http_get_at(g.addr("admin").unwrap(), "/config")
+        .await
         .unwrap();
-    healthy(flag_http).await;
-    assert!(http_get(env_http, "/healthz").await.is_none());
-    let (_, config) = http_get(admin, "/config").await.unwrap();
     assert!(
-        config.contains(&format!("http_addr: 127.0.0.1:{flag_http}")),
+        config.contains(&format!("http_addr: {FLAG_IP}:0")),
         "{config}"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[test]

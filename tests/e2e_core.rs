@@ -419,10 +419,9 @@ async fn root_envoy_yaml_with_embedded_default_config_serves_traffic() {
     let gateway = Gateway::start_without_config().await;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(root.join("envoy.yaml")).expect("envoy.yaml");
-    let (port, admin) = (free_port(), free_port());
     let config = text
-        .replace("port_value: 10000", &format!("port_value: {port}"))
-        .replace("port_value: 9901", &format!("port_value: {admin}"))
+        .replace("port_value: 10000", "port_value: 0")
+        .replace("port_value: 9901", "port_value: 0")
         .replace(
             "port_value: 50051",
             &format!("port_value: {}", gateway.grpc_port),
@@ -432,7 +431,7 @@ async fn root_envoy_yaml_with_embedded_default_config_serves_traffic() {
             &format!("port_value: {}", upstream.port),
         )
         .replace("address: 0.0.0.0", "address: 127.0.0.1");
-    let envoy = Envoy::start_config(&bin, config, port, admin).await;
+    let envoy = Envoy::start_ingress(&bin, config).await;
     let c = client();
     let r = send(
         &c,

@@ -28,15 +28,14 @@ struct Stack {
 async fn stack(yaml: Option<&str>) -> Option<Stack> {
     let bin = envoy_bin()?;
     let upstream = Upstream::start().await;
-    let http_port = free_port();
-    let http_addr = format!("127.0.0.1:{http_port}");
+    let http_addr = "127.0.0.1:0";
     let gateway = match yaml {
-        Some(yaml) => Gateway::start_with(yaml, &["--http-addr", &http_addr]).await,
-        None => Gateway::start_args(&["--http-addr", &http_addr]).await,
+        Some(yaml) => Gateway::start_with(yaml, &["--http-addr", http_addr]).await,
+        None => Gateway::start_args(&["--http-addr", http_addr]).await,
     };
-    let (port, admin) = (free_port(), free_port());
-    let config = envoy_http_service_config(port, admin, http_port, upstream.port, PATH);
-    let envoy = Envoy::start_config(&bin, config, port, admin).await;
+    let http_port = gateway.http_port.expect("http listener");
+    let config = envoy_http_service_config(0, 0, http_port, upstream.port, PATH);
+    let envoy = Envoy::start_ingress(&bin, config).await;
     Some(Stack {
         envoy,
         gateway,
@@ -333,13 +332,12 @@ routes:
 /// POSTs straight to the gateway's HTTP listener, as a broken or hostile client would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_posts_get_clear_json_errors_and_are_counted() {
-    let http_port = free_port();
-    let addr = format!("127.0.0.1:{http_port}");
     let gateway = Gateway::start_with(
         "server: {max_message_bytes: 4096}\nroutes: [{name: all, processors: [trivial]}]\n",
-        &["--http-addr", &addr],
+        &["--http-addr", "127.0.0.1:0"],
     )
     .await;
+    let http_port = gateway.http_port.expect("http listener");
     let c = client();
     let post = |body: Body, id: Option<&'static str>| {
         let c = c.clone();
@@ -491,17 +489,16 @@ async fn a_reload_applies_to_the_http_listener() {
     std::fs::write(&file, "routes: [{name: r, processors: [trivial]}]\n").unwrap();
     let Some(bin) = envoy_bin() else { return };
     let upstream = Upstream::start().await;
-    let http_port = free_port();
     let gateway = Gateway::start_args(&[
         "--config",
         file.to_str().unwrap(),
         "--http-addr",
-        &format!("127.0.0.1:{http_port}"),
+        "127.0.0.1:0",
     ])
     .await;
-    let (port, admin) = (free_port(), free_port());
-    let config = envoy_http_service_config(port, admin, http_port, upstream.port, PATH);
-    let envoy = Envoy::start_config(&bin, config, port, admin).await;
+    let http_port = gateway.http_port.expect("http listener");
+    let config = envoy_http_service_config(0, 0, http_port, upstream.port, PATH);
+    let envoy = Envoy::start_ingress(&bin, config).await;
     let c = client();
     let r = send(&c, envoy.port, "GET", "/a", &[], empty()).await;
     assert_eq!(r.header("x-ext-procs-applied"), Some("trivial"));
