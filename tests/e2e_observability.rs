@@ -76,11 +76,7 @@ async fn prometheus_metrics_cover_routes_phases_processors_and_outcomes() {
         assert_eq!(r.status, 200);
     }
     // Streams end when Envoy closes them, just after the response.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, m) = http_get(gateway.admin_port, "/metrics")
-        .await
-        .expect("metrics");
-    assert_eq!(status, 200);
+    let m = metrics_when_idle(gateway.admin_port).await;
 
     let count = |name: &str, labels: &[(&str, &str)]| sample(&m, name, labels).unwrap_or(-1.0);
     // Per route and phase: api saw request headers, buffered bodies and response headers.

@@ -110,6 +110,24 @@ async fn wait_until(what: &str, proc: &mut Proc, mut ready: impl AsyncFnMut() ->
     panic!("{what} not ready after 30s:\n{}", proc.log_text());
 }
 
+/// Polls the gateway's `/metrics` until no stream is open (Envoy closes a stream just
+/// after the response, so counts read right after a request may still move), then
+/// returns the metrics text. Panics after 10 s.
+pub async fn metrics_when_idle(admin_port: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some((200, text)) = http_get(admin_port, "/metrics").await {
+            if text.lines().any(|l| l == "extproc_active_streams 0") {
+                return text;
+            }
+            if Instant::now() > deadline {
+                panic!("streams still open after 10 s:\n{text}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The port of an address the gateway wrote to its addresses file (`"127.0.0.1:N"`).
 fn port_of(address: &serde_json::Value) -> Option<u16> {
     address.as_str()?.rsplit(':').next()?.parse().ok()
