@@ -67,6 +67,7 @@ pub struct Metrics {
     violations: IntCounterVec,
     mismatches: IntCounterVec,
     withheld: IntCounterVec,
+    limits: IntCounterVec,
     active: IntGauge,
     http: HttpMetrics,
 }
@@ -150,6 +151,11 @@ impl Metrics {
                 "Results a processor left out rather than give a wrong one (e.g. a digest of a partial body), by route, processor and reason",
                 &["route", "processor", "reason"],
             ),
+            limits: counter(
+                "extproc_limits_hit_total",
+                "Streams or messages refused by a server limit (streams, idle, header_count, header_bytes)",
+                &["limit"],
+            ),
             active: IntGauge::new("extproc_active_streams", "ext_proc streams open now")
                 .unwrap_or_else(|e| unreachable!("static gauge: {e}")),
             http: HttpMetrics::new(),
@@ -167,7 +173,10 @@ impl Metrics {
         for kind in Violation::ALL {
             m.violations.with_label_values(&[kind.as_str()]);
         }
-        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+        for limit in crate::server::limits::Limit::ALL {
+            m.limits.with_label_values(&[limit.as_str()]);
+        }
+        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
             Box::new(m.http.requests_vec.clone()),
             Box::new(m.http.exchanges_vec.clone()),
             Box::new(m.http.held.clone()),
@@ -181,6 +190,7 @@ impl Metrics {
             Box::new(m.violations.clone()),
             Box::new(m.mismatches.clone()),
             Box::new(m.withheld.clone()),
+            Box::new(m.limits.clone()),
             Box::new(m.active.clone()),
             Box::new(build),
         ];
@@ -238,6 +248,11 @@ impl Metrics {
     /// Counts a stream ended with a gRPC error (`code` as its canonical name).
     pub fn grpc_error(&self, code: &str) {
         self.grpc_errors.with_label_values(&[code]).inc();
+    }
+
+    /// Counts a stream or message refused by a server limit.
+    pub fn limit_hit(&self, limit: crate::server::limits::Limit) {
+        self.limits.with_label_values(&[limit.as_str()]).inc();
     }
 
     /// Counts a stream ended because of what Envoy sent.

@@ -249,6 +249,17 @@ pub fn timeout_override(by: std::time::Duration) -> ProcessingResponse {
     }
 }
 
+/// A response that is only an immediate response (a refusal decided before any
+/// processor ran).
+pub fn encode_immediate(r: &ImmediateResponse) -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(processing_response::Response::ImmediateResponse(
+            immediate_response(r),
+        )),
+        ..Default::default()
+    }
+}
+
 /// Encodes the chain's outcome as the response of the matching kind.
 pub fn encode(outcome: &PhaseOutcome, reply: &Reply) -> ProcessingResponse {
     encode_parts(&outcome.phase, &outcome.flow, &outcome.mutations, reply)

@@ -525,7 +525,7 @@ fn check3_buffer_limit_above_the_gateways_largest_message() {
                 8,
                 &[
                     "134217728",
-                    "server.max_message_bytes (67108864)",
+                    "server.max_message_bytes (4194304)",
                     "request body",
                 ],
             ),

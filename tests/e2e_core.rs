@@ -491,3 +491,31 @@ async fn buffered_partial_is_switched_to_streamed_for_a_whole_body_reader() {
     assert!(sent > 3, "{sent} messages: the body was not streamed");
     s.assert_clean().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_header_limits_gets_431_through_envoy() {
+    let Some(bin) = envoy_bin() else { return };
+    let upstream = Upstream::start().await;
+    let gateway =
+        Gateway::start("server: {max_headers: 30}\nroutes: [{name: r, processors: [trivial]}]\n")
+            .await;
+    let envoy = Envoy::start(
+        &bin,
+        &EnvoySpec::default(),
+        gateway.grpc_port,
+        upstream.port,
+    )
+    .await;
+    let c = client();
+    let names: Vec<String> = (0..40).map(|i| format!("x-many-{i}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+    let hits = upstream.hits();
+    let r = send(&c, envoy.port, "GET", "/many", &many, empty()).await;
+    assert_eq!(r.status, 431, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("request headers exceed"));
+    assert_eq!(upstream.hits(), hits, "the upstream never saw it");
+    let r = send(&c, envoy.port, "GET", "/few", &many[..5], empty()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(envoy.ext_proc_stat("streams_failed").await, 0);
+    assert_eq!(envoy.ext_proc_stat("spurious_msgs_received").await, 0);
+}

@@ -244,8 +244,13 @@ async fn grpc_health_is_served_on_the_ext_proc_port() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn buffered_bodies_far_above_four_mib_are_accepted() {
-    let gw = Gateway::start(CONFIG).await;
+async fn buffered_bodies_far_above_four_mib_are_accepted_when_the_limit_is_raised() {
+    // The default (4 MiB) fits Envoy's default buffer; an operator who raises Envoy's
+    // buffer raises server.max_message_bytes with it.
+    let gw = Gateway::start(&format!(
+        "server: {{max_message_bytes: 33554432}}\n{CONFIG}"
+    ))
+    .await;
     let mut client = connect(gw.grpc_port).await;
     let mut s = Stream::open(&mut client).await;
     s.call(request_headers("/digest/big", false))
@@ -377,4 +382,140 @@ async fn grace_period_bounds_the_drain() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(start.elapsed() >= Duration::from_millis(250));
+}
+
+// ---------------------------------------------------------------------------------
+// Server limits: streams, idle streams, header lists
+// ---------------------------------------------------------------------------------
+
+async fn limits_metric(admin: u16, limit: &str) -> Option<f64> {
+    let (_, m) = http_get(admin, "/metrics").await?;
+    metric(
+        &m,
+        &format!(r#"extproc_limits_hit_total{{limit="{limit}"}}"#),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_the_limit_are_refused_and_a_closed_one_frees_its_place() {
+    let gw =
+        Gateway::start("server: {max_streams: 2}\nroutes: [{name: r, processors: [trivial]}]\n")
+            .await;
+    assert_eq!(limits_metric(gw.admin_port, "streams").await, Some(0.0));
+    let mut client = connect(gw.grpc_port).await;
+    let mut a = Stream::open(&mut client).await;
+    a.call(request_headers("/a", true)).await.expect("a");
+    let mut b = Stream::open(&mut client).await;
+    b.call(request_headers("/b", true)).await.expect("b");
+    let (_tx, rx) = mpsc::channel::<ProcessingRequest>(1);
+    let err = client
+        .process(ReceiverStream::new(rx))
+        .await
+        .expect_err("a third stream is refused");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("server.max_streams = 2"), "{err:?}");
+    assert_eq!(limits_metric(gw.admin_port, "streams").await, Some(1.0));
+    // Closing one frees its place (the gateway notices the stream's end).
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_tx, rx) = mpsc::channel::<ProcessingRequest>(1);
+        match client.process(ReceiverStream::new(rx)).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+                assert!(
+                    Instant::now() < deadline,
+                    "the closed stream's place never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_is_ended_with_deadline_exceeded() {
+    let gw = Gateway::start(
+        "server: {stream_idle_timeout: 300ms}\nroutes: [{name: r, processors: [trivial]}]\n",
+    )
+    .await;
+    let mut client = connect(gw.grpc_port).await;
+    let mut s = Stream::open(&mut client).await;
+    s.call(request_headers("/a", false))
+        .await
+        .expect("answered");
+    // Nothing more is sent: the gateway ends the stream on its own.
+    let err = tokio::time::timeout(Duration::from_secs(10), s.rx.message())
+        .await
+        .expect("the stream ends within the deadline")
+        .expect_err("ended with a status");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("stream_idle_timeout"), "{err:?}");
+    assert_eq!(limits_metric(gw.admin_port, "idle").await, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_lists_over_the_limits_get_431_or_502() {
+    let gw = Gateway::start(
+        "server: {max_headers: 8, max_header_bytes: 1024}\nroutes: [{name: r, processors: [trivial]}]\n",
+    )
+    .await;
+    let mut client = connect(gw.grpc_port).await;
+    let headers = |n: usize, len: usize| -> Vec<(String, String)> {
+        let mut h = vec![
+            (":method".to_string(), "GET".to_string()),
+            (":path".into(), "/".into()),
+        ];
+        h.extend((0..n).map(|i| (format!("x-{i}"), "v".repeat(len))));
+        h
+    };
+    let as_req = |h: &[(String, String)]| {
+        let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Req::RequestHeaders(HttpHeaders {
+            headers: Some(header_map(&pairs)),
+            end_of_stream: true,
+            ..Default::default()
+        })
+    };
+    for (h, limit) in [
+        (headers(10, 1), "header_count"),
+        (headers(2, 800), "header_bytes"),
+    ] {
+        let mut s = Stream::open(&mut client).await;
+        let answer = s
+            .call(as_req(&h))
+            .await
+            .expect("answered")
+            .expect("an answer");
+        let Some(Resp::ImmediateResponse(i)) = answer.response else {
+            panic!("not refused: {answer:?}")
+        };
+        assert_eq!(i.status.map(|s| s.code), Some(431), "{limit}");
+        assert_eq!(
+            limits_metric(gw.admin_port, limit).await,
+            Some(1.0),
+            "{limit}"
+        );
+    }
+    // Within the limits, the response's headers are checked too: 502.
+    let mut s = Stream::open(&mut client).await;
+    s.call(request_headers("/ok", true)).await.expect("ok");
+    let pairs: Vec<(String, String)> = (0..10).map(|i| (format!("x-{i}"), "v".into())).collect();
+    let mut all: Vec<(&str, &str)> = vec![(":status", "200")];
+    all.extend(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let answer = s
+        .call(Req::ResponseHeaders(HttpHeaders {
+            headers: Some(header_map(&all)),
+            end_of_stream: true,
+            ..Default::default()
+        }))
+        .await
+        .expect("answered")
+        .expect("an answer");
+    let Some(Resp::ImmediateResponse(i)) = answer.response else {
+        panic!("not refused: {answer:?}")
+    };
+    assert_eq!(i.status.map(|s| s.code), Some(502));
 }

@@ -58,6 +58,24 @@ pub struct ServerConfig {
     /// no limit of the gateway's own (Envoy's `message_timeout` still applies).
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub processor_timeout: Option<Duration>,
+    /// ext_proc streams open at once, over all connections; past it a new stream is
+    /// refused with RESOURCE_EXHAUSTED (Envoy then fails or skips the request as its
+    /// `failure_mode_allow` says).
+    pub max_streams: usize,
+    /// Streams one HTTP/2 connection may carry at once (SETTINGS_MAX_CONCURRENT_STREAMS):
+    /// Envoy opens more connections past it.
+    pub max_streams_per_connection: u32,
+    /// A stream with no message from Envoy for this long is ended with
+    /// DEADLINE_EXCEEDED (it waits across the upstream's response time, so keep it
+    /// above your route timeouts); `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
+    /// Headers (or trailers) one message may carry; more gets the client 431 (502 for
+    /// a response).
+    pub max_headers: usize,
+    /// Bytes of header names and values one message may carry; more gets 431 (502 for
+    /// a response).
+    pub max_header_bytes: usize,
     /// Envoy's buffer limit (the listener's `per_connection_buffer_limit_bytes`,
     /// 1 MiB by default). A request with a larger `content-length` is asked for as
     /// STREAMED rather than BUFFERED, so Envoy does not refuse it with 413.
@@ -72,10 +90,16 @@ impl Default for ServerConfig {
             http_addr: None,
             http_exchange_ttl: Duration::from_secs(60),
             http_max_exchanges: 16_384,
-            max_message_bytes: 64 * 1024 * 1024,
+            // Envoy's default buffer (1 MiB) plus headers, with room to spare.
+            max_message_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             processor_timeout: None,
             envoy_buffer_limit_bytes: crate::router::ENVOY_DEFAULT_BUFFER_LIMIT,
+            max_streams: 10_000,
+            max_streams_per_connection: 1_000,
+            stream_idle_timeout: Duration::from_secs(300),
+            max_headers: 256,
+            max_header_bytes: 96 * 1024,
         }
     }
 }

@@ -90,6 +90,10 @@ pub struct Exchange {
     ended: bool,
     headers_only: bool,
     extender: Option<crate::processor::TimeoutExtender>,
+    limits: Option<(
+        Arc<super::limits::StreamLimits>,
+        Arc<crate::metrics::Metrics>,
+    )>,
 }
 
 impl Exchange {
@@ -104,7 +108,19 @@ impl Exchange {
             ended: false,
             headers_only: false,
             extender: None,
+            limits: None,
         }
+    }
+
+    /// Refuses messages whose headers break `limits` (431 to the client for a
+    /// request, 502 for a response), counting them in `metrics`.
+    pub fn with_limits(
+        mut self,
+        limits: Arc<super::limits::StreamLimits>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        self.limits = Some((limits, metrics));
+        self
     }
 
     /// Lets processors extend Envoy's message timeout on this stream: `extender` sends
@@ -174,6 +190,30 @@ impl Exchange {
         let observability = message.observability_mode;
         let mut phase = wire::decode(&mut message)
             .map_err(|e| ExchangeError::InvalidArgument(e.to_string()))?;
+        if let Some((limits, metrics)) = &self.limits {
+            if let Some(limit) = super::limits::headers_over(&phase, limits) {
+                metrics.limit_hit(limit);
+                let request = phase.kind().is_request();
+                tracing::debug!(
+                    limit = limit.as_str(),
+                    request,
+                    "headers over the server's limit"
+                );
+                self.finished = !observability;
+                self.stopped = true;
+                if observability {
+                    return Ok(Handled::Silent);
+                }
+                self.end(StreamOutcome::ImmediateResponse);
+                let (status, what) = if request {
+                    (431, "request headers exceed the gateway's limit")
+                } else {
+                    (502, "response headers exceed the gateway's limit")
+                };
+                let reply = crate::phase::ImmediateResponse::json_error(status, what);
+                return Ok(Handled::Reply(Box::new(wire::encode_immediate(&reply))));
+            }
+        }
         let first = self.active.is_none();
         if first {
             self.start(&message, &phase);

@@ -6,6 +6,7 @@ mod exchange;
 mod flows;
 mod http_service;
 mod json;
+pub mod limits;
 mod reload;
 mod service;
 
@@ -146,10 +147,19 @@ async fn run(
         .set_serving::<ExternalProcessorServer<ExtProcService>>()
         .await;
     let limit = config.server.max_message_bytes;
-    let ext_proc =
-        ExternalProcessorServer::new(ExtProcService::new(routes.clone(), metrics.clone()))
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit);
+    let stream_limits = limits::StreamLimits {
+        max_streams: config.server.max_streams,
+        idle_timeout: (!config.server.stream_idle_timeout.is_zero())
+            .then_some(config.server.stream_idle_timeout),
+        max_headers: config.server.max_headers,
+        max_header_bytes: config.server.max_header_bytes,
+    };
+    let ext_proc = ExternalProcessorServer::new(
+        ExtProcService::new(routes.clone(), metrics.clone()).with_limits(stream_limits),
+    )
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
+    let per_connection = config.server.max_streams_per_connection;
 
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let grace = config.server.shutdown_grace;
@@ -195,6 +205,7 @@ async fn run(
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .max_concurrent_streams(Some(per_connection))
             .add_service(health_service)
             .add_service(ext_proc)
             .serve_with_incoming_shutdown(incoming, wait_for(drain_rx)),

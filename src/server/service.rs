@@ -7,6 +7,7 @@ use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::exchange::{Exchange, ExchangeError, Handled};
+use super::limits::{Limit, StreamLimits, StreamSlots};
 use crate::metrics::{Metrics, StreamOutcome};
 use crate::modes::Violation;
 use crate::proto::ext_proc::external_processor_server::ExternalProcessor;
@@ -47,12 +48,33 @@ impl RouterHandle {
 pub struct ExtProcService {
     router: RouterHandle,
     metrics: Arc<Metrics>,
+    limits: Arc<StreamLimits>,
+    slots: StreamSlots,
 }
 
 impl ExtProcService {
-    /// A service routing with `router`, recording into `metrics`.
+    /// A service routing with `router`, recording into `metrics`, with the default
+    /// [`StreamLimits`].
     pub fn new(router: RouterHandle, metrics: Arc<Metrics>) -> Self {
-        Self { router, metrics }
+        Self::with_stream_limits(router, metrics, StreamLimits::default())
+    }
+
+    /// The same service under other limits.
+    pub fn with_limits(self, limits: StreamLimits) -> Self {
+        Self::with_stream_limits(self.router, self.metrics, limits)
+    }
+
+    fn with_stream_limits(
+        router: RouterHandle,
+        metrics: Arc<Metrics>,
+        limits: StreamLimits,
+    ) -> Self {
+        Self {
+            router,
+            metrics,
+            slots: StreamSlots::new(limits.max_streams),
+            limits: Arc::new(limits),
+        }
     }
 }
 
@@ -91,6 +113,9 @@ struct StreamState {
     metrics: Arc<Metrics>,
     /// Answers decided but not yet sent (a released full-duplex exchange).
     queued: std::collections::VecDeque<ProcessingResponse>,
+    idle_timeout: Option<std::time::Duration>,
+    /// Held while the stream is open (server.max_streams).
+    _slot: tokio::sync::OwnedSemaphorePermit,
     done: bool,
 }
 
@@ -154,6 +179,17 @@ impl ExternalProcessor for ExtProcService {
                 tonic::metadata::KeyAndValueRef::Binary(..) => None,
             })
             .collect();
+        let Some(slot) = self.slots.try_take() else {
+            self.metrics.limit_hit(Limit::Streams);
+            tracing::warn!(
+                max = self.limits.max_streams,
+                "refusing an ext_proc stream: too many open"
+            );
+            return Err(Status::resource_exhausted(format!(
+                "too many concurrent ext_proc streams (server.max_streams = {})",
+                self.limits.max_streams
+            )));
+        };
         // Timeout extensions go out of band, ahead of the answer being worked on.
         let (extend_tx, extend_rx) = tokio::sync::mpsc::unbounded_channel();
         let extender: crate::processor::TimeoutExtender =
@@ -161,9 +197,12 @@ impl ExternalProcessor for ExtProcService {
         let state = StreamState {
             inbound: request.into_inner(),
             exchange: Exchange::new(self.router.current(), grpc_metadata)
-                .with_timeout_extender(extender),
+                .with_timeout_extender(extender)
+                .with_limits(self.limits.clone(), self.metrics.clone()),
             metrics: self.metrics.clone(),
             queued: std::collections::VecDeque::new(),
+            idle_timeout: self.limits.idle_timeout,
+            _slot: slot,
             done: false,
         };
         let stream = futures_util::stream::unfold(state, |mut st| async move {
@@ -174,7 +213,20 @@ impl ExternalProcessor for ExtProcService {
                 return None;
             }
             loop {
-                match st.inbound.message().await {
+                let next = match st.idle_timeout {
+                    Some(idle) => match tokio::time::timeout(idle, st.inbound.message()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            st.metrics.limit_hit(Limit::Idle);
+                            let status = st.fail(Status::deadline_exceeded(format!(
+                                "no message from Envoy for {idle:?} (server.stream_idle_timeout)"
+                            )));
+                            return Some((Err(status), st));
+                        }
+                    },
+                    None => st.inbound.message().await,
+                };
+                match next {
                     Ok(Some(message)) => match st.exchange.handle(message).await {
                         Ok(Handled::Reply(response)) => {
                             st.done = st.exchange.is_finished();
