@@ -159,6 +159,13 @@ impl Processor for ContextCheck {
             ctx.withhold(Withheld::BodyTooLarge);
             return Flow::Continue;
         }
+        if ctx.reserve_body_bytes(body.chunk.len()).is_err() {
+            // Over the stream's share or the server's budget: not read, not confirmed.
+            state.response_body = BytesMut::new();
+            state.id = None;
+            ctx.withhold(Withheld::BodyTooLarge);
+            return Flow::Continue;
+        }
         if body.kind == BodyKind::Prefix && ctx.response_body() == BodyReceipt::Partial {
             // Only a prefix of the response: its `path` cannot be read for sure.
             state.id = None;

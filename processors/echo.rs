@@ -124,6 +124,26 @@ impl Processor for Echo {
             state.body = None;
             return Flow::Respond(ImmediateResponse::json_error(413, "body too large to echo"));
         }
+        match ctx.reserve_body_bytes(body.chunk.len()) {
+            Ok(()) => {}
+            Err(OverBudget::Stream) => {
+                state.body = None;
+                return Flow::Respond(ImmediateResponse::json_error(
+                    413,
+                    "body too large to echo (server.max_buffered_bytes_per_stream)",
+                ));
+            }
+            Err(OverBudget::Global) => {
+                state.body = None;
+                return Flow::Respond(
+                    ImmediateResponse::json_error(
+                        503,
+                        "the gateway holds as many bodies as it may; retry",
+                    )
+                    .header("retry-after", "1"),
+                );
+            }
+        }
         if !body.end_of_stream {
             // Streamed mode (or trailers follow): hold the chunk back from the
             // upstream, which never sees this request.

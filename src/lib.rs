@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod budget;
 pub mod chain;
 pub mod check_envoy;
 pub mod cli;
@@ -29,6 +30,7 @@ pub mod wire;
 
 /// The names a processor author needs, in one import.
 pub mod prelude {
+    pub use crate::budget::OverBudget;
     pub use crate::chain::{Chain, ChainBuilder};
     pub use crate::phase::{
         BodyKind, BodyPhase, Flow, Headers, HeadersPhase, ImmediateResponse, Mutations, Phase,

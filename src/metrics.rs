@@ -68,6 +68,8 @@ pub struct Metrics {
     mismatches: IntCounterVec,
     withheld: IntCounterVec,
     limits: IntCounterVec,
+    buffered: IntGauge,
+    budget: std::sync::OnceLock<Arc<crate::budget::BodyBudget>>,
     active: IntGauge,
     http: HttpMetrics,
 }
@@ -156,6 +158,12 @@ impl Metrics {
                 "Streams or messages refused by a server limit (streams, idle, header_count, header_bytes)",
                 &["limit"],
             ),
+            buffered: IntGauge::new(
+                "extproc_buffered_body_bytes",
+                "Body bytes streams hold in memory now (server.max_buffered_bytes bounds it)",
+            )
+            .unwrap_or_else(|e| unreachable!("static gauge: {e}")),
+            budget: std::sync::OnceLock::new(),
             active: IntGauge::new("extproc_active_streams", "ext_proc streams open now")
                 .unwrap_or_else(|e| unreachable!("static gauge: {e}")),
             http: HttpMetrics::new(),
@@ -176,7 +184,8 @@ impl Metrics {
         for limit in crate::server::limits::Limit::ALL {
             m.limits.with_label_values(&[limit.as_str()]);
         }
-        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+            Box::new(m.buffered.clone()),
             Box::new(m.http.requests_vec.clone()),
             Box::new(m.http.exchanges_vec.clone()),
             Box::new(m.http.held.clone()),
@@ -250,6 +259,11 @@ impl Metrics {
         self.grpc_errors.with_label_values(&[code]).inc();
     }
 
+    /// Reports `budget`'s bytes in `extproc_buffered_body_bytes` at every scrape.
+    pub fn watch_budget(&self, budget: Arc<crate::budget::BodyBudget>) {
+        let _ = self.budget.set(budget);
+    }
+
     /// Counts a stream or message refused by a server limit.
     pub fn limit_hit(&self, limit: crate::server::limits::Limit) {
         self.limits.with_label_values(&[limit.as_str()]).inc();
@@ -262,6 +276,10 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        if let Some(b) = self.budget.get() {
+            self.buffered
+                .set(i64::try_from(b.used()).unwrap_or(i64::MAX));
+        }
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             return format!("# encoding failed: {e}\n");

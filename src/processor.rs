@@ -204,6 +204,7 @@ pub struct RequestCtx {
     response_body: BodyReceipt,
     withheld: Option<Withheld>,
     timeout_extender: Option<TimeoutExtender>,
+    budget: Option<crate::budget::StreamBudget>,
     request_headers: Headers,
     needs: PhaseNeeds,
     slots: Vec<Slot>,
@@ -230,6 +231,7 @@ impl RequestCtx {
             response_body: BodyReceipt::Unknown,
             withheld: None,
             timeout_extender: None,
+            budget: None,
             request_headers: Headers::new(),
             needs: PhaseNeeds::NONE,
             slots,
@@ -300,6 +302,30 @@ impl RequestCtx {
     /// be sent: observability mode, ext_proc over HTTP, the in-process test driver.
     pub fn extend_message_timeout(&self, by: std::time::Duration) -> bool {
         self.timeout_extender.as_ref().is_some_and(|f| f(by))
+    }
+
+    /// Reserves `n` bytes of body this processor is about to hold in memory, against
+    /// the stream's share and the server's budget (`server.max_buffered_bytes_per_stream`,
+    /// `server.max_buffered_bytes`). Refused past either: answer 413 for the stream's
+    /// share, 503 for the server's budget, rather than hold more. Given back when the
+    /// stream ends. Always granted where no budget is set (the in-process driver).
+    pub fn reserve_body_bytes(&mut self, n: usize) -> Result<(), crate::budget::OverBudget> {
+        match self.budget.as_mut() {
+            Some(b) => b.reserve(n),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives back bytes reserved with [`RequestCtx::reserve_body_bytes`] that are no
+    /// longer held.
+    pub fn release_body_bytes(&mut self, n: usize) {
+        if let Some(b) = self.budget.as_mut() {
+            b.release(n);
+        }
+    }
+
+    pub(crate) fn set_budget(&mut self, budget: Option<crate::budget::StreamBudget>) {
+        self.budget = budget;
     }
 
     pub(crate) fn set_timeout_extender(&mut self, extender: Option<TimeoutExtender>) {

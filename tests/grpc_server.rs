@@ -519,3 +519,95 @@ async fn header_lists_over_the_limits_get_431_or_502() {
     };
     assert_eq!(i.status.map(|s| s.code), Some(502));
 }
+
+fn echo_headers(path: &str) -> Req {
+    Req::RequestHeaders(HttpHeaders {
+        headers: Some(header_map(&[
+            (":method", "POST"),
+            (":path", path),
+            ("x-echo-only", "yes"),
+        ])),
+        end_of_stream: false,
+        ..Default::default()
+    })
+}
+
+fn chunk(n: usize, eos: bool) -> Req {
+    Req::RequestBody(HttpBody {
+        body: Bytes::from(vec![b'e'; n]),
+        end_of_stream: eos,
+        ..Default::default()
+    })
+}
+
+fn immediate_status(answer: Option<ProcessingResponse>) -> Option<i32> {
+    match answer?.response? {
+        Resp::ImmediateResponse(i) => i.status.map(|s| s.code),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_bodies_are_bounded_per_stream_and_across_streams() {
+    let gw = Gateway::start(
+        "server: {max_buffered_bytes: 100000, max_buffered_bytes_per_stream: 70000}\nroutes: [{name: r, processors: [echo]}]\n",
+    )
+    .await;
+    let mut client = connect(gw.grpc_port).await;
+    // One stream past its share: 413.
+    let mut s = Stream::open(&mut client).await;
+    s.call(echo_headers("/one")).await.expect("headers");
+    assert_eq!(
+        immediate_status(s.call(chunk(40_000, false)).await.expect("held")),
+        None
+    );
+    assert_eq!(
+        immediate_status(s.call(chunk(40_000, false)).await.expect("answered")),
+        Some(413)
+    );
+    drop(s);
+    // Two streams past the server's budget: the second gets 503, and once the first
+    // is done the budget is back.
+    let mut a = Stream::open(&mut client).await;
+    a.call(echo_headers("/a")).await.expect("headers");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // The earlier stream's bytes come back when the gateway sees it end.
+        let (_, m) = http_get(gw.admin_port, "/metrics").await.expect("metrics");
+        if metric(&m, "extproc_buffered_body_bytes") == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bytes never given back:\n{m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        immediate_status(a.call(chunk(60_000, false)).await.expect("held")),
+        None
+    );
+    let (_, m) = http_get(gw.admin_port, "/metrics").await.expect("metrics");
+    assert_eq!(
+        metric(&m, "extproc_buffered_body_bytes"),
+        Some(60_000.0),
+        "{m}"
+    );
+    let mut b = Stream::open(&mut client).await;
+    b.call(echo_headers("/b")).await.expect("headers");
+    assert_eq!(
+        immediate_status(b.call(chunk(60_000, false)).await.expect("answered")),
+        Some(503)
+    );
+    // The first finishes: echoed whole.
+    assert_eq!(
+        immediate_status(a.call(chunk(10, true)).await.expect("answered")),
+        Some(200)
+    );
+    let (_, m) = http_get(gw.admin_port, "/metrics").await.expect("metrics");
+    assert_eq!(
+        metric(&m, r#"extproc_limits_hit_total{limit="stream_buffer"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, r#"extproc_limits_hit_total{limit="global_buffer"}"#),
+        Some(1.0)
+    );
+}

@@ -70,6 +70,11 @@ pub struct ServerConfig {
     /// above your route timeouts); `0s` turns it off.
     #[serde(with = "humantime_serde")]
     pub stream_idle_timeout: Duration,
+    /// Body bytes all streams together may hold in memory (gathered by `echo`,
+    /// `context_check`, a held full-duplex body); past it new buffering gets 503.
+    pub max_buffered_bytes: usize,
+    /// Body bytes one stream may hold in memory; past it 413.
+    pub max_buffered_bytes_per_stream: usize,
     /// Headers (or trailers) one message may carry; more gets the client 431 (502 for
     /// a response).
     pub max_headers: usize,
@@ -100,6 +105,8 @@ impl Default for ServerConfig {
             stream_idle_timeout: Duration::from_secs(300),
             max_headers: 256,
             max_header_bytes: 96 * 1024,
+            max_buffered_bytes: 512 * 1024 * 1024,
+            max_buffered_bytes_per_stream: 16 * 1024 * 1024,
         }
     }
 }

@@ -94,6 +94,7 @@ pub struct Exchange {
         Arc<super::limits::StreamLimits>,
         Arc<crate::metrics::Metrics>,
     )>,
+    budget: Option<Arc<crate::budget::BodyBudget>>,
 }
 
 impl Exchange {
@@ -109,7 +110,14 @@ impl Exchange {
             headers_only: false,
             extender: None,
             limits: None,
+            budget: None,
         }
+    }
+
+    /// Draws the body bytes this stream's processors hold from `budget`.
+    pub fn with_budget(mut self, budget: Option<Arc<crate::budget::BodyBudget>>) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// Refuses messages whose headers break `limits` (431 to the client for a
@@ -364,6 +372,7 @@ impl Exchange {
         if !message.observability_mode {
             ctx.set_timeout_extender(self.extender.take());
         }
+        ctx.set_budget(self.budget.clone().map(crate::budget::StreamBudget::new));
         let flows = Flows::new(wire::protocol(message));
         self.active = Some(Active {
             route,
@@ -430,7 +439,13 @@ fn respond(
             held.bytes += b.chunk.len();
             held.bodies
                 .push(wire::encode_with(outcome, &body_outcome, &reply));
-            if b.end_of_stream || held.bytes > DUPLEX_HOLD_LIMIT {
+            // The held chunk counts against the stream's and the server's budget; past
+            // either, the headers are answered now and the body streams on.
+            let within_budget = active
+                .ctx
+                .as_mut()
+                .is_none_or(|ctx| ctx.reserve_body_bytes(b.chunk.len()).is_ok());
+            if b.end_of_stream || held.bytes > DUPLEX_HOLD_LIMIT || !within_budget {
                 if !b.end_of_stream {
                     tracing::debug!(route = %active.route.name, "full-duplex body over the hold limit: answering the headers now");
                 }

@@ -48,15 +48,21 @@ pub enum Limit {
     HeaderCount,
     /// A message's headers were too large.
     HeaderBytes,
+    /// A stream would hold more body bytes than its share.
+    StreamBuffer,
+    /// All streams together would hold more body bytes than the server's budget.
+    GlobalBuffer,
 }
 
 impl Limit {
     /// Every limit, for zero-initialised metrics.
-    pub const ALL: [Limit; 4] = [
+    pub const ALL: [Limit; 6] = [
         Limit::Streams,
         Limit::Idle,
         Limit::HeaderCount,
         Limit::HeaderBytes,
+        Limit::StreamBuffer,
+        Limit::GlobalBuffer,
     ];
 
     /// Stable snake_case name (a metric label value).
@@ -66,6 +72,8 @@ impl Limit {
             Limit::Idle => "idle",
             Limit::HeaderCount => "header_count",
             Limit::HeaderBytes => "header_bytes",
+            Limit::StreamBuffer => "stream_buffer",
+            Limit::GlobalBuffer => "global_buffer",
         }
     }
 }

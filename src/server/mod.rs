@@ -154,8 +154,22 @@ async fn run(
         max_headers: config.server.max_headers,
         max_header_bytes: config.server.max_header_bytes,
     };
+    let refusals = metrics.clone();
+    let budget = crate::budget::BodyBudget::counted(
+        config.server.max_buffered_bytes,
+        config.server.max_buffered_bytes_per_stream,
+        Some(Box::new(move |why| {
+            refusals.limit_hit(match why {
+                crate::budget::OverBudget::Stream => limits::Limit::StreamBuffer,
+                crate::budget::OverBudget::Global => limits::Limit::GlobalBuffer,
+            })
+        })),
+    );
+    metrics.watch_budget(budget.clone());
     let ext_proc = ExternalProcessorServer::new(
-        ExtProcService::new(routes.clone(), metrics.clone()).with_limits(stream_limits),
+        ExtProcService::new(routes.clone(), metrics.clone())
+            .with_limits(stream_limits)
+            .with_budget(budget),
     )
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);

@@ -50,6 +50,7 @@ pub struct ExtProcService {
     metrics: Arc<Metrics>,
     limits: Arc<StreamLimits>,
     slots: StreamSlots,
+    budget: Option<Arc<crate::budget::BodyBudget>>,
 }
 
 impl ExtProcService {
@@ -61,7 +62,10 @@ impl ExtProcService {
 
     /// The same service under other limits.
     pub fn with_limits(self, limits: StreamLimits) -> Self {
-        Self::with_stream_limits(self.router, self.metrics, limits)
+        let budget = self.budget.clone();
+        let mut s = Self::with_stream_limits(self.router, self.metrics, limits);
+        s.budget = budget;
+        s
     }
 
     fn with_stream_limits(
@@ -74,7 +78,14 @@ impl ExtProcService {
             metrics,
             slots: StreamSlots::new(limits.max_streams),
             limits: Arc::new(limits),
+            budget: None,
         }
+    }
+
+    /// Bounds the body bytes streams may hold (see [`crate::budget`]).
+    pub fn with_budget(mut self, budget: Arc<crate::budget::BodyBudget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 }
 
@@ -198,7 +209,8 @@ impl ExternalProcessor for ExtProcService {
             inbound: request.into_inner(),
             exchange: Exchange::new(self.router.current(), grpc_metadata)
                 .with_timeout_extender(extender)
-                .with_limits(self.limits.clone(), self.metrics.clone()),
+                .with_limits(self.limits.clone(), self.metrics.clone())
+                .with_budget(self.budget.clone()),
             metrics: self.metrics.clone(),
             queued: std::collections::VecDeque::new(),
             idle_timeout: self.limits.idle_timeout,
