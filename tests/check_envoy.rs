@@ -250,7 +250,10 @@ fn every_shipped_envoy_config_normalises_paths() {
             "path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT",
         ] {
             let set = text.lines().filter(|l| l.trim() == setting).count();
-            assert_eq!(set, managers, "{file}: `{setting}` on every HttpConnectionManager");
+            assert_eq!(
+                set, managers,
+                "{file}: `{setting}` on every HttpConnectionManager"
+            );
         }
     }
 }
