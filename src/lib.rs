@@ -17,6 +17,7 @@ pub mod config;
 pub mod jwks;
 pub mod metrics;
 pub mod modes;
+pub mod path;
 pub mod phase;
 pub mod processor;
 #[path = "../processors/mod.rs"]

@@ -12,6 +12,7 @@ use prometheus::{
 use serde::Serialize;
 
 use crate::modes::{ModeMismatch, Violation};
+use crate::path::PathRefusal;
 use crate::phase::PhaseKind;
 use crate::processor::Withheld;
 
@@ -70,6 +71,7 @@ pub struct Metrics {
     limits: IntCounterVec,
     buffered: IntGauge,
     budget: std::sync::OnceLock<Arc<crate::budget::BodyBudget>>,
+    paths_refused: IntCounterVec,
     active: IntGauge,
     http: HttpMetrics,
 }
@@ -164,6 +166,11 @@ impl Metrics {
             )
             .unwrap_or_else(|e| unreachable!("static gauge: {e}")),
             budget: std::sync::OnceLock::new(),
+            paths_refused: counter(
+                "extproc_paths_refused_total",
+                "Requests refused with 400 for their path before any processor ran, by reason",
+                &["reason"],
+            ),
             active: IntGauge::new("extproc_active_streams", "ext_proc streams open now")
                 .unwrap_or_else(|e| unreachable!("static gauge: {e}")),
             http: HttpMetrics::new(),
@@ -184,7 +191,10 @@ impl Metrics {
         for limit in crate::server::limits::Limit::ALL {
             m.limits.with_label_values(&[limit.as_str()]);
         }
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        for reason in PathRefusal::ALL {
+            m.paths_refused.with_label_values(&[reason.as_str()]);
+        }
+        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
             Box::new(m.buffered.clone()),
             Box::new(m.http.requests_vec.clone()),
             Box::new(m.http.exchanges_vec.clone()),
@@ -200,6 +210,7 @@ impl Metrics {
             Box::new(m.mismatches.clone()),
             Box::new(m.withheld.clone()),
             Box::new(m.limits.clone()),
+            Box::new(m.paths_refused.clone()),
             Box::new(m.active.clone()),
             Box::new(build),
         ];
@@ -247,6 +258,14 @@ impl Metrics {
             route: Arc::from(route),
             processor: Arc::from(processor),
         }
+    }
+
+    /// Handles of `extproc_paths_refused_total`, one per reason, resolved once (the
+    /// router counts each refused path without a label lookup).
+    pub fn path_refusals(&self) -> PathRefusalMetrics {
+        PathRefusalMetrics(
+            PathRefusal::ALL.map(|r| self.paths_refused.with_label_values(&[r.as_str()])),
+        )
     }
 
     /// Handles for the ext_proc-over-HTTP listener (`server.http_addr`).
@@ -479,6 +498,26 @@ impl RouteMetrics {
             .zip(&self.mismatches)
             .map(|(r, m)| (r.as_str(), m.counter.get()))
             .collect()
+    }
+}
+
+/// Pre-resolved counters of refused request paths, by reason
+/// (`extproc_paths_refused_total`).
+#[derive(Clone)]
+pub struct PathRefusalMetrics([IntCounter; 7]);
+
+impl std::fmt::Debug for PathRefusalMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PathRefusalMetrics")
+    }
+}
+
+impl PathRefusalMetrics {
+    /// Counts one refused path.
+    pub fn refused(&self, reason: PathRefusal) {
+        if let Some(c) = self.0.get(reason.index()) {
+            c.inc();
+        }
     }
 }
 

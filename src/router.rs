@@ -4,16 +4,27 @@
 //! authority, method and headers, the Envoy route name (`xds.route_name` attribute) and
 //! the gRPC initial metadata of the stream (`grpc_initial_metadata` on ExtProcPerRoute).
 //! Routes are tried in order; the first match wins.
+//!
+//! The path is read through the router's [`PathPolicy`] first (see [`crate::path`]):
+//! routes match the normalised path, and a path that cannot be read one way only is
+//! answered 400 by the built-in route `path_refused` before any processor runs.
 
+mod path_guard;
+
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use regex::Regex;
 use serde::Serialize;
 
 use crate::chain::Chain;
+use crate::metrics::Metrics;
+use crate::path::{PathPolicy, RoutingPath};
 use crate::phase::Headers;
+use path_guard::{ForwardNormalizedLayer, PathGuard};
 
-/// How a route matches the request path (query string excluded).
+/// How a route matches the request path (query string excluded; normalised unless the
+/// router's [`PathPolicy`] says otherwise).
 #[derive(Debug, Clone)]
 pub enum PathMatch {
     /// The path equals this.
@@ -120,17 +131,41 @@ impl RouteInput<'_> {
             .and_then(|h| h.get_str(header))
             .or_else(|| self.attributes.get(attribute).and_then(|v| v.as_str()))
     }
+
+    /// `:path` as sent (bytes: a path that is not UTF-8 is refused, not skipped), or
+    /// the `request.path` attribute when the stream did not start with headers.
+    fn raw_path(&self) -> Option<&[u8]> {
+        self.headers
+            .and_then(|h| h.get(":path"))
+            .map(|v| v.as_ref())
+            .or_else(|| {
+                self.attributes
+                    .get("request.path")
+                    .and_then(|v| v.as_str())
+                    .map(str::as_bytes)
+            })
+    }
 }
 
 impl RouteMatch {
-    /// Whether every condition holds for this stream.
+    /// Whether every condition holds for this stream, the path read with the default
+    /// [`PathPolicy`] (a path it refuses fails any path condition).
     pub fn matches(&self, input: &RouteInput<'_>) -> bool {
-        if let Some(path) = &self.path {
-            let Some(full) = input.property(":path", "request.path") else {
+        let policy = PathPolicy::default();
+        let path = input
+            .raw_path()
+            .and_then(|raw| policy.routing_path(raw).ok());
+        self.matches_with(input, path.as_ref())
+    }
+
+    /// Whether every condition holds, with the path already read by the router's
+    /// policy (`None`: the request has no path).
+    fn matches_with(&self, input: &RouteInput<'_>, path: Option<&RoutingPath<'_>>) -> bool {
+        if let Some(condition) = &self.path {
+            let Some(p) = path.map(RoutingPath::path) else {
                 return false;
             };
-            let p = full.split('?').next().unwrap_or(full);
-            let ok = match path {
+            let ok = match condition {
                 PathMatch::Exact(e) => p == e,
                 PathMatch::Prefix(prefix) => p.starts_with(prefix.as_str()),
                 PathMatch::Regex(r) => r.is_match(p),
@@ -152,8 +187,15 @@ impl RouteMatch {
             }
         }
         for (name, want) in &self.headers {
-            let value = input.headers.and_then(|h| h.get_str(name));
-            if !want.matches(value) {
+            // A condition on `:path` reads the normalised path too (query kept).
+            let value = match path {
+                Some(p) if name == ":path" => Some(Cow::Owned(p.with_query())),
+                _ => input
+                    .headers
+                    .and_then(|h| h.get_str(name))
+                    .map(Cow::Borrowed),
+            };
+            if !want.matches(value.as_deref()) {
                 return false;
             }
         }
@@ -233,6 +275,10 @@ impl RouteMatch {
 
 /// Name of the built-in route of requests no configured route matches.
 pub const UNMATCHED: &str = "unmatched";
+
+/// Name of the built-in route of requests whose path is refused (400 before any
+/// processor runs; see [`crate::path::PathRefusal`]).
+pub const PATH_REFUSED: &str = "path_refused";
 
 /// A named route: its conditions and its chain.
 #[derive(Debug, Clone)]
@@ -315,6 +361,7 @@ pub struct Router {
     routes: Vec<Arc<Route>>,
     unmatched: Arc<Route>,
     buffer_limit: usize,
+    paths: PathGuard,
 }
 
 /// Envoy's default `per_connection_buffer_limit_bytes` (1 MiB): a BUFFERED body over it
@@ -341,7 +388,33 @@ impl Router {
                 metrics: unmatched_metrics,
             }),
             buffer_limit: ENVOY_DEFAULT_BUFFER_LIMIT,
+            paths: PathGuard::new(PathPolicy::default(), None),
         }
+    }
+
+    /// Reads request paths per `policy` (the default one unless this is called):
+    /// refusals are counted in `metrics` (`extproc_paths_refused_total`, and the
+    /// `path_refused` route's stream metrics), and under `forward_normalized` every
+    /// route's chain, `unmatched` included, first rewrites `:path` to the normalised
+    /// path. Call it once, after the routes are in.
+    pub fn with_path_policy(mut self, policy: PathPolicy, metrics: Option<&Arc<Metrics>>) -> Self {
+        if policy.forward_normalized {
+            let wrap = |route: &Arc<Route>| {
+                Arc::new(Route {
+                    chain: route.chain.wrapped(ForwardNormalizedLayer(policy)),
+                    ..Route::clone(route)
+                })
+            };
+            self.routes = self.routes.iter().map(wrap).collect();
+            self.unmatched = wrap(&self.unmatched);
+        }
+        self.paths = PathGuard::new(policy, metrics);
+        self
+    }
+
+    /// How this router reads request paths.
+    pub fn path_policy(&self) -> PathPolicy {
+        self.paths.policy
     }
 
     /// The largest body Envoy buffers (its listener's `per_connection_buffer_limit_bytes`).
@@ -357,11 +430,19 @@ impl Router {
         self.buffer_limit
     }
 
-    /// The first route whose conditions hold.
+    /// The first route whose conditions hold, on the path as the [`PathPolicy`] reads
+    /// it; the built-in `path_refused` route (a 400, counted and logged at debug) when
+    /// the policy refuses the path.
     pub fn select(&self, input: &RouteInput<'_>) -> &Arc<Route> {
+        let raw = input.raw_path();
+        let path = match raw.map(|r| (r, self.paths.policy.routing_path(r))) {
+            Some((raw, Err(reason))) => return self.paths.refuse(reason, raw),
+            Some((_, Ok(p))) => Some(p),
+            None => None,
+        };
         self.routes
             .iter()
-            .find(|r| r.matcher.matches(input))
+            .find(|r| r.matcher.matches_with(input, path.as_ref()))
             .unwrap_or(&self.unmatched)
     }
 
@@ -482,5 +563,251 @@ mod tests {
             .into_iter()
             .collect();
         assert!(!m.matches(&input(&wrong)));
+    }
+
+    /// Writes what it saw upstream: its route, the `:path` header and `RequestCtx::path`.
+    struct SeenPath(&'static str);
+
+    impl crate::processor::Processor for SeenPath {
+        type State = ();
+
+        fn name(&self) -> &str {
+            "seen_path"
+        }
+
+        fn needs(&self) -> crate::processor::PhaseNeeds {
+            crate::processor::PhaseNeeds {
+                request_headers: true,
+                ..crate::processor::PhaseNeeds::NONE
+            }
+        }
+
+        async fn on_request_headers(
+            &self,
+            ctx: &mut crate::processor::RequestCtx,
+            _: &mut (),
+            h: &crate::phase::HeadersPhase,
+            out: &mut crate::phase::Mutations,
+        ) -> crate::phase::Flow {
+            out.set("x-route", self.0);
+            out.set(
+                "x-seen-path",
+                h.headers.get(":path").cloned().unwrap_or_default(),
+            );
+            out.set("x-ctx-path", ctx.path.clone());
+            crate::phase::Flow::Continue
+        }
+    }
+
+    /// The jwt example's shape: `/public` open, everything else authenticated (a
+    /// recording processor stands in for jwt_auth).
+    fn jwt_like(policy: PathPolicy, metrics: Option<&Arc<Metrics>>) -> Router {
+        let chain = |name: &'static str| Chain::builder().processor(SeenPath(name)).build();
+        Router::new(vec![
+            Route {
+                name: Arc::from("public"),
+                matcher: RouteMatch {
+                    path: Some(PathMatch::Prefix("/public".into())),
+                    ..Default::default()
+                },
+                chain: chain("public"),
+                metrics: None,
+            },
+            Route {
+                name: Arc::from("api"),
+                matcher: RouteMatch::default(),
+                chain: chain("api"),
+                metrics: None,
+            },
+        ])
+        .with_path_policy(policy, metrics)
+    }
+
+    fn pick(router: &Router, path: &[u8]) -> String {
+        let mut headers = Headers::new();
+        headers.push(":path", bytes::Bytes::copy_from_slice(path));
+        let input = RouteInput {
+            headers: Some(&headers),
+            attributes: &NO_METADATA,
+            grpc_metadata: &[],
+            metadata: &NO_METADATA,
+        };
+        router.select(&input).name.to_string()
+    }
+
+    #[test]
+    fn routes_match_the_normalised_path() {
+        let router = jwt_like(PathPolicy::default(), None);
+        for (path, want) in [
+            ("/public/info", "public"),
+            ("/public/../api/items", "api"),
+            ("/public/%2e%2e/api/x", "api"),
+            ("/public/%2E%2E/api/x", "api"),
+            ("/public/./../api/x", "api"),
+            ("//public/../api", "api"),
+            ("/./public/../api", "api"),
+            ("/public/../../api", "api"),
+            ("/PUBLIC/../api", "api"),
+            ("/public/x/..", "public"),
+            ("/public?x=/../api", "public"),
+            ("/public/%252e%252e/api", "public"),
+            ("/%70ublic/info", "public"),
+            ("//public", "public"),
+        ] {
+            assert_eq!(pick(&router, path.as_bytes()), want, "{path}");
+        }
+        for path in [
+            &b"/public/..%2fapi/x"[..],
+            b"/public/..%5capi/x",
+            b"/public%2f..%2fapi",
+            b"/public/..;/api",
+            b"/public/..%00/api",
+            b"/public/..\\api",
+            b"/public/%zz",
+            b"/public/\xff",
+        ] {
+            assert_eq!(pick(&router, path), PATH_REFUSED, "{path:?}");
+        }
+    }
+
+    #[test]
+    fn raw_matching_is_the_old_behaviour_and_still_refuses() {
+        let router = jwt_like(
+            PathPolicy {
+                normalize: false,
+                ..PathPolicy::default()
+            },
+            None,
+        );
+        assert_eq!(pick(&router, b"/public/../api"), "public");
+        assert_eq!(pick(&router, b"/public/..%2fapi"), PATH_REFUSED);
+    }
+
+    #[test]
+    fn header_conditions_on_path_and_the_path_attribute_are_normalised() {
+        let m = RouteMatch {
+            headers: vec![(":path".into(), ValueMatch::Prefix("/public".into()))],
+            ..Default::default()
+        };
+        let headers: Headers = [(":path", "/public/../admin?a=1")].into_iter().collect();
+        let input = RouteInput {
+            headers: Some(&headers),
+            attributes: &NO_METADATA,
+            grpc_metadata: &[],
+            metadata: &NO_METADATA,
+        };
+        assert!(!m.matches(&input));
+        let m = RouteMatch {
+            headers: vec![(":path".into(), ValueMatch::Exact("/admin?a=1".into()))],
+            ..Default::default()
+        };
+        assert!(m.matches(&input));
+
+        let router = jwt_like(PathPolicy::default(), None);
+        let mut attrs = serde_json::Map::new();
+        attrs.insert("request.path".into(), "/public/%2e%2e/api".into());
+        let input = RouteInput {
+            headers: None,
+            attributes: &attrs,
+            grpc_metadata: &[],
+            metadata: &NO_METADATA,
+        };
+        assert_eq!(&*router.select(&input).name, "api");
+        attrs.insert("request.path".into(), "/public/..%2f/api".into());
+        let input = RouteInput {
+            headers: None,
+            attributes: &attrs,
+            grpc_metadata: &[],
+            metadata: &NO_METADATA,
+        };
+        assert_eq!(&*router.select(&input).name, PATH_REFUSED);
+    }
+
+    #[tokio::test]
+    async fn a_refused_path_gets_400_before_any_processor_and_is_counted() {
+        let metrics = Metrics::new();
+        let router = jwt_like(PathPolicy::default(), Some(&metrics));
+        let mut driver = crate::testing::Driver::with_router(router);
+        let answer = driver
+            .request_headers(&[(":path", "/public/..%2Fapi"), (":method", "GET")], true)
+            .await
+            .unwrap();
+        let immediate = answer.immediate.expect("an immediate response");
+        assert_eq!(immediate.status, 400);
+        assert_eq!(immediate.header("content-type"), Some("application/json"));
+        assert_eq!(immediate.header("x-route"), None, "a processor ran");
+        let body: serde_json::Value = serde_json::from_slice(&immediate.body).unwrap();
+        assert_eq!(body["reason"], "escaped_slash");
+        assert!(body["error"].as_str().unwrap().contains("%2F"), "{body}");
+        assert!(driver.is_finished());
+        assert_eq!(driver.route_name().as_deref(), Some(PATH_REFUSED));
+        let text = metrics.render();
+        let count = |series: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+                .map(str::to_string)
+        };
+        assert_eq!(
+            count(r#"extproc_paths_refused_total{reason="escaped_slash"}"#).as_deref(),
+            Some("1")
+        );
+        for reason in crate::path::PathRefusal::ALL {
+            let series = format!(
+                r#"extproc_paths_refused_total{{reason="{}"}}"#,
+                reason.as_str()
+            );
+            assert!(count(&series).is_some(), "{series} not exported");
+        }
+        assert_eq!(
+            count(r#"extproc_streams_total{outcome="immediate_response",route="path_refused"}"#)
+                .as_deref(),
+            Some("1")
+        );
+    }
+
+    #[tokio::test]
+    async fn processors_see_the_path_as_sent_unless_forward_normalized() {
+        let mut driver = crate::testing::Driver::with_router(jwt_like(PathPolicy::default(), None));
+        let answer = driver
+            .request_headers(&[(":path", "/public/x/..?q=1"), (":method", "GET")], true)
+            .await
+            .unwrap();
+        assert_eq!(driver.route_name().as_deref(), Some("public"));
+        assert_eq!(answer.header(":path"), None);
+        assert!(!answer.clear_route_cache);
+        assert_eq!(answer.header("x-seen-path"), Some("/public/x/..?q=1"));
+        assert_eq!(answer.header("x-ctx-path"), Some("/public/x/..?q=1"));
+
+        let policy = PathPolicy {
+            forward_normalized: true,
+            ..PathPolicy::default()
+        };
+        for (sent, route, forwarded) in [
+            ("/public/x/..?q=1", "public", Some("/public/?q=1")),
+            ("/public/../api//items", "api", Some("/api/items")),
+            ("/public/info", "public", None),
+        ] {
+            let mut driver = crate::testing::Driver::with_router(jwt_like(policy, None));
+            let answer = driver
+                .request_headers(&[(":path", sent), (":method", "GET")], true)
+                .await
+                .unwrap();
+            assert_eq!(driver.route_name().as_deref(), Some(route), "{sent}");
+            assert_eq!(answer.header(":path"), forwarded, "{sent}");
+            assert_eq!(answer.clear_route_cache, forwarded.is_some(), "{sent}");
+            assert_eq!(answer.header("x-route"), Some(route));
+            let seen = forwarded.unwrap_or(sent);
+            assert_eq!(answer.header("x-seen-path"), Some(seen), "{sent}");
+            assert_eq!(answer.header("x-ctx-path"), Some(seen), "{sent}");
+        }
+        // The unmatched route rewrites too.
+        let router = Router::new(Vec::new()).with_path_policy(policy, None);
+        let mut driver = crate::testing::Driver::with_router(router);
+        let answer = driver
+            .request_headers(&[(":path", "/a/./b"), (":method", "GET")], true)
+            .await
+            .unwrap();
+        assert_eq!(driver.route_name().as_deref(), Some(UNMATCHED));
+        assert_eq!(answer.header(":path"), Some("/a/b"));
     }
 }

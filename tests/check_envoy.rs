@@ -227,6 +227,37 @@ fn every_shipped_envoy_config_is_checked() {
     );
 }
 
+/// Every HttpConnectionManager the project ships normalises the path the way the
+/// gateway's routes read it (README, "Path safety"), whatever its gateway routes are:
+/// `check-envoy` asks for it only in front of path-matched routes.
+#[test]
+fn every_shipped_envoy_config_normalises_paths() {
+    for file in [
+        "benches/load/envoy-baseline.yaml.tmpl",
+        "benches/load/envoy-one-filter.yaml.tmpl",
+        "benches/load/envoy-six-filters.yaml.tmpl",
+        "envoy.yaml",
+        "examples/http_service/envoy.yaml",
+    ] {
+        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        let managers = text
+            .matches("name: envoy.filters.network.http_connection_manager")
+            .count();
+        assert!(managers >= 1, "{file}: no HttpConnectionManager");
+        for setting in [
+            "normalize_path: true",
+            "merge_slashes: true",
+            "path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT",
+        ] {
+            let set = text.lines().filter(|l| l.trim() == setting).count();
+            assert_eq!(
+                set, managers,
+                "{file}: `{setting}` on every HttpConnectionManager"
+            );
+        }
+    }
+}
+
 /// Envoy's own validation: a fixture must be a config Envoy accepts, so the finding
 /// is about something Envoy would run silently. Skipped without Envoy outside CI.
 fn validate(file: &Path) {

@@ -144,6 +144,26 @@ impl Chain {
         ChainBuilder::default().build()
     }
 
+    /// The same chain inside one more layer, outermost: it sees each phase before any
+    /// processor does. Lets the router add a route-independent step (the path rewrite
+    /// of `path_policy.forward_normalized`) to chains built elsewhere, without touching
+    /// their processors, names or needs.
+    pub fn wrapped<L>(&self, layer: L) -> Chain
+    where
+        L: Layer<PhaseService>,
+        L::Service: tower::Service<PhaseRequest, Response = PhaseOutcome, Error = std::convert::Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<PhaseRequest>>::Future: Send + 'static,
+    {
+        Chain {
+            service: PhaseService::new(layer.layer(self.service.clone())),
+            ..self.clone()
+        }
+    }
+
     /// Processor names in chain order.
     pub fn names(&self) -> &[Arc<str>] {
         &self.names

@@ -878,7 +878,7 @@ impl<'c, 'a> Checker<'c, 'a> {
             let settings: Vec<String> = missing.iter().map(|(n, _)| format!("{n}: true")).collect();
             self.error(
                 flag.line_or(hcm.config.line),
-                format!("{} {} on the path (`{}`: {matched}), but this HttpConnectionManager does not set {}: a path such as {example} or `//x` reaches the gateway as written and picks its route by that text, while the upstream serves the normalized path", routes_phrase(&names), if names.len() == 1 { "matches" } else { "match" }, first.name, settings.join(" and ")),
+                format!("{} {} on the path (`{}`: {matched}), but this HttpConnectionManager does not set {}: a path such as {example} or `//x` reaches Envoy's routes (and their ExtProcPerRoute) and the upstream as written, so Envoy can pick a route by that text and the upstream serves whatever it resolves the path to (the gateway itself routes on the normalised path unless path_policy.normalize is false)", routes_phrase(&names), if names.len() == 1 { "matches" } else { "match" }, first.name, settings.join(" and ")),
                 "set normalize_path: true and merge_slashes: true on the HttpConnectionManager (and path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT)",
             );
         }

@@ -83,12 +83,18 @@ impl GatewayConfig {
         Ok(config)
     }
 
-    /// Checks server settings that parse but cannot work.
+    /// Checks settings that parse but cannot work (server limits, the path policy).
     fn validate_server(&self) -> Result<(), (String, String)> {
         if self.server.http_exchange_ttl.is_zero() {
             return Err((
                 "server.http_exchange_ttl".into(),
                 "must be longer than zero: request state must outlive the upstream's answer".into(),
+            ));
+        }
+        if self.path_policy.forward_normalized && !self.path_policy.normalize {
+            return Err((
+                "path_policy.forward_normalized".into(),
+                "needs path_policy.normalize: true (there is no normalised path to forward)".into(),
             ));
         }
         if self.server.http_max_exchanges == 0 {
@@ -123,6 +129,12 @@ impl GatewayConfig {
                 return Err((
                     at("name"),
                     "`unmatched` is the built-in route of requests no route matches".into(),
+                ));
+            }
+            if r.name == crate::router::PATH_REFUSED {
+                return Err((
+                    at("name"),
+                    "`path_refused` is the built-in route of requests whose path is refused".into(),
                 ));
             }
             if !names.insert(r.name.clone()) {
@@ -170,7 +182,8 @@ impl GatewayConfig {
         }
         Ok(
             Router::with_unmatched(routes, metrics.map(|m| m.route(crate::router::UNMATCHED)))
-                .with_buffer_limit(self.server.envoy_buffer_limit_bytes),
+                .with_buffer_limit(self.server.envoy_buffer_limit_bytes)
+                .with_path_policy(self.path_policy, metrics),
         )
     }
 
@@ -344,5 +357,33 @@ mod tests {
         assert_eq!(c.applied_header_name().as_deref(), Some("x-chain"));
         let c = GatewayConfig::parse("applied_header: ''\nroutes: []\n", "t").unwrap();
         assert_eq!(c.applied_header_name(), None);
+    }
+
+    #[test]
+    fn path_policy_defaults_to_safe_and_is_validated() {
+        let c = GatewayConfig::parse("routes: []\n", "t").unwrap();
+        assert_eq!(c.path_policy, crate::path::PathPolicy::default());
+        assert!(c.path_policy.normalize);
+        assert!(!c.path_policy.forward_normalized);
+        assert!(c.to_redacted_yaml().contains("path_policy:"));
+
+        let c = GatewayConfig::parse(
+            "path_policy:\n  path_with_escaped_slashes_action: KEEP_UNCHANGED\n  forward_normalized: true\nroutes: []\n",
+            "t",
+        )
+        .unwrap();
+        assert!(c.path_policy.forward_normalized);
+        assert!(c.build_router().unwrap().path_policy().forward_normalized);
+
+        let e = err("path_policy:\n  normalise: false\nroutes: []\n");
+        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("unknown field `normalise`"), "{e}");
+        let e = err("path_policy: {path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD}\n");
+        assert!(e.contains("unknown variant `UNESCAPE_AND_FORWARD`"), "{e}");
+        let e = err("path_policy: {normalize: false, forward_normalized: true}\n");
+        assert!(e.contains("path_policy.forward_normalized"), "{e}");
+        let e = err("routes:\n  - name: path_refused\n    processors: []\n");
+        assert!(e.contains("routes[0].name"), "{e}");
+        assert!(e.contains("built-in"), "{e}");
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::path::PathPolicy;
 use crate::processors::ProcessorSpec;
 
 /// The whole config file.
@@ -19,6 +20,10 @@ pub struct GatewayConfig {
     /// Response header listing the processors that ran; empty turns it off.
     #[serde(default = "default_applied_header")]
     pub applied_header: String,
+    /// How routes read `:path`: normalised, with unreadable paths refused (400). Applied
+    /// with the routes, so a reload applies it too.
+    #[serde(default)]
+    pub path_policy: PathPolicy,
     /// Routes in match order.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,

@@ -420,6 +420,27 @@ static_resources:
     )
 }
 
+/// The HttpConnectionManager settings with which Envoy normalises paths before any
+/// filter sees them (as every Envoy config the project ships does).
+pub const PATH_NORMALIZATION: [&str; 3] = [
+    "normalize_path: true",
+    "merge_slashes: true",
+    "path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT",
+];
+
+/// `config` (rendered by [`envoy_config`], whose HttpConnectionManager sets nothing
+/// about paths) with Envoy normalising paths: [`PATH_NORMALIZATION`] on every
+/// HttpConnectionManager.
+pub fn normalizing_paths(config: &str) -> String {
+    let marker = "          stat_prefix: ingress\n";
+    let settings: String = PATH_NORMALIZATION
+        .iter()
+        .map(|s| format!("          {s}\n"))
+        .collect();
+    assert!(config.contains(marker), "not a config from envoy_config");
+    config.replace(marker, &format!("{marker}{settings}"))
+}
+
 /// The `upstream` cluster of generated Envoy configs: the echo upstream on loopback.
 pub fn upstream_cluster_yaml(port: u16) -> String {
     format!(
@@ -488,6 +509,19 @@ impl Envoy {
         let mut envoy = Self::start_any_ports(bin, config).await;
         envoy.port = envoy.listener_port("ingress").await;
         envoy
+    }
+
+    /// Like [`Envoy::start`], with Envoy normalising paths ([`normalizing_paths`]).
+    pub async fn start_normalizing(
+        bin: &Path,
+        spec: &EnvoySpec,
+        gateway: u16,
+        upstream: u16,
+    ) -> Envoy {
+        let port = free_port();
+        let admin_port = free_port();
+        let config = normalizing_paths(&envoy_config(spec, port, admin_port, gateway, upstream));
+        Self::start_config(bin, config, port, admin_port).await
     }
 
     /// Starts Envoy with a given config text.
