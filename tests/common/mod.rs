@@ -518,10 +518,8 @@ impl Envoy {
         gateway: u16,
         upstream: u16,
     ) -> Envoy {
-        let port = free_port();
-        let admin_port = free_port();
-        let config = normalizing_paths(&envoy_config(spec, port, admin_port, gateway, upstream));
-        Self::start_config(bin, config, port, admin_port).await
+        let config = normalizing_paths(&envoy_config(spec, 0, 0, gateway, upstream));
+        Self::start_ingress(bin, config).await
     }
 
     /// Starts Envoy with a given config text.
