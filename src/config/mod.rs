@@ -3,6 +3,7 @@
 //! names the file, the line or field, and what is wrong.
 
 mod schema;
+mod transport;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use regex::Regex;
 pub use schema::{
     GatewayConfig, HeaderMatchConfig, MatchConfig, MetadataMatchConfig, RouteConfig, ServerConfig,
 };
+pub use transport::{ListenAddr, Secret, SocketMode, TlsConfig, REDACTED};
 
 use crate::chain::Chain;
 use crate::metrics::Metrics;
@@ -96,6 +98,38 @@ impl GatewayConfig {
                 "server.http_max_exchanges".into(),
                 "must be at least 1".into(),
             ));
+        }
+        self.validate_security()
+    }
+
+    /// Checks the transport-security settings that parse but cannot work. The files
+    /// themselves are read when the server starts (and name themselves in errors).
+    fn validate_security(&self) -> Result<(), (String, String)> {
+        let s = &self.server;
+        if s.admin_token.is_some() && s.admin_token_file.is_some() {
+            return Err((
+                "server.admin_token".into(),
+                "set admin_token or admin_token_file, not both".into(),
+            ));
+        }
+        if let Some(token) = &s.admin_token {
+            let t = token.expose().trim();
+            if t.is_empty() {
+                return Err(("server.admin_token".into(), "must not be empty".into()));
+            }
+            if t == REDACTED {
+                return Err((
+                    "server.admin_token".into(),
+                    format!("`{REDACTED}` is how /config hides the token, not a token: set the real one (or admin_token_file)"),
+                ));
+            }
+        }
+        if let Some(tls) = &s.tls {
+            for (field, path) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+                if path.as_os_str().is_empty() {
+                    return Err((format!("server.tls.{field}"), "must not be empty".into()));
+                }
+            }
         }
         Ok(())
     }
