@@ -219,7 +219,7 @@ async fn run(
     readiness.set(true);
     tracing::info!(
         grpc = %bound.grpc,
-        tls = tls_mode(&config_tls),
+        tls = %tls_mode(&config_tls),
         admin = %bound.admin,
         http = ?bound.http,
         "extproc-gateway serving"
