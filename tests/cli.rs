@@ -17,6 +17,8 @@ fn gateway() -> Command {
         "EXTPROC_HTTP_ADDR",
         "EXTPROC_MAX_MESSAGE_BYTES",
         "EXTPROC_SHUTDOWN_GRACE",
+        "EXTPROC_ADMIN_TOKEN",
+        "EXTPROC_ADMIN_TOKEN_FILE",
     ] {
         c.env_remove(var);
     }

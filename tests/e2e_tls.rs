@@ -820,10 +820,13 @@ fn readme_security_snippets_are_valid() {
         .copied()
         .filter(|s| s.starts_with("  - name: "))
         .collect();
-    assert!(gateway.len() >= 2, "gateway snippets: {gateway:?}");
     assert!(
-        clusters.len() >= 3,
-        "TLS, mTLS and UDS cluster snippets: {clusters:?}"
+        gateway.len() >= 3,
+        "TLS, mTLS, UDS gateway snippets: {gateway:?}"
+    );
+    assert!(
+        clusters.len() >= 2,
+        "(m)TLS and UDS cluster snippets: {clusters:?}"
     );
     assert_eq!(
         gateway.len() + clusters.len(),
@@ -867,6 +870,32 @@ fn readme_security_snippets_are_valid() {
         let (ok, out) = validate(cluster);
         assert!(ok, "envoy rejects the README snippet:\n{out}");
     }
+    // The mutual-TLS cluster without its client certificate is the plain TLS one.
+    let mtls = clusters
+        .iter()
+        .find(|c| c.contains("tls_certificates"))
+        .unwrap();
+    let mut skipping = false;
+    let plain_tls: String = mtls
+        .lines()
+        .filter(|l| {
+            if l.contains("tls_certificates:") {
+                skipping = true;
+            }
+            let keep = !skipping;
+            if l.contains("private_key:") {
+                skipping = false;
+            }
+            keep
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(plain_tls.contains("UpstreamTlsContext") && !plain_tls.contains("client.key"));
+    let (ok, out) = validate(&plain_tls);
+    assert!(
+        ok,
+        "envoy rejects the TLS cluster without a client certificate:\n{out}"
+    );
     // The check can fail: a misspelt TLS context is refused.
     let tls = clusters
         .iter()

@@ -158,7 +158,10 @@ impl Gateway {
         let grpc_port = free_port();
         let admin_port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_extproc-gateway"));
-        cmd.arg("serve").env_remove("EXTPROC_CONFIG");
+        cmd.arg("serve")
+            .env_remove("EXTPROC_CONFIG")
+            .env_remove("EXTPROC_ADMIN_TOKEN")
+            .env_remove("EXTPROC_ADMIN_TOKEN_FILE");
         if let Some(yaml) = config_yaml {
             let cfg = dir.path().join("gateway.yaml");
             std::fs::write(&cfg, yaml).expect("write config");
