@@ -255,8 +255,11 @@ async fn accept_loop(
         match &tls {
             None => {
                 let conn = GrpcConn { io, info };
-                if tx.send(Ok(conn)).await.is_err() {
-                    break;
+                // tonic stops taking connections once draining starts: never wait on
+                // it past that.
+                tokio::select! {
+                    sent = tx.send(Ok(conn)) => if sent.is_err() { break },
+                    _ = drain.wait_for(|d| *d) => break,
                 }
             }
             Some(tls) => {

@@ -235,8 +235,10 @@ async fn run(
     let _ = drain_tx.send(true);
     let deadline = tokio::time::Instant::now() + grace;
     // The accept task stops at once: the port closes and a socket file goes.
-    if let Err(e) = accept.await {
-        tracing::warn!(error = %e, "gRPC accept task failed");
+    match tokio::time::timeout_at(deadline, accept).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC accept task failed"),
+        Err(_) => tracing::warn!("gRPC accept task still running after the grace period"),
     }
     match tokio::time::timeout_at(deadline, grpc).await {
         Ok(Ok(result)) => result.context("gRPC server failed")?,
