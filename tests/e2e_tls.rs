@@ -670,6 +670,43 @@ async fn unix_socket_listener_behind_envoys_pipe_address() {
     assert!(!socket.exists(), "socket file left after shutdown");
 }
 
+/// TLS and the Unix socket together: Envoy's `pipe` endpoint with the TLS transport
+/// socket, as the README says works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_on_the_unix_socket() {
+    let Some(bin) = envoy_bin() else { return };
+    let pki = Pki::new();
+    let socket = pki.path("gateway.sock");
+    let config = gateway_tls_config(&pki, true).replace(
+        "grpc_addr: 127.0.0.1:0",
+        &format!("grpc_addr: unix:{}", socket.display()),
+    );
+    let gw = start_gateway(&config, &[]).await;
+    assert_eq!(gw.grpc, format!("unix:{}", socket.display()));
+    assert!(gw.log().contains("tls=mutual"), "{}", gw.log());
+    let upstream = Upstream::start().await;
+    let (cert, key) = (pki.path("client.crt"), pki.path("client.key"));
+    let cluster = gateway_cluster(
+        &format!("pipe: {{path: {}}}", socket.display()),
+        &tls_socket(&pki.path("ca.crt"), Some((&cert, &key))),
+        true,
+    );
+    let (envoy, listen) = start_envoy(&bin, &cluster, upstream.port).await;
+    let r = send(
+        &client(),
+        listen,
+        "GET",
+        "/a",
+        &[("x-request-id", "uds-tls")],
+        empty(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-extra-request-id"), Some("uds-tls"));
+    assert!(stat(&envoy, "cluster.extproc_gateway.ssl.handshake").await >= 1);
+    assert_eq!(gw.metric("extproc_tls_handshake_failures_total").await, 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_token_guards_config_routes_and_snapshot_but_not_probes_or_metrics() {
     let dir = tempfile::tempdir().unwrap();

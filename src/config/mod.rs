@@ -373,6 +373,43 @@ mod tests {
     }
 
     #[test]
+    fn transport_settings_round_trip_and_the_token_never_shows() {
+        let yaml = "server:\n  grpc_addr: unix:/run/gw.sock\n  grpc_socket_mode: '0600'\n  tls: {cert_file: /c.pem, key_file: /k.pem, client_ca_file: /ca.pem, reload_interval: 2s}\n  admin_token: hunter2\nroutes: []\n";
+        let c = GatewayConfig::parse(yaml, "t").unwrap();
+        assert_eq!(c.server.grpc_addr, ListenAddr::Unix("/run/gw.sock".into()));
+        assert_eq!(c.server.grpc_socket_mode, SocketMode(0o600));
+        let tls = c.server.tls.clone().unwrap();
+        assert_eq!(tls.client_ca_file.as_deref(), Some(Path::new("/ca.pem")));
+        assert_eq!(tls.reload_interval, std::time::Duration::from_secs(2));
+        let shown = c.to_redacted_yaml();
+        assert!(!shown.contains("hunter2") && !format!("{c:?}").contains("hunter2"));
+        assert!(shown.contains("admin_token: <redacted>"), "{shown}");
+        // What /config shows loads back, except that a redacted token is refused.
+        let e = GatewayConfig::parse(&shown, "shown")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.admin_token") && e.contains("redacted"),
+            "{e}"
+        );
+        let back = GatewayConfig::parse(&shown.replace("<redacted>", "hunter2"), "shown").unwrap();
+        assert_eq!(back.server, c.server);
+
+        let e = err("server: {admin_token: a, admin_token_file: /t}\nroutes: []\n");
+        assert!(e.contains("not both"), "{e}");
+        // Unquoted, the digits are still read as octal (never as decimal 660).
+        let c =
+            GatewayConfig::parse("server: {grpc_socket_mode: 0660}\nroutes: []\n", "t").unwrap();
+        assert_eq!(c.server.grpc_socket_mode, SocketMode(0o660));
+        let e = err("server: {grpc_socket_mode: 0999}\nroutes: []\n");
+        assert!(e.contains("line 1") && e.contains("file mode"), "{e}");
+        let e = err("server: {grpc_addr: 'unix:'}\nroutes: []\n");
+        assert!(e.contains("needs a socket path"), "{e}");
+        let e = err("server: {tls: {cert_file: /c.pem}}\nroutes: []\n");
+        assert!(e.contains("key_file"), "{e}");
+    }
+
+    #[test]
     fn applied_header_can_be_renamed_or_turned_off() {
         let c = GatewayConfig::parse("applied_header: X-Chain\nroutes: []\n", "t").unwrap();
         assert_eq!(c.applied_header_name().as_deref(), Some("x-chain"));

@@ -98,7 +98,7 @@ impl<'de> Deserialize<'de> for ListenAddr {
 }
 
 /// File permissions of a Unix socket the gateway creates, written as octal digits
-/// (`"0660"`): a string, because YAML reads `0660` as the decimal number 660.
+/// (`0660` or `"0660"`): always read as octal text, never as YAML's decimal 660.
 /// Connecting needs write permission, so `0660` lets the owner and the socket's group
 /// in (e.g. Envoy sharing a group or a Kubernetes `fsGroup`) and nobody else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
