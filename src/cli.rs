@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ConfigError, GatewayConfig};
+use crate::config::{ConfigError, GatewayConfig, ListenAddr, Secret};
 
 /// One ext_proc server for Envoy that runs a chain of processors per route.
 #[derive(Debug, Parser)]
@@ -58,12 +58,28 @@ pub struct ServeArgs {
     /// Config file (YAML). Without one, the embedded default is served.
     #[arg(long, short = 'c', env = "EXTPROC_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    /// ext_proc gRPC listen address (overrides server.grpc_addr).
+    /// ext_proc gRPC listen address, `ip:port` or `unix:/path/to.sock` (overrides
+    /// server.grpc_addr).
     #[arg(long, env = "EXTPROC_GRPC_ADDR", global = true)]
-    pub grpc_addr: Option<SocketAddr>,
+    pub grpc_addr: Option<ListenAddr>,
     /// Admin HTTP listen address (overrides server.admin_addr).
     #[arg(long, env = "EXTPROC_ADMIN_ADDR", global = true)]
     pub admin_addr: Option<SocketAddr>,
+    /// Bearer token for /config, /routes and /api/snapshot (overrides
+    /// server.admin_token and server.admin_token_file). Prefer the environment
+    /// variable or --admin-token-file: a flag's value shows in `ps`.
+    #[arg(
+        long,
+        env = "EXTPROC_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true,
+        conflicts_with = "admin_token_file"
+    )]
+    pub admin_token: Option<String>,
+    /// File holding the admin token (overrides server.admin_token_file and
+    /// server.admin_token).
+    #[arg(long, env = "EXTPROC_ADMIN_TOKEN_FILE", global = true)]
+    pub admin_token_file: Option<PathBuf>,
     /// ext_proc over HTTP (Envoy's http_service) listen address (overrides server.http_addr).
     #[arg(long, env = "EXTPROC_HTTP_ADDR", global = true)]
     pub http_addr: Option<SocketAddr>,
@@ -89,11 +105,19 @@ impl ServeArgs {
             Some(path) => GatewayConfig::load(path)?,
             None => GatewayConfig::embedded()?,
         };
-        if let Some(a) = self.grpc_addr {
-            config.server.grpc_addr = a;
+        if let Some(a) = &self.grpc_addr {
+            config.server.grpc_addr = a.clone();
         }
         if let Some(a) = self.admin_addr {
             config.server.admin_addr = a;
+        }
+        if let Some(t) = &self.admin_token {
+            config.server.admin_token = Some(Secret::new(t.clone()));
+            config.server.admin_token_file = None;
+        }
+        if let Some(f) = &self.admin_token_file {
+            config.server.admin_token_file = Some(f.clone());
+            config.server.admin_token = None;
         }
         if let Some(a) = self.http_addr {
             config.server.http_addr = Some(a);

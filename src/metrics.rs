@@ -74,6 +74,8 @@ pub struct Metrics {
     paths_refused: IntCounterVec,
     active: IntGauge,
     http: HttpMetrics,
+    tls_handshake_failures: IntCounter,
+    tls_reloads: IntCounterVec,
 }
 
 /// gRPC status codes the gateway ends streams with (label values of
@@ -174,6 +176,16 @@ impl Metrics {
             active: IntGauge::new("extproc_active_streams", "ext_proc streams open now")
                 .unwrap_or_else(|e| unreachable!("static gauge: {e}")),
             http: HttpMetrics::new(),
+            tls_handshake_failures: IntCounter::new(
+                "extproc_tls_handshake_failures_total",
+                "TLS handshakes on the gRPC listener that failed or timed out (e.g. a client without a certificate from server.tls.client_ca_file)",
+            )
+            .unwrap_or_else(|e| unreachable!("static counter: {e}")),
+            tls_reloads: counter(
+                "extproc_tls_reloads_total",
+                "Reloads of changed TLS files of the gRPC listener, by result (loaded, failed: the running certificate was kept)",
+                &["result"],
+            ),
             registry,
         };
         let build = IntGaugeVec::new(
@@ -188,14 +200,19 @@ impl Metrics {
         for kind in Violation::ALL {
             m.violations.with_label_values(&[kind.as_str()]);
         }
+        for result in ["loaded", "failed"] {
+            m.tls_reloads.with_label_values(&[result]);
+        }
         for limit in crate::server::limits::Limit::ALL {
             m.limits.with_label_values(&[limit.as_str()]);
         }
         for reason in PathRefusal::ALL {
             m.paths_refused.with_label_values(&[reason.as_str()]);
         }
-        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 20] = [
             Box::new(m.buffered.clone()),
+            Box::new(m.tls_handshake_failures.clone()),
+            Box::new(m.tls_reloads.clone()),
             Box::new(m.http.requests_vec.clone()),
             Box::new(m.http.exchanges_vec.clone()),
             Box::new(m.http.held.clone()),
@@ -286,6 +303,18 @@ impl Metrics {
     /// Counts a stream or message refused by a server limit.
     pub fn limit_hit(&self, limit: crate::server::limits::Limit) {
         self.limits.with_label_values(&[limit.as_str()]).inc();
+    }
+
+    /// Counts a TLS handshake on the gRPC listener that failed or timed out: a client
+    /// refused by mutual TLS shows here (its connection never reaches gRPC).
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.inc();
+    }
+
+    /// Counts a reload of changed TLS files: `loaded`, or `failed` (old one kept).
+    pub fn tls_reload(&self, loaded: bool) {
+        let result = if loaded { "loaded" } else { "failed" };
+        self.tls_reloads.with_label_values(&[result]).inc();
     }
 
     /// Counts a stream ended because of what Envoy sent.

@@ -18,6 +18,8 @@ fn gateway() -> Command {
         "EXTPROC_MAX_MESSAGE_BYTES",
         "EXTPROC_SHUTDOWN_GRACE",
         "EXTPROC_ADDRESSES_FILE",
+        "EXTPROC_ADMIN_TOKEN",
+        "EXTPROC_ADMIN_TOKEN_FILE",
     ] {
         c.env_remove(var);
     }

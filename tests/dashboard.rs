@@ -419,3 +419,46 @@ async fn dashboard_shows_live_figures_in_headless_chromium() {
         eprintln!("updated docs/dashboard.png");
     }
 }
+
+/// With an admin token set, the page (itself open) asks for the token when
+/// `/api/snapshot` answers 401, says so when a token is refused, and with the token
+/// in its URL fragment (`/dashboard#token=...`, never sent to the server) polls and
+/// renders as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_with_an_admin_token_asks_for_it_and_uses_it() {
+    let Some(chrome) = chromium_bin() else { return };
+    let gateway =
+        Gateway::start_with_env(GATEWAY, &[("EXTPROC_ADMIN_TOKEN", "dash-token-1")]).await;
+    let admin = gateway.admin_port;
+    let profile = tempfile::tempdir().expect("tempdir");
+    let dom = |fragment: &str| {
+        chromium(
+            &chrome,
+            profile.path(),
+            format!("http://127.0.0.1:{admin}/dashboard{fragment}"),
+            vec!["--dump-dom".into()],
+        )
+    };
+    let shown = r#"<form id="token-form" class="token">"#;
+
+    let page = dom("").await;
+    assert!(page.contains(shown), "no token form:\n{page}");
+    assert!(page.contains("needs its admin token"), "{page}");
+    assert!(page.contains(">never<"), "figures without a token:\n{page}");
+
+    let page = dom("#token=wrong").await;
+    assert!(page.contains(shown), "no token form:\n{page}");
+    assert!(page.contains("refused this admin token"), "{page}");
+    assert!(
+        page.contains(">never<"),
+        "figures with a wrong token:\n{page}"
+    );
+
+    let page = dom("#token=dash-token-1").await;
+    assert!(
+        !page.contains(shown),
+        "token form shown with the token:\n{page}"
+    );
+    assert!(!page.contains(">never<"), "the page never polled:\n{page}");
+    assert!(page.contains(">no traffic yet<"), "{page}");
+}

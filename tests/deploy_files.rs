@@ -381,7 +381,12 @@ fn dockerfile_is_multi_stage_locked_non_root_and_exposes_the_default_ports() {
         })
         .collect();
     let cfg = gateway_defaults();
-    let defaults: BTreeSet<u16> = [cfg.server.grpc_addr.port(), cfg.server.admin_addr.port()]
+    let grpc_port = cfg
+        .server
+        .grpc_addr
+        .port()
+        .expect("default gRPC address is TCP");
+    let defaults: BTreeSet<u16> = [grpc_port, cfg.server.admin_addr.port()]
         .into_iter()
         .collect();
     assert_eq!(exposed, defaults, "EXPOSE vs the gateway's default ports");
@@ -484,7 +489,8 @@ fn ports_agree_across_envoy_yaml_compose_and_prometheus() {
     let grpc: std::net::SocketAddr = gw_env
         .get("EXTPROC_GRPC_ADDR")
         .map(|a| a.parse().expect("grpc addr"))
-        .unwrap_or(cfg.server.grpc_addr);
+        .or(cfg.server.grpc_addr.tcp())
+        .expect("the gateway's gRPC address is TCP");
     assert_eq!(text(ext_proc, &["address"]), "127.0.0.1");
     assert_eq!(port(ext_proc, &["port_value"]), grpc.port());
     assert!(grpc.ip().is_unspecified() || grpc.ip().is_loopback());

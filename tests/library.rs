@@ -117,12 +117,12 @@ async fn a_processor_of_your_own_served_through_envoy() {
         metrics: Some(metrics.route("custom")),
     }]);
     let served = Served::start(router, metrics).await;
-    let bound = served.bound;
+    let bound = served.bound.clone();
     let upstream = Upstream::start().await;
     let envoy = Envoy::start(
         &bin,
         &EnvoySpec::default(),
-        bound.grpc.port(),
+        bound.grpc.port().expect("a TCP gRPC address"),
         upstream.port,
     )
     .await;
@@ -233,7 +233,7 @@ async fn a_processor_can_extend_envoys_message_timeout() {
         route("waits", false, None),
     ]);
     let served = Served::start(router, metrics).await;
-    let bound = served.bound;
+    let bound = served.bound.clone();
     let upstream = Upstream::start().await;
     // Envoy waits 200 ms for an answer, and accepts extensions up to 5 s. Its
     // listener and admin bind port 0.
@@ -241,7 +241,7 @@ async fn a_processor_can_extend_envoys_message_timeout() {
         &EnvoySpec::default(),
         0,
         0,
-        bound.grpc.port(),
+        bound.grpc.port().expect("a TCP gRPC address"),
         upstream.port,
     )
     .replace(

@@ -1,6 +1,8 @@
 //! The admin HTTP server (axum): liveness, readiness, Prometheus metrics, the
 //! effective config, the routes and the built-in dashboard, on an address of its own
-//! (loopback by default) so it is never exposed on the port Envoy talks to.
+//! (loopback by default) so it is never exposed on the port Envoy talks to. With an
+//! admin token set, what describes the gateway (`/config`, `/routes`, `/api/snapshot`)
+//! needs it; probes and `/metrics` do not (see [`auth`]).
 
 use std::sync::Arc;
 
@@ -15,7 +17,10 @@ use crate::metrics::{Metrics, Snapshot};
 use crate::router::RouteSummary;
 use crate::server::{ConfigHandle, Readiness, RouterHandle};
 
+pub mod auth;
 mod dashboard;
+
+pub use auth::AdminToken;
 
 /// What the admin endpoints read.
 #[derive(Clone)]
@@ -24,6 +29,7 @@ pub struct AdminState {
     routes: RouterHandle,
     readiness: Readiness,
     metrics: Arc<Metrics>,
+    token: Option<AdminToken>,
 }
 
 impl AdminState {
@@ -39,21 +45,37 @@ impl AdminState {
             routes,
             readiness,
             metrics,
+            token: None,
         }
+    }
+
+    /// Requires `token` on `/config`, `/routes` and `/api/snapshot`.
+    pub fn with_token(mut self, token: Option<AdminToken>) -> Self {
+        self.token = token;
+        self
     }
 }
 
-/// The admin routes.
+/// The admin routes. The dashboard's page and assets are open (they hold no data;
+/// the page sends the token with its own requests).
 pub fn app(state: AdminState) -> AxumRouter {
+    let mut guarded = AxumRouter::new()
+        .route("/api/snapshot", get(snapshot))
+        .route("/routes", get(routes))
+        .route("/config", get(config));
+    if let Some(token) = state.token.clone() {
+        guarded = guarded.route_layer(axum::middleware::from_fn_with_state(
+            token,
+            auth::require_token,
+        ));
+    }
     AxumRouter::new()
         .route("/", get(|| async { Redirect::temporary("/dashboard") }))
         .route("/admin", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .route("/api/snapshot", get(snapshot))
         .route("/readyz", get(readyz))
-        .route("/routes", get(routes))
-        .route("/config", get(config))
+        .merge(guarded)
         .merge(dashboard::router())
         .with_state(state)
 }
@@ -72,7 +94,7 @@ pub async fn serve(
 async fn index() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "extproc-gateway admin\n\n/dashboard     live latency, rates and errors per route, phase and processor\n/metrics       Prometheus metrics\n/api/snapshot  the dashboard's data (JSON)\n/healthz       alive\n/readyz        ready to serve (503 while starting or draining)\n/routes        routes, their match and chain\n/config        effective config (secrets redacted)\n",
+        "extproc-gateway admin\n\n/dashboard     live latency, rates and errors per route, phase and processor\n/metrics       Prometheus metrics\n/api/snapshot  the dashboard's data (JSON)\n/healthz       alive\n/readyz        ready to serve (503 while starting or draining)\n/routes        routes, their match and chain\n/config        effective config (secrets redacted)\n\nWith an admin token set, /api/snapshot, /routes and /config need\n`Authorization: Bearer <token>`; the dashboard asks for it.\n",
     )
 }
 

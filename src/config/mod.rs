@@ -3,6 +3,7 @@
 //! names the file, the line or field, and what is wrong.
 
 mod schema;
+mod transport;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use regex::Regex;
 pub use schema::{
     GatewayConfig, HeaderMatchConfig, MatchConfig, MetadataMatchConfig, RouteConfig, ServerConfig,
 };
+pub use transport::{ListenAddr, Secret, SocketMode, TlsConfig, REDACTED};
 
 use crate::chain::Chain;
 use crate::metrics::Metrics;
@@ -102,6 +104,38 @@ impl GatewayConfig {
                 "server.http_max_exchanges".into(),
                 "must be at least 1".into(),
             ));
+        }
+        self.validate_security()
+    }
+
+    /// Checks the transport-security settings that parse but cannot work. The files
+    /// themselves are read when the server starts (and name themselves in errors).
+    fn validate_security(&self) -> Result<(), (String, String)> {
+        let s = &self.server;
+        if s.admin_token.is_some() && s.admin_token_file.is_some() {
+            return Err((
+                "server.admin_token".into(),
+                "set admin_token or admin_token_file, not both".into(),
+            ));
+        }
+        if let Some(token) = &s.admin_token {
+            let t = token.expose().trim();
+            if t.is_empty() {
+                return Err(("server.admin_token".into(), "must not be empty".into()));
+            }
+            if t == REDACTED {
+                return Err((
+                    "server.admin_token".into(),
+                    format!("`{REDACTED}` is how /config hides the token, not a token: set the real one (or admin_token_file)"),
+                ));
+            }
+        }
+        if let Some(tls) = &s.tls {
+            for (field, path) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+                if path.as_os_str().is_empty() {
+                    return Err((format!("server.tls.{field}"), "must not be empty".into()));
+                }
+            }
         }
         Ok(())
     }
@@ -349,6 +383,43 @@ mod tests {
 
         let e = err("routes:\n  - name: a\n    match: {methods: [get]}\n    processors: []\n");
         assert!(e.contains("routes[0].match.methods[0]"), "{e}");
+    }
+
+    #[test]
+    fn transport_settings_round_trip_and_the_token_never_shows() {
+        let yaml = "server:\n  grpc_addr: unix:/run/gw.sock\n  grpc_socket_mode: '0600'\n  tls: {cert_file: /c.pem, key_file: /k.pem, client_ca_file: /ca.pem, reload_interval: 2s}\n  admin_token: hunter2\nroutes: []\n";
+        let c = GatewayConfig::parse(yaml, "t").unwrap();
+        assert_eq!(c.server.grpc_addr, ListenAddr::Unix("/run/gw.sock".into()));
+        assert_eq!(c.server.grpc_socket_mode, SocketMode(0o600));
+        let tls = c.server.tls.clone().unwrap();
+        assert_eq!(tls.client_ca_file.as_deref(), Some(Path::new("/ca.pem")));
+        assert_eq!(tls.reload_interval, std::time::Duration::from_secs(2));
+        let shown = c.to_redacted_yaml();
+        assert!(!shown.contains("hunter2") && !format!("{c:?}").contains("hunter2"));
+        assert!(shown.contains("admin_token: <redacted>"), "{shown}");
+        // What /config shows loads back, except that a redacted token is refused.
+        let e = GatewayConfig::parse(&shown, "shown")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.admin_token") && e.contains("redacted"),
+            "{e}"
+        );
+        let back = GatewayConfig::parse(&shown.replace("<redacted>", "hunter2"), "shown").unwrap();
+        assert_eq!(back.server, c.server);
+
+        let e = err("server: {admin_token: a, admin_token_file: /t}\nroutes: []\n");
+        assert!(e.contains("not both"), "{e}");
+        // Unquoted, the digits are still read as octal (never as decimal 660).
+        let c =
+            GatewayConfig::parse("server: {grpc_socket_mode: 0660}\nroutes: []\n", "t").unwrap();
+        assert_eq!(c.server.grpc_socket_mode, SocketMode(0o660));
+        let e = err("server: {grpc_socket_mode: 0999}\nroutes: []\n");
+        assert!(e.contains("line 1") && e.contains("file mode"), "{e}");
+        let e = err("server: {grpc_addr: 'unix:'}\nroutes: []\n");
+        assert!(e.contains("needs a socket path"), "{e}");
+        let e = err("server: {tls: {cert_file: /c.pem}}\nroutes: []\n");
+        assert!(e.contains("key_file"), "{e}");
     }
 
     #[test]

@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::transport::{ListenAddr, Secret, SocketMode, TlsConfig};
 use crate::path::PathPolicy;
 use crate::processors::ProcessorSpec;
 
@@ -37,10 +39,28 @@ fn default_applied_header() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Where Envoy connects (ext_proc and gRPC health).
-    pub grpc_addr: SocketAddr,
+    /// Where Envoy connects (ext_proc and gRPC health): `ip:port`, or
+    /// `unix:/path/to.sock` for a Unix-domain socket (Envoy's `pipe` address).
+    pub grpc_addr: ListenAddr,
+    /// Permissions of the Unix socket when `grpc_addr` is `unix:` (octal, `"0660"`
+    /// by default: owner and group may connect, others may not).
+    #[serde(skip_serializing_if = "is_default_mode")]
+    pub grpc_socket_mode: SocketMode,
+    /// TLS (and, with `client_ca_file`, mutual TLS) on the gRPC listener. Unset:
+    /// plaintext, as Envoy's default cluster speaks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
     /// The admin HTTP server (health, routes, config).
     pub admin_addr: SocketAddr,
+    /// Bearer token required by the admin endpoints that show the config, the routes
+    /// and the dashboard's data (`/config`, `/routes`, `/api/snapshot`); probes and
+    /// `/metrics` stay open. Prefer `admin_token_file` or `EXTPROC_ADMIN_TOKEN`:
+    /// shown as `<redacted>` in `/config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<Secret>,
+    /// A file holding the admin token (surrounding whitespace ignored), read at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
     /// ext_proc over HTTP (Envoy's `http_service`: one JSON POST per message) on this
     /// address, through the same routes as gRPC. Unset (the default): not served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,8 +115,12 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            grpc_addr: ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], 50051))),
+            grpc_socket_mode: SocketMode::default(),
+            tls: None,
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            admin_token: None,
+            admin_token_file: None,
             http_addr: None,
             http_exchange_ttl: Duration::from_secs(60),
             http_max_exchanges: 16_384,
@@ -114,6 +138,10 @@ impl Default for ServerConfig {
             max_buffered_bytes_per_stream: 16 * 1024 * 1024,
         }
     }
+}
+
+fn is_default_mode(m: &SocketMode) -> bool {
+    *m == SocketMode::default()
 }
 
 /// One route.

@@ -1,14 +1,17 @@
 //! The ext_proc gRPC server (with gRPC health on the same port), the optional
 //! ext_proc-over-HTTP listener (Envoy's `http_service`) through the same routes, the
-//! admin server beside them, and graceful shutdown.
+//! admin server beside them, and graceful shutdown. The gRPC listener is TCP or a Unix
+//! socket, optionally with (mutual) TLS whose files are reloaded when they change.
 
 mod exchange;
 mod flows;
 mod http_service;
 mod json;
 pub mod limits;
+mod listener;
 mod reload;
 mod service;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +20,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 pub use exchange::{Exchange, ExchangeError, Handled};
 pub use http_service::{HttpService, HttpSettings, STREAM_ID_HEADER};
@@ -25,7 +27,7 @@ pub use json::{JsonCodec, JsonError};
 pub use reload::ConfigHandle;
 pub use service::{ExtProcService, RouterHandle};
 
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, ListenAddr};
 use crate::metrics::Metrics;
 use crate::proto::ext_proc::external_processor_server::ExternalProcessorServer;
 
@@ -47,10 +49,10 @@ impl Readiness {
 }
 
 /// Addresses the gateway actually bound (port 0 in config picks a free one).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Bound {
-    /// ext_proc + gRPC health.
-    pub grpc: SocketAddr,
+    /// ext_proc + gRPC health: a TCP address, or the Unix socket's path.
+    pub grpc: ListenAddr,
     /// Admin HTTP.
     pub admin: SocketAddr,
     /// ext_proc over HTTP, when `server.http_addr` is set.
@@ -119,9 +121,19 @@ async fn run(
     let routes = RouterHandle::new(router);
     let readiness = Readiness::default();
 
-    let grpc_listener = TcpListener::bind(config.server.grpc_addr)
-        .await
-        .with_context(|| format!("cannot listen for gRPC on {}", config.server.grpc_addr))?;
+    // Files named in the config are read before anything listens, so a bad one stops
+    // the start with its name instead of a half-working gateway.
+    let tls = match &config.server.tls {
+        Some(t) => Some(tls::Tls::load(t).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    let admin_token = crate::admin::AdminToken::from_config(&config.server)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config_tls = config.server.tls.clone();
+
+    let grpc_listener =
+        listener::GrpcListener::bind(&config.server.grpc_addr, config.server.grpc_socket_mode)
+            .await?;
     let admin_listener = TcpListener::bind(config.server.admin_addr)
         .await
         .with_context(|| format!("cannot listen for admin on {}", config.server.admin_addr))?;
@@ -199,6 +211,8 @@ async fn run(
         None => None,
     };
     let served = ConfigHandle::new(config);
+    let tls_handle = tls.as_ref().map(|t| t.handle.clone());
+    let tls_watch = tls.map(|t| tokio::spawn(t.watch(metrics.clone())));
     let reloader = reload.map(|reload| {
         tokio::spawn(reload::on_sighup(
             reload,
@@ -207,7 +221,9 @@ async fn run(
             metrics.clone(),
         ))
     });
-    let admin_state = crate::admin::AdminState::new(served, routes, readiness.clone(), metrics);
+    let admin_state =
+        crate::admin::AdminState::new(served, routes, readiness.clone(), metrics.clone())
+            .with_token(admin_token);
     // The admin server outlives the drain so `/readyz` can report it.
     let admin = tokio::spawn(crate::admin::serve(
         admin_listener,
@@ -215,7 +231,8 @@ async fn run(
         std::future::pending(),
     ));
 
-    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let (incoming, accept) =
+        listener::incoming(grpc_listener, tls_handle, metrics, drain_rx.clone());
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -225,7 +242,13 @@ async fn run(
             .serve_with_incoming_shutdown(incoming, wait_for(drain_rx)),
     );
     readiness.set(true);
-    tracing::info!(grpc = %bound.grpc, admin = %bound.admin, http = ?bound.http, "extproc-gateway serving");
+    tracing::info!(
+        grpc = %bound.grpc,
+        tls = %tls_mode(&config_tls),
+        admin = %bound.admin,
+        http = ?bound.http,
+        "extproc-gateway serving"
+    );
     on_bound(bound);
 
     shutdown.await;
@@ -236,6 +259,12 @@ async fn run(
         .await;
     let _ = drain_tx.send(true);
     let deadline = tokio::time::Instant::now() + grace;
+    // The accept task stops at once: the port closes and a socket file goes.
+    match tokio::time::timeout_at(deadline, accept).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC accept task failed"),
+        Err(_) => tracing::warn!("gRPC accept task still running after the grace period"),
+    }
     match tokio::time::timeout_at(deadline, grpc).await {
         Ok(Ok(result)) => result.context("gRPC server failed")?,
         Ok(Err(join)) => return Err(anyhow::anyhow!("gRPC server task failed: {join}")),
@@ -258,7 +287,19 @@ async fn run(
     if let Some(r) = reloader {
         r.abort();
     }
+    if let Some(w) = tls_watch {
+        w.abort();
+    }
     Ok(())
+}
+
+/// How the gRPC listener secures connections, for the start-up log line.
+fn tls_mode(tls: &Option<crate::config::TlsConfig>) -> &'static str {
+    match tls {
+        None => "off",
+        Some(t) if t.client_ca_file.is_some() => "mutual",
+        Some(_) => "on",
+    }
 }
 
 async fn wait_for(mut drain: tokio::sync::watch::Receiver<bool>) {

@@ -64,7 +64,8 @@ impl Proc {
     }
 }
 
-fn spawn(name: &'static str, cmd: &mut Command, dir: &Path) -> Proc {
+/// Starts `cmd` with stdout and stderr in `dir/{name}.log`.
+pub fn spawn(name: &'static str, cmd: &mut Command, dir: &Path) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let file = std::fs::File::create(&log).expect("log file");
     let err = file.try_clone().expect("log file");
@@ -96,7 +97,9 @@ pub async fn http_get_at(addr: std::net::SocketAddr, path: &str) -> Option<(u16,
     Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-async fn wait_until(what: &str, proc: &mut Proc, mut ready: impl AsyncFnMut() -> bool) {
+/// Polls `ready` every 50 ms for up to 30 s; panics with the log when `proc` exits or
+/// the deadline passes.
+pub async fn wait_until(what: &str, proc: &mut Proc, mut ready: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if ready().await {
@@ -173,7 +176,10 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let addresses = dir.path().join("addresses.json");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_extproc-gateway"));
-        cmd.arg("serve").env_remove("EXTPROC_CONFIG");
+        cmd.arg("serve")
+            .env_remove("EXTPROC_CONFIG")
+            .env_remove("EXTPROC_ADMIN_TOKEN")
+            .env_remove("EXTPROC_ADMIN_TOKEN_FILE");
         if let Some(yaml) = config_yaml {
             let cfg = dir.path().join("gateway.yaml");
             std::fs::write(&cfg, yaml).expect("write config");
@@ -329,6 +335,24 @@ pub fn envoy_config(
     gateway: u16,
     upstream: u16,
 ) -> String {
+    envoy_config_with_cluster(
+        spec,
+        listen,
+        admin,
+        &gateway_grpc_cluster_yaml(gateway, true),
+        upstream,
+    )
+}
+
+/// Like [`envoy_config`], with the `extproc_gateway` cluster given as YAML (e.g. one
+/// that reaches the gateway over TLS or a Unix socket).
+pub fn envoy_config_with_cluster(
+    spec: &EnvoySpec,
+    listen: u16,
+    admin: u16,
+    gateway_cluster: &str,
+    upstream: u16,
+) -> String {
     let mut routes = String::new();
     for r in &spec.routes {
         routes.push_str(&format!(
@@ -390,7 +414,6 @@ pub fn envoy_config(
             st = f.response_trailer_mode,
         ));
     }
-    let gateway_cluster = gateway_grpc_cluster_yaml(gateway, true);
     let upstream_cluster = upstream_cluster_yaml(upstream);
     format!(
         r#"admin:

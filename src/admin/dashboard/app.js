@@ -26,6 +26,51 @@
     const w = Number(params.get("window"));
     if (Number.isFinite(w) && w >= 0) windowSec = w;
   }
+  // ---- admin token ---------------------------------------------------------------
+  // With an admin token set on the gateway, /api/snapshot and /routes need
+  // `Authorization: Bearer <token>`. The page takes the token from the URL fragment
+  // (`/dashboard#token=...`: a fragment is never sent to the server, and it is cleared
+  // from the address bar at once) or from the form shown after a 401, and keeps it in
+  // this tab only (sessionStorage).
+  const TOKEN_KEY = "extproc-gateway-admin-token";
+  const store = (() => {
+    try {
+      return window.sessionStorage;
+    } catch (e) {
+      return null;
+    }
+  })();
+  let token = (store && store.getItem(TOKEN_KEY)) || "";
+  const fragment = /(?:^#|&)token=([^&]*)/.exec(location.hash);
+  if (fragment) {
+    try {
+      token = decodeURIComponent(fragment[1]).trim();
+    } catch (e) {
+      token = "";
+    }
+    if (store) store.setItem(TOKEN_KEY, token);
+    window.history.replaceState(null, "", location.pathname + location.search);
+  }
+  let pollTimer = null;
+
+  function askForToken(refused) {
+    $("token-form").hidden = false;
+    $("token-note").textContent = refused
+      ? "The gateway refused this admin token."
+      : "This gateway needs its admin token to show its figures.";
+  }
+
+  $("token-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const input = $("token");
+    token = input.value.trim();
+    input.value = "";
+    if (store) store.setItem(TOKEN_KEY, token);
+    $("token-form").hidden = true;
+    clearTimeout(pollTimer);
+    poll();
+  });
+
   const sel = $("window");
   if (![...sel.options].some((o) => Number(o.value) === windowSec)) {
     sel.add(new Option(`last ${windowSec} s`, String(windowSec)));
@@ -442,7 +487,12 @@
   // ---- polling -------------------------------------------------------------------
 
   async function getJson(path) {
-    const resp = await fetch(path, { cache: "no-store" });
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const resp = await fetch(path, { cache: "no-store", headers });
+    if (resp.status === 401) {
+      askForToken(token !== "");
+      throw new Error("HTTP 401: admin token " + (token ? "refused" : "needed"));
+    }
     if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
     return resp.json();
   }
@@ -470,7 +520,7 @@
       banner.hidden = false;
       $("main").classList.toggle("stale", lastOk != null);
     } finally {
-      setTimeout(poll, POLL_MS);
+      pollTimer = setTimeout(poll, POLL_MS);
     }
   }
 
