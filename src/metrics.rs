@@ -11,6 +11,7 @@ use prometheus::{
 };
 use serde::Serialize;
 
+use crate::jwks::{FetchResult, UnknownKid};
 use crate::modes::{ModeMismatch, Violation};
 use crate::phase::PhaseKind;
 use crate::processor::Withheld;
@@ -67,6 +68,8 @@ pub struct Metrics {
     violations: IntCounterVec,
     mismatches: IntCounterVec,
     withheld: IntCounterVec,
+    jwks_fetches: IntCounterVec,
+    jwks_unknown_kid: IntCounterVec,
     active: IntGauge,
     http: HttpMetrics,
 }
@@ -150,6 +153,16 @@ impl Metrics {
                 "Results a processor left out rather than give a wrong one (e.g. a digest of a partial body), by route, processor and reason",
                 &["route", "processor", "reason"],
             ),
+            jwks_fetches: counter(
+                "extproc_jwks_fetches_total",
+                "Fetches of a jwt_auth jwks_url, by route and result (ok, timeout, too_large, http_status, transport, invalid); on failure the last good keys stay",
+                &["route", "result"],
+            ),
+            jwks_unknown_kid: counter(
+                "extproc_jwks_unknown_kid_total",
+                "Tokens naming a kid the jwt_auth keys lack, by route and outcome (refetched, in_flight, rate_limited)",
+                &["route", "outcome"],
+            ),
             active: IntGauge::new("extproc_active_streams", "ext_proc streams open now")
                 .unwrap_or_else(|e| unreachable!("static gauge: {e}")),
             http: HttpMetrics::new(),
@@ -167,7 +180,7 @@ impl Metrics {
         for kind in Violation::ALL {
             m.violations.with_label_values(&[kind.as_str()]);
         }
-        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
             Box::new(m.http.requests_vec.clone()),
             Box::new(m.http.exchanges_vec.clone()),
             Box::new(m.http.held.clone()),
@@ -181,6 +194,8 @@ impl Metrics {
             Box::new(m.violations.clone()),
             Box::new(m.mismatches.clone()),
             Box::new(m.withheld.clone()),
+            Box::new(m.jwks_fetches.clone()),
+            Box::new(m.jwks_unknown_kid.clone()),
             Box::new(m.active.clone()),
             Box::new(build),
         ];
@@ -190,6 +205,18 @@ impl Metrics {
             }
         }
         Arc::new(m)
+    }
+
+    /// Handles for the JWKS URL of a `jwt_auth` on `route`, every series at 0 from now.
+    pub fn jwks(&self, route: &str) -> JwksMetrics {
+        JwksMetrics {
+            fetches: FetchResult::ALL
+                .map(|r| self.jwks_fetches.with_label_values(&[route, r.as_str()])),
+            unknown_kid: UnknownKid::ALL.map(|o| {
+                self.jwks_unknown_kid
+                    .with_label_values(&[route, o.as_str()])
+            }),
+        }
     }
 
     /// Handles for one route.
@@ -446,6 +473,34 @@ impl RouteMetrics {
             .zip(&self.mismatches)
             .map(|(r, m)| (r.as_str(), m.counter.get()))
             .collect()
+    }
+}
+
+/// Pre-resolved counters of one route's JWKS URL: fetch failures are otherwise only
+/// a log line while the last good keys quietly age.
+#[derive(Clone)]
+pub struct JwksMetrics {
+    fetches: [IntCounter; FetchResult::ALL.len()],
+    unknown_kid: [IntCounter; UnknownKid::ALL.len()],
+}
+
+impl JwksMetrics {
+    /// Counts one fetch.
+    pub fn fetched(&self, result: FetchResult) {
+        let i = FetchResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(0);
+        self.fetches[i].inc();
+    }
+
+    /// Counts one token naming an unknown `kid`.
+    pub fn unknown_kid(&self, outcome: UnknownKid) {
+        let i = UnknownKid::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.unknown_kid[i].inc();
     }
 }
 
