@@ -35,7 +35,8 @@ pub struct JwtSettings {
     /// One PEM public key on disk (read at start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pem_file: Option<PathBuf>,
-    /// JWKS URL (`http://` or `https://`), fetched in the background.
+    /// JWKS URL (`http://` or `https://`), fetched in the background, and again for a
+    /// token naming a `kid` the keys lack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
     /// How often `jwks_url` is fetched again: the longest the gateway goes without
@@ -49,7 +50,7 @@ pub struct JwtSettings {
     /// One deadline for a whole `jwks_url` fetch (connect, TLS, headers and body), so a
     /// stalled server fails the fetch instead of holding it. It is also the longest a
     /// request with an unknown `kid` waits for its refetch: Envoy must be allowed to
-    /// wait that long (`max_message_timeout` on the ext_proc filter).
+    /// wait that long and a second more (`max_message_timeout` on the ext_proc filter).
     #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
     pub fetch_timeout: Duration,
     /// Largest JWKS document read from `jwks_url`; a larger one is a failed fetch and
@@ -423,7 +424,8 @@ impl JwtAuth {
     /// the last such refetch is younger than `min_refetch_interval` (then it is refused
     /// as it stands); this request waits for that fetch, at most `fetch_timeout`, and
     /// is checked against what it brought. Envoy is first asked to wait that long too
-    /// (`override_message_timeout`, honoured up to the filter's `max_message_timeout`).
+    /// (`override_message_timeout`, honoured only within the filter's
+    /// `max_message_timeout`).
     async fn authenticate(
         &self,
         ctx: &mut RequestCtx,

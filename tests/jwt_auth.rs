@@ -2,7 +2,9 @@
 //! headers they produce, every kind of refusal (and that refusals never leak the token
 //! or a key), leeway and `require_exp`, the three key sources (JWKS file, PEM file,
 //! JWKS URL over HTTP and HTTPS with a private CA, with refresh, failure and rotation),
-//! and the config-level errors and redaction.
+//! a JWKS URL's limits (one fetch deadline, a size cap, bad answers keeping the last
+//! good keys, unknown-kid refetches and their rate limit, `Cache-Control`), and the
+//! config-level errors and redaction.
 
 #[path = "fixtures/jwt/helpers.rs"]
 mod jwt_helpers;
