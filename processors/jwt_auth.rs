@@ -116,6 +116,9 @@ fn default_refresh() -> Duration {
     Duration::from_secs(300)
 }
 
+/// Longest `fetch_timeout`: a request with an unknown `kid` may wait that long.
+const MAX_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn default_fetch_timeout() -> Duration {
     Duration::from_secs(5)
 }
@@ -191,8 +194,11 @@ impl JwtSettings {
         if self.refresh_interval < Duration::from_secs(1) {
             return Err("refresh_interval must be at least 1s".into());
         }
-        if self.fetch_timeout.is_zero() {
-            return Err("fetch_timeout must be longer than zero".into());
+        if self.fetch_timeout.is_zero() || self.fetch_timeout > MAX_FETCH_TIMEOUT {
+            return Err(format!(
+                "fetch_timeout must be longer than zero and at most {}",
+                humantime::format_duration(MAX_FETCH_TIMEOUT)
+            ));
         }
         if self.max_jwks_bytes == 0 {
             return Err("max_jwks_bytes must be at least 1".into());
@@ -438,7 +444,7 @@ impl JwtAuth {
         let Some(fetch) = remote.refetch_for_unknown_kid() else {
             return first;
         };
-        ctx.extend_message_timeout(fetch.remaining() + ANSWER_MARGIN);
+        ctx.extend_message_timeout(fetch.remaining().saturating_add(ANSWER_MARGIN));
         fetch.wait().await;
         self.verify_cached(token)
     }

@@ -272,6 +272,13 @@ pub struct UrlSource {
 /// Default [`UrlSource::max_bytes`]: a JWKS of a few dozen keys is a few tens of KiB.
 pub const DEFAULT_MAX_JWKS_BYTES: usize = 1024 * 1024;
 
+/// `at` plus `by`, or far enough ahead when that overflows (`by` comes from config).
+fn later(at: tokio::time::Instant, by: Duration) -> tokio::time::Instant {
+    at.checked_add(by)
+        .or_else(|| at.checked_add(Duration::from_secs(365 * 86_400)))
+        .unwrap_or(at)
+}
+
 /// First retry after a failed fetch; doubles up to the refresh interval.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 
@@ -401,7 +408,8 @@ pub fn load(source: &KeySource, metrics: Option<JwksMetrics>) -> Result<Keys, St
     }
 }
 
-/// A URL as logged: without its query string, which may carry a credential.
+/// A URL as logged: without user info or query string, either of which may carry a
+/// credential.
 fn shown_url(url: &http::Uri) -> String {
     let mut shown = String::new();
     if let Some(scheme) = url.scheme_str() {
@@ -409,7 +417,8 @@ fn shown_url(url: &http::Uri) -> String {
         shown.push_str("://");
     }
     if let Some(authority) = url.authority() {
-        shown.push_str(authority.as_str());
+        let host = authority.as_str().rsplit('@').next().unwrap_or_default();
+        shown.push_str(host);
     }
     shown.push_str(url.path());
     if url.query().is_some() {
@@ -573,7 +582,7 @@ impl PendingFetch {
     }
 
     async fn outcome(mut self) -> Outcome {
-        let ended = tokio::time::timeout_at(self.deadline + SETTLE, async {
+        let ended = tokio::time::timeout_at(later(self.deadline, SETTLE), async {
             match self.done.wait_for(Option::is_some).await {
                 Ok(outcome) => *outcome,
                 Err(_) => None,
@@ -591,7 +600,7 @@ impl PendingFetch {
     fn live(&self) -> bool {
         self.done.borrow().is_none()
             && self.done.has_changed().is_ok()
-            && tokio::time::Instant::now() < self.deadline + SETTLE
+            && tokio::time::Instant::now() < later(self.deadline, SETTLE)
     }
 }
 
@@ -664,14 +673,23 @@ impl RemoteKeys {
     /// the request that asked for it is gone.
     fn launch(self: &Arc<Self>, flight: &mut Flight) -> Option<PendingFetch> {
         let handle = tokio::runtime::Handle::try_current().ok()?;
-        let deadline = tokio::time::Instant::now() + self.source.fetch_timeout;
+        let deadline = later(tokio::time::Instant::now(), self.source.fetch_timeout);
         let (tx, rx) = watch::channel(None);
         let pending = PendingFetch { done: rx, deadline };
         flight.current = Some(pending.clone());
         let me = self.clone();
         handle.spawn(async move {
             let outcome = me.fetch_and_store(deadline).await;
-            me.lock_flight().current = None;
+            let mut flight = me.lock_flight();
+            // Only this fetch's own mark: one taken for lost may have been replaced.
+            if flight
+                .current
+                .as_ref()
+                .is_some_and(|c| c.deadline == deadline)
+            {
+                flight.current = None;
+            }
+            drop(flight);
             tx.send_replace(Some(outcome));
         });
         Some(pending)
@@ -759,7 +777,7 @@ async fn refresh_loop(remote: Weak<RemoteKeys>) {
             }
             Outcome::Failed => {
                 let wait = retry.min(refresh);
-                retry = (retry * 2).min(refresh);
+                retry = retry.saturating_mul(2).min(refresh);
                 wait
             }
         };
@@ -877,7 +895,7 @@ fn client(ca_file: Option<&Path>) -> Result<HttpsClient, String> {
 /// Fetches and parses a JWKS document once, with the default limits (10 s, 1 MiB).
 pub async fn fetch(url: &http::Uri, ca_file: Option<&Path>) -> Result<KeySet, String> {
     let client = client(ca_file)?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = later(tokio::time::Instant::now(), Duration::from_secs(10));
     fetch_with(&client, url, deadline, DEFAULT_MAX_JWKS_BYTES)
         .await
         .map(|f| f.keys)
@@ -1112,7 +1130,7 @@ mod tests {
     }
 
     #[test]
-    fn logged_urls_hide_the_query() {
+    fn logged_urls_hide_credentials() {
         let url: http::Uri = "https://idp.example.com:8443/keys?api_key=s3cr3t"
             .parse()
             .unwrap();
@@ -1122,5 +1140,7 @@ mod tests {
         );
         let url: http::Uri = "http://127.0.0.1/jwks.json".parse().unwrap();
         assert_eq!(shown_url(&url), "http://127.0.0.1/jwks.json");
+        let url: http::Uri = "https://user:pw@[::1]:8443/k".parse().unwrap();
+        assert_eq!(shown_url(&url), "https://[::1]:8443/k");
     }
 }

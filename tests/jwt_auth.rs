@@ -1509,6 +1509,10 @@ fn other_bad_settings_are_config_errors() {
             "fetch_timeout",
         ),
         (
+            "{jwks_url: 'https://idp/keys', fetch_timeout: 10m}",
+            "at most 1m",
+        ),
+        (
             "{jwks_url: 'https://idp/keys', max_jwks_bytes: 0}",
             "max_jwks_bytes",
         ),
