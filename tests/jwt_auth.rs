@@ -6,6 +6,7 @@
 //! good keys, unknown-kid refetches and their rate limit, `Cache-Control`), and the
 //! config-level errors and redaction.
 
+mod common;
 #[path = "fixtures/jwt/helpers.rs"]
 mod jwt_helpers;
 
@@ -1249,6 +1250,52 @@ async fn a_new_processor_for_the_same_url_starts_with_the_last_good_keys() {
     assert_example_keys_in_force(&second).await;
     drop(first);
     assert_example_keys_in_force(&second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_fetches_are_logged_at_warn_without_key_material() {
+    // Values a careless error message would quote: in the wrong place of the document,
+    // in an error page, and a credential in the URL's query.
+    const SECRET: &str = "c2VjcmV0LWtleS1tYXRlcmlhbA";
+    let server = JwksServer::start(200, format!(r#"{{"keys": "{SECRET}"}}"#)).await;
+    let url = format!("{}&api_key=QUERY-{SECRET}", server.url());
+    let gw = common::Gateway::start(&format!(
+        "routes:\n  - name: api\n    processors:\n      - jwt_auth: {{jwks_url: '{url}', refresh_interval: 1s}}\n"
+    ))
+    .await;
+    let wait_log = async |what: &str, times: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gw.proc.log_text().matches(what).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?} logged:\n{}",
+                gw.proc.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    wait_log("not a JWKS document", 1).await;
+    server.answer(500, format!("<html>{SECRET}</html>"));
+    wait_log("HTTP 500", 1).await;
+    server.answer(
+        200,
+        format!(r#"{{"keys": [{{"kty": "RSA", "kid": "k", "n": "{SECRET}!", "e": 7}}]}}"#),
+    );
+    wait_log("no usable signing key", 1).await;
+    let log = gw.proc.log_text();
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("JWKS fetch failed"))
+        .collect();
+    assert!(failures.len() >= 3, "{log}");
+    for line in &failures {
+        assert!(line.contains("WARN"), "{line}");
+        assert!(line.contains("?REDACTED"), "{line}");
+    }
+    assert!(
+        !log.contains(SECRET),
+        "the log leaks key material or the query:\n{log}"
+    );
 }
 
 #[test]
