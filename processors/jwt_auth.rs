@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::headers::{is_header_name, is_header_value};
-use crate::jwks::{self, KeySet, KeySource, KeyStore};
+use crate::jwks::{self, KeySet, KeySource, Keys, UrlSource};
+use crate::metrics::JwksMetrics;
 use crate::prelude::*;
 
 /// Largest claim value forwarded as a header; larger claims are left out.
@@ -34,15 +35,33 @@ pub struct JwtSettings {
     /// One PEM public key on disk (read at start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pem_file: Option<PathBuf>,
-    /// JWKS URL (`http://` or `https://`), fetched in the background.
+    /// JWKS URL (`http://` or `https://`), fetched in the background, and again for a
+    /// token naming a `kid` the keys lack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
-    /// How often `jwks_url` is fetched again.
+    /// How often `jwks_url` is fetched again: the longest the gateway goes without
+    /// looking, and the interval when the server's `Cache-Control` sets no `max-age`
+    /// (a `max-age` may shorten it, down to `min_refetch_interval`).
     #[serde(default = "default_refresh", with = "humantime_serde")]
     pub refresh_interval: Duration,
     /// Extra CA certificates (PEM) to trust for `jwks_url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// One deadline for a whole `jwks_url` fetch (connect, TLS, headers and body), so a
+    /// stalled server fails the fetch instead of holding it. It is also the longest a
+    /// request with an unknown `kid` waits for its refetch: Envoy must be allowed to
+    /// wait that long and a second more (`max_message_timeout` on the ext_proc filter).
+    #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// Largest JWKS document read from `jwks_url`; a larger one is a failed fetch and
+    /// the last good keys stay.
+    #[serde(default = "default_max_jwks_bytes")]
+    pub max_jwks_bytes: usize,
+    /// Least time between two refetches of `jwks_url` triggered by tokens naming a
+    /// `kid` the keys lack (anyone can send such tokens), and the shortest refresh a
+    /// server's `Cache-Control: max-age` can ask for.
+    #[serde(default = "default_min_refetch", with = "humantime_serde")]
+    pub min_refetch_interval: Duration,
     /// Accepted algorithms. Default: the asymmetric ones. `HS256`/`HS384`/`HS512` must
     /// be listed explicitly and then verify only with `oct` keys of a JWKS.
     #[serde(default = "default_algorithms")]
@@ -95,6 +114,21 @@ fn default_cache() -> usize {
 
 fn default_refresh() -> Duration {
     Duration::from_secs(300)
+}
+
+/// Longest `fetch_timeout`: a request with an unknown `kid` may wait that long.
+const MAX_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_max_jwks_bytes() -> usize {
+    jwks::DEFAULT_MAX_JWKS_BYTES
+}
+
+fn default_min_refetch() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_leeway() -> Duration {
@@ -160,6 +194,18 @@ impl JwtSettings {
         if self.refresh_interval < Duration::from_secs(1) {
             return Err("refresh_interval must be at least 1s".into());
         }
+        if self.fetch_timeout.is_zero() || self.fetch_timeout > MAX_FETCH_TIMEOUT {
+            return Err(format!(
+                "fetch_timeout must be longer than zero and at most {}",
+                humantime::format_duration(MAX_FETCH_TIMEOUT)
+            ));
+        }
+        if self.max_jwks_bytes == 0 {
+            return Err("max_jwks_bytes must be at least 1".into());
+        }
+        if self.min_refetch_interval < Duration::from_secs(1) {
+            return Err("min_refetch_interval must be at least 1s".into());
+        }
         Ok(())
     }
 
@@ -181,11 +227,14 @@ impl JwtSettings {
                 if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
                     return Err(format!("jwks_url `{u}` must be an http:// or https:// URL"));
                 }
-                Ok(KeySource::JwksUrl {
+                Ok(KeySource::JwksUrl(UrlSource {
                     url,
                     refresh: self.refresh_interval,
                     ca_file: self.ca_file.clone(),
-                })
+                    fetch_timeout: self.fetch_timeout,
+                    max_bytes: self.max_jwks_bytes,
+                    min_refetch: self.min_refetch_interval,
+                }))
             }
             _ => Err("set exactly one of jwks_file, pem_file, jwks_url".into()),
         }
@@ -206,7 +255,7 @@ impl JwtSettings {
 
 /// See the module documentation.
 pub struct JwtAuth {
-    store: Arc<KeyStore>,
+    store: Keys,
     algorithms: Vec<Algorithm>,
     settings: JwtSettings,
     verified: Mutex<HashMap<[u8; 32], Verified>>,
@@ -231,17 +280,26 @@ impl JwtAuth {
     /// Validates the settings, loads file keys now and starts the background refresh
     /// of a URL (when a Tokio runtime is running).
     pub fn new(settings: JwtSettings) -> Result<Self, String> {
+        Self::observed(settings, None)
+    }
+
+    /// Like [`JwtAuth::new`], counting a URL's fetches in `metrics`.
+    pub fn observed(settings: JwtSettings, metrics: Option<JwksMetrics>) -> Result<Self, String> {
+        let auth = Self::build(settings, metrics)?;
+        auth.store.start();
+        Ok(auth)
+    }
+
+    /// Validates and loads like [`JwtAuth::new`] but fetches nothing, for a config
+    /// that is only checked: a reload would otherwise fetch a URL once for the check
+    /// and once more for the routes it serves.
+    pub fn unstarted(settings: JwtSettings) -> Result<Self, String> {
+        Self::build(settings, None)
+    }
+
+    fn build(settings: JwtSettings, metrics: Option<JwksMetrics>) -> Result<Self, String> {
         settings.validate()?;
-        let source = settings.source()?;
-        let store = Arc::new(jwks::load(&source)?);
-        if let KeySource::JwksUrl {
-            url,
-            refresh,
-            ca_file,
-        } = source
-        {
-            jwks::spawn_refresh(Arc::downgrade(&store), url, refresh, ca_file);
-        }
+        let store = jwks::load(&settings.source()?, metrics)?;
         Ok(Self {
             store,
             algorithms: settings.parsed_algorithms()?,
@@ -357,17 +415,50 @@ impl JwtAuth {
                 Err(e) => return Err(Refusal::invalid(reason(e.kind()))),
             }
         }
+        if header.kid.as_deref().is_some_and(|kid| !keys.has_kid(kid)) {
+            return Err(Refusal::UnknownKid);
+        }
         Err(Refusal::invalid(if tried {
             "invalid signature"
         } else {
             "no key for this token"
         }))
     }
+
+    /// Verifies a token. One naming a `kid` the keys lack (a key rotated in since the
+    /// last fetch) makes a JWKS URL be fetched again, unless a fetch is under way or
+    /// the last such refetch is younger than `min_refetch_interval` (then it is refused
+    /// as it stands); this request waits for that fetch, at most `fetch_timeout`, and
+    /// is checked against what it brought. Envoy is first asked to wait that long too
+    /// (`override_message_timeout`, honoured only within the filter's
+    /// `max_message_timeout`).
+    async fn authenticate(
+        &self,
+        ctx: &mut RequestCtx,
+        token: &str,
+    ) -> Result<Arc<serde_json::Map<String, serde_json::Value>>, Refusal> {
+        let first = self.verify_cached(token);
+        let (Err(Refusal::UnknownKid), Some(remote)) = (&first, self.store.remote()) else {
+            return first;
+        };
+        let Some(fetch) = remote.refetch_for_unknown_kid() else {
+            return first;
+        };
+        ctx.extend_message_timeout(fetch.remaining().saturating_add(ANSWER_MARGIN));
+        fetch.wait().await;
+        self.verify_cached(token)
+    }
 }
+
+/// Time asked of Envoy beyond a refetch's deadline, to verify and answer.
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
 enum Refusal {
     Missing,
     Invalid(&'static str),
+    /// The token names a `kid` no key in force carries: invalid, and for a JWKS URL
+    /// a reason to look again.
+    UnknownKid,
     Unavailable,
 }
 
@@ -385,6 +476,7 @@ impl Refusal {
             Refusal::Invalid(reason) => ImmediateResponse::json_error(401, reason)
                 .header("www-authenticate", "Bearer error=\"invalid_token\"")
                 .grpc_status(16),
+            Refusal::UnknownKid => Refusal::Invalid("no key for this token").response(),
             Refusal::Unavailable => {
                 ImmediateResponse::json_error(503, "token signing keys are not available yet")
                     .header("retry-after", "1")
@@ -455,14 +547,14 @@ impl Processor for JwtAuth {
 
     async fn on_request_headers(
         &self,
-        _: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         _: &mut (),
         h: &HeadersPhase,
         out: &mut Mutations,
     ) -> Flow {
         let claims = match h.headers.get("authorization").and_then(|v| bearer(v)) {
             None => Err(Refusal::Missing),
-            Some(token) => self.verify_cached(token),
+            Some(token) => self.authenticate(ctx, token).await,
         };
         let claims = match claims {
             Ok(c) => c,

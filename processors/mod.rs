@@ -80,12 +80,30 @@ impl ProcessorSpec {
     /// Appends the processor to a chain. Fails when its resources cannot be loaded
     /// (e.g. a key file).
     pub fn add_to(&self, chain: ChainBuilder) -> Result<ChainBuilder, String> {
+        self.add(chain, true)
+    }
+
+    /// Like [`ProcessorSpec::add_to`], for a chain that will never serve (a config
+    /// being checked): everything is loaded and validated, nothing is started in the
+    /// background, so checking a config fetches no JWKS URL.
+    pub fn add_unstarted(&self, chain: ChainBuilder) -> Result<ChainBuilder, String> {
+        self.add(chain, false)
+    }
+
+    fn add(&self, chain: ChainBuilder, start: bool) -> Result<ChainBuilder, String> {
         Ok(match self {
             ProcessorSpec::Trivial => chain.processor(Trivial),
             ProcessorSpec::Timer => chain.processor(Timer),
             ProcessorSpec::Digest(s) => chain.processor(Digest::new(s.clone())),
             ProcessorSpec::Echo => chain.processor(Echo),
-            ProcessorSpec::JwtAuth(s) => chain.processor(JwtAuth::new(s.clone())?),
+            ProcessorSpec::JwtAuth(s) if !start => chain.processor(JwtAuth::unstarted(s.clone())?),
+            ProcessorSpec::JwtAuth(s) => {
+                let metrics = chain
+                    .observed()
+                    .filter(|_| s.jwks_url.is_some())
+                    .map(|(m, route)| m.jwks(route));
+                chain.processor(JwtAuth::observed(s.clone(), metrics)?)
+            }
             ProcessorSpec::ContextCheck => chain.processor(ContextCheck),
             ProcessorSpec::Headers(s) => chain.processor(StaticHeaders::new(s.clone())?),
             ProcessorSpec::Instructions => chain.processor(HeaderInstructions),

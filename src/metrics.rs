@@ -11,6 +11,7 @@ use prometheus::{
 };
 use serde::Serialize;
 
+use crate::jwks::{FetchResult, UnknownKid};
 use crate::modes::{ModeMismatch, Violation};
 use crate::path::PathRefusal;
 use crate::phase::PhaseKind;
@@ -72,6 +73,8 @@ pub struct Metrics {
     buffered: IntGauge,
     budget: std::sync::OnceLock<Arc<crate::budget::BodyBudget>>,
     paths_refused: IntCounterVec,
+    jwks_fetches: IntCounterVec,
+    jwks_unknown_kid: IntCounterVec,
     active: IntGauge,
     http: HttpMetrics,
     tls_handshake_failures: IntCounter,
@@ -173,6 +176,16 @@ impl Metrics {
                 "Requests refused with 400 for their path before any processor ran, by reason",
                 &["reason"],
             ),
+            jwks_fetches: counter(
+                "extproc_jwks_fetches_total",
+                "Fetches of a jwt_auth jwks_url, by route and result (ok, timeout, too_large, http_status, transport, invalid); on failure the last good keys stay",
+                &["route", "result"],
+            ),
+            jwks_unknown_kid: counter(
+                "extproc_jwks_unknown_kid_total",
+                "Tokens naming a kid the jwt_auth keys lack, by route and outcome (refetched, in_flight, rate_limited)",
+                &["route", "outcome"],
+            ),
             active: IntGauge::new("extproc_active_streams", "ext_proc streams open now")
                 .unwrap_or_else(|e| unreachable!("static gauge: {e}")),
             http: HttpMetrics::new(),
@@ -209,7 +222,7 @@ impl Metrics {
         for reason in PathRefusal::ALL {
             m.paths_refused.with_label_values(&[reason.as_str()]);
         }
-        let collectors: [Box<dyn prometheus::core::Collector>; 20] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
             Box::new(m.buffered.clone()),
             Box::new(m.tls_handshake_failures.clone()),
             Box::new(m.tls_reloads.clone()),
@@ -228,6 +241,8 @@ impl Metrics {
             Box::new(m.withheld.clone()),
             Box::new(m.limits.clone()),
             Box::new(m.paths_refused.clone()),
+            Box::new(m.jwks_fetches.clone()),
+            Box::new(m.jwks_unknown_kid.clone()),
             Box::new(m.active.clone()),
             Box::new(build),
         ];
@@ -237,6 +252,18 @@ impl Metrics {
             }
         }
         Arc::new(m)
+    }
+
+    /// Handles for the JWKS URL of a `jwt_auth` on `route`, every series at 0 from now.
+    pub fn jwks(&self, route: &str) -> JwksMetrics {
+        JwksMetrics {
+            fetches: FetchResult::ALL
+                .map(|r| self.jwks_fetches.with_label_values(&[route, r.as_str()])),
+            unknown_kid: UnknownKid::ALL.map(|o| {
+                self.jwks_unknown_kid
+                    .with_label_values(&[route, o.as_str()])
+            }),
+        }
     }
 
     /// Handles for one route.
@@ -547,6 +574,34 @@ impl PathRefusalMetrics {
         if let Some(c) = self.0.get(reason.index()) {
             c.inc();
         }
+    }
+}
+
+/// Pre-resolved counters of one route's JWKS URL: fetch failures are otherwise only
+/// a log line while the last good keys quietly age.
+#[derive(Clone)]
+pub struct JwksMetrics {
+    fetches: [IntCounter; FetchResult::ALL.len()],
+    unknown_kid: [IntCounter; UnknownKid::ALL.len()],
+}
+
+impl JwksMetrics {
+    /// Counts one fetch.
+    pub fn fetched(&self, result: FetchResult) {
+        let i = FetchResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(0);
+        self.fetches[i].inc();
+    }
+
+    /// Counts one token naming an unknown `kid`.
+    pub fn unknown_kid(&self, outcome: UnknownKid) {
+        let i = UnknownKid::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.unknown_kid[i].inc();
     }
 }
 

@@ -296,8 +296,9 @@ impl RequestCtx {
     /// Asks Envoy to wait up to `by` for the answer to the message being processed
     /// (`override_message_timeout`), for a processor that knowingly needs longer than
     /// Envoy's `message_timeout` (a remote policy check, a key refetch). Envoy takes it
-    /// only when its filter sets `max_message_timeout` (and caps it there), once per
-    /// message, and only before the timeout fires (its stat
+    /// only when its filter sets `max_message_timeout` and `by` does not exceed it (a
+    /// longer ask is ignored, not capped: stat `override_message_timeout_ignored`),
+    /// once per message, and only before the timeout fires (its stat
     /// `override_message_timeout_received` counts it). Returns false where nothing can
     /// be sent: observability mode, ext_proc over HTTP, the in-process test driver.
     pub fn extend_message_timeout(&self, by: std::time::Duration) -> bool {

@@ -264,3 +264,138 @@ async fn refused_tokens_get_401_and_never_reach_the_upstream() {
     assert_eq!(s.upstream.hits(), hits);
     s.assert_clean().await;
 }
+
+/// A JWKS endpoint on loopback: the first fetch gets `first` at once, every later one
+/// gets `later` after `delay`. Counts the fetches.
+async fn slow_jwks(
+    first: String,
+    later: String,
+    delay: std::time::Duration,
+) -> (
+    u16,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counted = fetches.clone();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            let (first, later) = (first.clone(), later.clone());
+            async move {
+                let body = if n == 0 {
+                    first
+                } else {
+                    tokio::time::sleep(delay).await;
+                    later
+                };
+                ([("content-type", "application/json")], body)
+            }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (port, fetches, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_is_fetched_while_envoy_waits() {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let Some(bin) = envoy_bin() else { return };
+    // After the first fetch the endpoint publishes the rotated key too, and answers
+    // in 700 ms: longer than Envoy's message_timeout (200 ms) below.
+    let mut rotated_in: Value = serde_json::from_slice(&read(example("jwks.json"))).unwrap();
+    let rotated: Value = serde_json::from_slice(&read(fixture("rotated-jwks.json"))).unwrap();
+    let added = rotated["keys"].as_array().unwrap().clone();
+    rotated_in["keys"].as_array_mut().unwrap().extend(added);
+    let first = String::from_utf8(read(example("jwks.json"))).unwrap();
+    let (jwks_port, fetches, jwks_task) =
+        slow_jwks(first, rotated_in.to_string(), Duration::from_millis(700)).await;
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&format!(
+        r#"
+routes:
+  - name: api
+    processors:
+      - jwt_auth:
+          jwks_url: 'http://127.0.0.1:{jwks_port}/jwks.json'
+          refresh_interval: 1h
+          fetch_timeout: 3s
+          issuer: '{ISSUER}'
+          audiences: ['{AUDIENCE}']
+      - trivial
+"#
+    ))
+    .await;
+    // Envoy waits 200 ms per message, and accepts extensions up to 5 s: at least
+    // fetch_timeout plus the gateway's 1 s margin (a longer ask would be ignored).
+    let config = envoy_config(
+        &EnvoySpec::default(),
+        0,
+        0,
+        gateway.grpc_port,
+        upstream.port,
+    )
+    .replace(
+        "message_timeout: 2s\n",
+        "message_timeout: 0.2s\n              max_message_timeout: 5s\n",
+    );
+    assert!(config.contains("max_message_timeout: 5s"), "{config}");
+    let envoy = Envoy::start_any_ports(&bin, config).await;
+    let port = envoy.listener_port("ingress").await;
+    let c = client();
+    let get = async |token: &str| {
+        let auth = format!("Bearer {token}");
+        send(
+            &c,
+            port,
+            "GET",
+            "/api/items",
+            &[("authorization", auth.as_str())],
+            empty(),
+        )
+        .await
+    };
+
+    // The example keys are loaded (first fetch).
+    let rsa = Signer::example_rsa().sign(&good_claims());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&rsa).await.status != 200 {
+        assert!(Instant::now() < deadline, "{}", gateway.proc.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+    // The first request with the new kid passes: the gateway asked Envoy to wait for
+    // its refetch.
+    let token = Signer::rotated_rsa().sign(&good_claims());
+    let r = get(&token).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.echoed().headers.get("decoded-sub").map(String::as_str),
+        Some("alice")
+    );
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        envoy
+            .ext_proc_stat("override_message_timeout_received")
+            .await,
+        1
+    );
+    assert_eq!(
+        envoy
+            .ext_proc_stat("override_message_timeout_ignored")
+            .await,
+        0
+    );
+    assert_eq!(envoy.ext_proc_stat("message_timeouts").await, 0);
+    assert_eq!(envoy.ext_proc_stat("spurious_msgs_received").await, 0);
+    jwks_task.abort();
+}

@@ -2,8 +2,11 @@
 //! headers they produce, every kind of refusal (and that refusals never leak the token
 //! or a key), leeway and `require_exp`, the three key sources (JWKS file, PEM file,
 //! JWKS URL over HTTP and HTTPS with a private CA, with refresh, failure and rotation),
-//! and the config-level errors and redaction.
+//! a JWKS URL's limits (one fetch deadline, a size cap, bad answers keeping the last
+//! good keys, unknown-kid refetches and their rate limit, `Cache-Control`), and the
+//! config-level errors and redaction.
 
+mod common;
 #[path = "fixtures/jwt/helpers.rs"]
 mod jwt_helpers;
 
@@ -15,8 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use extproc_gateway::config::GatewayConfig;
+use extproc_gateway::metrics::Metrics;
 use extproc_gateway::prelude::*;
-use extproc_gateway::processors::{JwtAuth, JwtSettings, Trivial};
+use extproc_gateway::processors::{JwtAuth, JwtSettings, ProcessorSpec, Trivial};
 use extproc_gateway::testing::{Answer, Driver, Immediate};
 use jwt_helpers::*;
 use serde_json::{json, Value};
@@ -667,32 +671,88 @@ fn rsa_private_key_as_pem_file_is_refused_at_start() {
 // ---------------------------------------------------------------------------------
 // JWKS URL source
 
-/// A JWKS endpoint whose answer the test changes while it runs.
+/// How the JWKS endpoint answers.
+#[derive(Clone)]
+enum Reply {
+    /// This status and body, plus these headers.
+    Answer(u16, String, Vec<(&'static str, String)>),
+    /// Accepts the request and never answers.
+    Hang,
+    /// Sends 200 and its headers and the first bytes of a body, then nothing more.
+    StallBody,
+    /// 200 with this body sent in 1 KiB chunks, without a `content-length`.
+    Chunked(String),
+}
+
+/// A JWKS endpoint whose answer the test changes while it runs; it can also hold
+/// answers back until the test releases them.
 struct JwksServer {
     port: u16,
-    answer: Arc<Mutex<(u16, String)>>,
+    reply: Arc<Mutex<Reply>>,
     fetches: Arc<AtomicUsize>,
+    hold: Arc<tokio::sync::watch::Sender<bool>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl JwksServer {
     async fn start(status: u16, body: String) -> JwksServer {
+        Self::start_with(Reply::Answer(status, body, Vec::new())).await
+    }
+
+    async fn start_with(reply: Reply) -> JwksServer {
+        use axum::body::Body;
+        use axum::response::Response;
+        use futures_util::StreamExt;
+
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let answer = Arc::new(Mutex::new((status, body)));
+        let reply = Arc::new(Mutex::new(reply));
         let fetches = Arc::new(AtomicUsize::new(0));
-        let (a, f) = (answer.clone(), fetches.clone());
+        let hold = Arc::new(tokio::sync::watch::channel(false).0);
+        let (r, f, h) = (reply.clone(), fetches.clone(), hold.clone());
         let app = axum::Router::new().route(
             "/.well-known/jwks.json",
             axum::routing::get(move || {
-                let (status, body) = a.lock().unwrap().clone();
+                let reply = r.lock().unwrap().clone();
                 f.fetch_add(1, Ordering::SeqCst);
+                let mut held = h.subscribe();
                 async move {
-                    (
-                        axum::http::StatusCode::from_u16(status).unwrap(),
-                        [("content-type", "application/json")],
-                        body,
-                    )
+                    let _ = held.wait_for(|hold| !*hold).await;
+                    let json = |status: u16| {
+                        Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                    };
+                    match reply {
+                        Reply::Answer(status, body, headers) => {
+                            let mut resp = json(status);
+                            for (name, value) in headers {
+                                resp = resp.header(name, value);
+                            }
+                            resp.body(Body::from(body)).unwrap()
+                        }
+                        Reply::Hang => std::future::pending().await,
+                        Reply::StallBody => {
+                            let start = futures_util::stream::iter([Ok::<_, std::io::Error>(
+                                bytes::Bytes::from_static(b"{\"keys\": ["),
+                            )]);
+                            json(200)
+                                .body(Body::from_stream(
+                                    start.chain(futures_util::stream::pending()),
+                                ))
+                                .unwrap()
+                        }
+                        Reply::Chunked(body) => {
+                            let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = body
+                                .into_bytes()
+                                .chunks(1024)
+                                .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+                                .collect();
+                            json(200)
+                                .body(Body::from_stream(futures_util::stream::iter(chunks)))
+                                .unwrap()
+                        }
+                    }
                 }
             }),
         );
@@ -701,8 +761,9 @@ impl JwksServer {
         });
         JwksServer {
             port,
-            answer,
+            reply,
             fetches,
+            hold,
             task,
         }
     }
@@ -715,11 +776,34 @@ impl JwksServer {
     }
 
     fn answer(&self, status: u16, body: String) {
-        *self.answer.lock().unwrap() = (status, body);
+        self.reply(Reply::Answer(status, body, Vec::new()));
     }
 
+    fn reply(&self, reply: Reply) {
+        *self.reply.lock().unwrap() = reply;
+    }
+
+    /// Requests that reached the endpoint (counted before any hold or hang).
     fn fetches(&self) -> usize {
         self.fetches.load(Ordering::SeqCst)
+    }
+
+    /// Holds answers back (`true`) or lets them, and any held, go (`false`).
+    fn hold(&self, hold: bool) {
+        self.hold.send_replace(hold);
+    }
+
+    /// Waits until at least `n` requests reached the endpoint.
+    async fn wait_fetches(&self, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.fetches() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{} fetches after {within:?}, {n} expected",
+                self.fetches()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -853,6 +937,385 @@ async fn jwks_url_refresh_stops_when_the_processor_is_dropped() {
     let after_drop = server.fetches();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(server.fetches(), after_drop, "fetching goes on after drop");
+}
+
+// ---------------------------------------------------------------------------------
+// JWKS URL hardening: deadlines, size cap, bad answers, unknown kids, Cache-Control
+
+const FETCHES: &str = "extproc_jwks_fetches_total";
+const UNKNOWN_KID: &str = "extproc_jwks_unknown_kid_total";
+
+/// `jwt_auth` (then `trivial`) built the way a config builds it, on route `api` of a
+/// fresh registry, so its JWKS counters can be read.
+fn observed_chain(settings: JwtSettings) -> (Chain, Arc<Metrics>) {
+    let metrics = Metrics::new();
+    let chain = ProcessorSpec::JwtAuth(settings)
+        .add_to(Chain::builder().observe(&metrics, "api"))
+        .expect("jwt_auth builds")
+        .processor(Trivial)
+        .build();
+    (chain, metrics)
+}
+
+/// The value of counter `name` with `label` (e.g. `result="timeout"`) on route `api`.
+fn counter(metrics: &Metrics, name: &str, label: &str) -> u64 {
+    let text = metrics.render();
+    text.lines()
+        .find(|l| {
+            l.starts_with(&format!("{name}{{")) && l.contains(label) && l.contains(r#"route="api""#)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} with {label} in\n{text}"))
+}
+
+/// Waits until counter `name` with `label` reaches `at_least`.
+async fn wait_counter(metrics: &Metrics, name: &str, label: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(metrics, name, label) < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "{name} {label} still below {at_least}:\n{}",
+            metrics.render()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Settings for `server`'s URL with the example's issuer and audience, plus `extra`
+/// (`, key: value` pairs).
+fn url_settings(server: &JwksServer, extra: &str) -> JwtSettings {
+    settings(&format!(
+        "{{jwks_url: '{}', issuer: '{ISSUER}', audiences: ['{AUDIENCE}']{extra}}}",
+        server.url()
+    ))
+}
+
+/// The example keys and the rotated one in one document: a rotation under way.
+fn rotated_in_jwks() -> String {
+    let mut doc: Value = serde_json::from_slice(&read(example("jwks.json"))).unwrap();
+    let rotated: Value = serde_json::from_slice(&read(fixture("rotated-jwks.json"))).unwrap();
+    let added = rotated["keys"].as_array().unwrap().clone();
+    doc["keys"].as_array_mut().unwrap().extend(added);
+    doc.to_string()
+}
+
+/// A running chain with the example keys loaded from `server`.
+async fn loaded(server: &JwksServer, extra: &str) -> (Chain, Arc<Metrics>) {
+    let (chain, metrics) = observed_chain(url_settings(server, extra));
+    let rsa = Signer::example_rsa().sign(&good_claims());
+    poll(&chain, &rsa, Duration::from_secs(5), accepted).await;
+    (chain, metrics)
+}
+
+/// The example tokens still pass and the rotated one does not: the last good keys
+/// (the example's) are in force.
+async fn assert_example_keys_in_force(chain: &Chain) {
+    for signer in [Signer::example_rsa(), Signer::example_ec()] {
+        assert_accepted(&send_token(chain, &signer.sign(&good_claims())).await);
+    }
+    let rotated = Signer::rotated_rsa().sign(&good_claims());
+    assert_invalid(&send_token(chain, &rotated).await, &rotated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_is_fetched_for_the_first_token_that_names_it() {
+    let server = JwksServer::start(200, jwks_text(example("jwks.json"))).await;
+    // The background refresh is an hour away: only the unknown kid can fetch.
+    let (chain, metrics) = loaded(&server, ", refresh_interval: 1h").await;
+    assert_eq!(server.fetches(), 1);
+
+    server.answer(200, rotated_in_jwks());
+    let rotated = Signer::rotated_rsa().sign(&good_claims());
+    let a = send_token(&chain, &rotated).await;
+    assert_accepted(&a);
+    assert_eq!(a.header("decoded-sub"), Some("alice"));
+    assert_eq!(server.fetches(), 2, "one refetch, waited for");
+    assert_eq!(counter(&metrics, UNKNOWN_KID, r#"outcome="refetched""#), 1);
+    assert_eq!(counter(&metrics, FETCHES, r#"result="ok""#), 2);
+    // The keys still published keep working.
+    assert_accepted(&send_token(&chain, &Signer::example_rsa().sign(&good_claims())).await);
+
+    // Another unknown kid right away is refused as it stands: 401, no fetch.
+    let stranger = Signer::example_rsa()
+        .kid(Some("never-published"))
+        .sign(&good_claims());
+    let reason = assert_invalid(&send_token(&chain, &stranger).await, &stranger);
+    assert!(reason.contains("no key"), "{reason}");
+    assert_eq!(
+        counter(&metrics, UNKNOWN_KID, r#"outcome="rate_limited""#),
+        1
+    );
+    assert_eq!(server.fetches(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_kid_refetches_are_rate_limited() {
+    let server = JwksServer::start(200, jwks_text(example("jwks.json"))).await;
+    let (chain, metrics) =
+        loaded(&server, ", refresh_interval: 1h, min_refetch_interval: 1s").await;
+    let rotated = Signer::rotated_rsa().sign(&good_claims());
+
+    // Not published yet: the refetch brings nothing new, the token is refused.
+    let reason = assert_invalid(&send_token(&chain, &rotated).await, &rotated);
+    assert!(reason.contains("no key"), "{reason}");
+    assert_eq!(server.fetches(), 2);
+    assert_eq!(counter(&metrics, UNKNOWN_KID, r#"outcome="refetched""#), 1);
+    // At once again: refused without a fetch.
+    assert_invalid(&send_token(&chain, &rotated).await, &rotated);
+    assert_eq!(server.fetches(), 2);
+    assert!(counter(&metrics, UNKNOWN_KID, r#"outcome="rate_limited""#) >= 1);
+
+    // Published now: once min_refetch_interval has passed, a refetch brings it. Until
+    // then every answer is a 401, never a 5xx.
+    server.answer(200, rotated_in_jwks());
+    poll(&chain, &rotated, Duration::from_secs(5), |a| {
+        if let Some(i) = &a.immediate {
+            assert_eq!(i.status, 401, "{:?}", String::from_utf8_lossy(&i.body));
+        }
+        accepted(a)
+    })
+    .await;
+    assert_eq!(counter(&metrics, UNKNOWN_KID, r#"outcome="refetched""#), 2);
+    assert_eq!(server.fetches(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_a_refetch_runs_other_unknown_kids_get_401_and_no_second_fetch() {
+    let server = JwksServer::start(200, jwks_text(example("jwks.json"))).await;
+    let (chain, metrics) = loaded(&server, ", refresh_interval: 1h").await;
+    let rotated = Signer::rotated_rsa().sign(&good_claims());
+
+    server.answer(200, rotated_in_jwks());
+    server.hold(true);
+    let first = tokio::spawn({
+        let (chain, token) = (chain.clone(), rotated.clone());
+        async move { send_token(&chain, &token).await }
+    });
+    // The first request's refetch is at the server, held.
+    server.wait_fetches(2, Duration::from_secs(5)).await;
+    let reason = assert_invalid(&send_token(&chain, &rotated).await, &rotated);
+    assert!(reason.contains("no key"), "{reason}");
+    assert_eq!(counter(&metrics, UNKNOWN_KID, r#"outcome="in_flight""#), 1);
+
+    server.hold(false);
+    let a = first.await.expect("the first request completes");
+    assert_accepted(&a);
+    assert_eq!(server.fetches(), 2, "one fetch for both requests");
+    assert_accepted(&send_token(&chain, &rotated).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refetch_that_hangs_is_bounded_by_fetch_timeout() {
+    let server = JwksServer::start(200, jwks_text(example("jwks.json"))).await;
+    let (chain, metrics) = loaded(&server, ", refresh_interval: 1h, fetch_timeout: 500ms").await;
+    let rotated = Signer::rotated_rsa().sign(&good_claims());
+
+    server.reply(Reply::Hang);
+    let started = Instant::now();
+    let a = send_token(&chain, &rotated).await;
+    let took = started.elapsed();
+    assert_invalid(&a, &rotated);
+    assert!(
+        took >= Duration::from_millis(400),
+        "did not wait for the refetch: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "waited past the deadline: {took:?}"
+    );
+    wait_counter(&metrics, FETCHES, r#"result="timeout""#, 1).await;
+    assert_example_keys_in_force(&chain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_deadline_covers_the_response_headers_and_the_body() {
+    let server = JwksServer::start(200, jwks_text(example("jwks.json"))).await;
+    let (chain, metrics) = loaded(&server, ", refresh_interval: 1s, fetch_timeout: 300ms").await;
+    // Accepts and never answers; then answers headers and stalls the body. Each is a
+    // timed-out fetch, and the keys stay.
+    for reply in [Reply::Hang, Reply::StallBody] {
+        let before = counter(&metrics, FETCHES, r#"result="timeout""#);
+        server.reply(reply);
+        wait_counter(&metrics, FETCHES, r#"result="timeout""#, before + 1).await;
+        assert_example_keys_in_force(&chain).await;
+    }
+    // A stalled fetch leaves nothing stuck: the next good answer is taken.
+    server.answer(200, jwks_text(fixture("rotated-jwks.json")));
+    let rotated = Signer::rotated_rsa().sign(&good_claims());
+    poll(&chain, &rotated, Duration::from_secs(6), accepted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_jwks_is_refused_and_the_last_good_keys_kept() {
+    let server = JwksServer::start(200, jwks_text(example("jwks.json"))).await;
+    let (chain, metrics) = loaded(&server, ", refresh_interval: 1s, max_jwks_bytes: 4096").await;
+    // Valid JSON (a JWKS with the rotated key and trailing whitespace), only too large:
+    // with a content-length, and streamed without one.
+    let padded = format!(
+        "{}{}",
+        jwks_text(fixture("rotated-jwks.json")),
+        " ".repeat(8192)
+    );
+    for reply in [
+        Reply::Answer(200, padded.clone(), Vec::new()),
+        Reply::Chunked(padded.clone()),
+    ] {
+        let before = counter(&metrics, FETCHES, r#"result="too_large""#);
+        server.reply(reply);
+        wait_counter(&metrics, FETCHES, r#"result="too_large""#, before + 1).await;
+        assert_example_keys_in_force(&chain).await;
+    }
+    // The same document under the cap is taken.
+    server.answer(200, jwks_text(fixture("rotated-jwks.json")));
+    let rotated = Signer::rotated_rsa().sign(&good_claims());
+    poll(&chain, &rotated, Duration::from_secs(6), accepted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_or_errors_from_the_jwks_url_keep_the_last_good_keys() {
+    let server = JwksServer::start(200, jwks_text(example("jwks.json"))).await;
+    let (chain, metrics) = loaded(&server, ", refresh_interval: 1s").await;
+    let rotated_doc = jwks_text(fixture("rotated-jwks.json"));
+    let cases: Vec<(&str, u16, String, &str)> = vec![
+        ("not JSON", 200, "<html>maintenance</html>".into(), "invalid"),
+        ("empty body", 200, String::new(), "invalid"),
+        ("JSON, not a JWKS", 200, r#"{"issuer": "x", "n": 1}"#.into(), "invalid"),
+        ("keys not a list", 200, r#"{"keys": {"kty": "RSA"}}"#.into(), "invalid"),
+        (
+            "keys that do not parse",
+            200,
+            r#"{"keys": [1, "two", {"kty": "RSA", "kid": "example-rsa", "n": "***", "e": "AQAB"}, {"kty": "EC", "crv": "P-256"}]}"#.into(),
+            "invalid",
+        ),
+        ("no keys", 200, r#"{"keys": []}"#.into(), "invalid"),
+        // An error status is a failure whatever its body holds.
+        ("500 with a JWKS body", 500, rotated_doc.clone(), "http_status"),
+        ("404", 404, "not found".into(), "http_status"),
+    ];
+    for (what, status, body, result) in cases {
+        let label = format!(r#"result="{result}""#);
+        let before = counter(&metrics, FETCHES, &label);
+        server.answer(status, body);
+        wait_counter(&metrics, FETCHES, &label, before + 1).await;
+        // Whatever the next fetch is doing, the keys in force are the example's.
+        for signer in [Signer::example_rsa(), Signer::example_ec()] {
+            let a = send_token(&chain, &signer.sign(&good_claims())).await;
+            assert!(a.immediate.is_none(), "{what}: keys lost");
+        }
+    }
+    assert_example_keys_in_force(&chain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_control_max_age_shortens_the_refresh_down_to_min_refetch_interval() {
+    // The refresh interval is an hour; the server says its answer is fresh for 0 s,
+    // so the floor, min_refetch_interval (1s), paces the fetches.
+    let server = JwksServer::start_with(Reply::Answer(
+        200,
+        jwks_text(example("jwks.json")),
+        vec![("cache-control", "public, max-age=0".into())],
+    ))
+    .await;
+    let started = Instant::now();
+    let (_chain, _metrics) =
+        loaded(&server, ", refresh_interval: 1h, min_refetch_interval: 1s").await;
+    server.wait_fetches(3, Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1800),
+        "3 fetches in {took:?}: max-age=0 must not go below min_refetch_interval"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_control_max_age_cannot_stretch_the_refresh_interval() {
+    let server = JwksServer::start_with(Reply::Answer(
+        200,
+        jwks_text(example("jwks.json")),
+        vec![("cache-control", "max-age=86400".into())],
+    ))
+    .await;
+    let (_chain, _metrics) = loaded(&server, ", refresh_interval: 1s").await;
+    server.wait_fetches(3, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_processor_for_the_same_url_starts_with_the_last_good_keys() {
+    // As after a config reload: the replacement serves at once, even with the URL down.
+    let server = JwksServer::start(200, jwks_text(example("jwks.json"))).await;
+    let (first, _m) = loaded(&server, ", refresh_interval: 1h").await;
+    server.answer(500, "down".into());
+    let (second, _m2) = observed_chain(url_settings(&server, ", refresh_interval: 1h"));
+    assert_example_keys_in_force(&second).await;
+    drop(first);
+    assert_example_keys_in_force(&second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_fetches_are_logged_at_warn_without_key_material() {
+    // Values a careless error message would quote: in the wrong place of the document,
+    // in an error page, and a credential in the URL's query.
+    const SECRET: &str = "c2VjcmV0LWtleS1tYXRlcmlhbA";
+    let server = JwksServer::start(200, format!(r#"{{"keys": "{SECRET}"}}"#)).await;
+    let url = format!("{}&api_key=QUERY-{SECRET}", server.url());
+    let gw = common::Gateway::start(&format!(
+        "routes:\n  - name: api\n    processors:\n      - jwt_auth: {{jwks_url: '{url}', refresh_interval: 1s}}\n"
+    ))
+    .await;
+    let wait_log = async |what: &str, times: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gw.proc.log_text().matches(what).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?} logged:\n{}",
+                gw.proc.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    wait_log("not a JWKS document", 1).await;
+    server.answer(500, format!("<html>{SECRET}</html>"));
+    wait_log("HTTP 500", 1).await;
+    server.answer(
+        200,
+        format!(r#"{{"keys": [{{"kty": "RSA", "kid": "k", "n": "{SECRET}!", "e": 7}}]}}"#),
+    );
+    wait_log("no usable signing key", 1).await;
+    let log = gw.proc.log_text();
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("JWKS fetch failed"))
+        .collect();
+    assert!(failures.len() >= 3, "{log}");
+    for line in &failures {
+        assert!(line.contains("WARN"), "{line}");
+        assert!(line.contains("?REDACTED"), "{line}");
+    }
+    assert!(
+        !log.contains(SECRET),
+        "the log leaks key material or the query:\n{log}"
+    );
+}
+
+#[test]
+fn jwks_url_limits_have_defaults_and_show_in_the_config() {
+    let s = settings("jwks_url: 'https://idp.example.com/keys'");
+    assert_eq!(s.fetch_timeout, Duration::from_secs(5));
+    assert_eq!(s.max_jwks_bytes, 1024 * 1024);
+    assert_eq!(s.min_refetch_interval, Duration::from_secs(30));
+    let yaml = "routes:\n  - name: api\n    processors:\n      - jwt_auth:\n          jwks_url: 'https://idp.example.com/keys'\n          fetch_timeout: 2s\n          max_jwks_bytes: 65536\n          min_refetch_interval: 1m\n";
+    let shown = GatewayConfig::parse(yaml, "t.yaml")
+        .unwrap()
+        .to_redacted_yaml();
+    for want in [
+        "fetch_timeout: 2s",
+        "max_jwks_bytes: 65536",
+        "min_refetch_interval: 1m",
+    ] {
+        assert!(shown.contains(want), "{want} in {shown}");
+    }
+    GatewayConfig::parse(&shown, "shown.yaml").expect("the shown config loads");
 }
 
 // ---------------------------------------------------------------------------------
@@ -1087,6 +1550,22 @@ fn other_bad_settings_are_config_errors() {
         (
             "{jwks_file: a.json, claim_header_prefix: 'bad prefix'}",
             "claim_header_prefix",
+        ),
+        (
+            "{jwks_url: 'https://idp/keys', fetch_timeout: 0s}",
+            "fetch_timeout",
+        ),
+        (
+            "{jwks_url: 'https://idp/keys', fetch_timeout: 10m}",
+            "at most 1m",
+        ),
+        (
+            "{jwks_url: 'https://idp/keys', max_jwks_bytes: 0}",
+            "max_jwks_bytes",
+        ),
+        (
+            "{jwks_url: 'https://idp/keys', min_refetch_interval: 100ms}",
+            "min_refetch_interval",
         ),
         ("{jwks_file: a.json, colour: red}", "unknown field `colour`"),
     ];

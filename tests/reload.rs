@@ -1,8 +1,14 @@
 //! SIGHUP reloads the config file: new streams get the new chains, a stream opened
-//! before keeps its route, and a bad file leaves the running config in place.
+//! before keeps its route, a bad file leaves the running config in place, and a
+//! reload fetches a `jwt_auth` JWKS URL once.
 
 mod common;
 
+#[path = "fixtures/jwt/helpers.rs"]
+mod jwt_helpers;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -47,16 +53,19 @@ impl Stream {
     }
 
     async fn request(&mut self) {
+        self.request_with(&[]).await;
+    }
+
+    /// Request headers plus `extra`; the answer.
+    async fn request_with(&mut self, extra: &[(&str, &str)]) -> ProcessingResponse {
+        let mut headers = vec![(":method", "GET"), (":path", "/"), ("x-request-id", "r")];
+        headers.extend_from_slice(extra);
         self.send(Req::RequestHeaders(HttpHeaders {
-            headers: Some(header_map(&[
-                (":method", "GET"),
-                (":path", "/"),
-                ("x-request-id", "r"),
-            ])),
+            headers: Some(header_map(&headers)),
             end_of_stream: true,
             ..Default::default()
         }))
-        .await;
+        .await
     }
 
     /// The applied-processors header on the response.
@@ -148,4 +157,102 @@ async fn sighup_swaps_routes_for_new_streams_only() {
         http_get(gw.admin_port, "/readyz").await,
         Some((200, _))
     ));
+}
+
+/// A JWKS endpoint on loopback serving the example keys, counting the fetches that
+/// reach it.
+async fn jwks_server() -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let body = String::from_utf8(jwt_helpers::read(jwt_helpers::example("jwks.json"))).unwrap();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counted = fetches.clone();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let body = body.clone();
+            async move { ([("content-type", "application/json")], body) }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (port, fetches, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reload_fetches_the_jwks_url_once() {
+    let (jwks_port, fetches, jwks_task) = jwks_server().await;
+    let config = |chain: &str| {
+        format!(
+            "routes:\n  - name: api\n    processors:\n      - jwt_auth: {{jwks_url: 'http://127.0.0.1:{jwks_port}/jwks.json', refresh_interval: 1h}}\n{chain}"
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gw.yaml");
+    std::fs::write(&file, config("      - trivial\n")).unwrap();
+    let path = file.to_string_lossy().into_owned();
+    let gw = Gateway::start_args(&["--config", &path]).await;
+    let token = jwt_helpers::Signer::example_rsa().sign(&jwt_helpers::good_claims());
+    let auth = format!("Bearer {token}");
+
+    // Waits until a token passes on a new stream (the keys are loaded); the applied
+    // processors of that stream.
+    let accepted = async |gw: &Gateway| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut s = Stream::open(gw.grpc_port).await;
+            let answer = s.request_with(&[("authorization", &auth)]).await;
+            if matches!(answer.response, Some(Resp::RequestHeaders(_))) {
+                return s.applied().await;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the token is never accepted:\n{}",
+                gw.proc.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(accepted(&gw).await, "jwt_auth,trivial");
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "one fetch at start");
+
+    std::fs::write(&file, config("      - timer\n      - trivial\n")).unwrap();
+    gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !routes_json(gw.admin_port).await.contains("timer") {
+        assert!(
+            Instant::now() < deadline,
+            "routes never reloaded:\n{}",
+            gw.proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The new chain serves with keys at once (it starts with the keys the chain it
+    // replaces holds) ...
+    assert_eq!(accepted(&gw).await, "jwt_auth,timer,trivial");
+    // ... and fetches the URL itself, once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fetches.load(Ordering::SeqCst) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the reload never fetched:\n{}",
+            gw.proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every fetch of a reload starts when the signal is handled, so a second one would
+    // arrive within moments: a quiet second shows there is none.
+    let quiet_until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < quiet_until {
+        assert_eq!(
+            fetches.load(Ordering::SeqCst),
+            2,
+            "a reload fetched the JWKS URL more than once:\n{}",
+            gw.proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    jwks_task.abort();
 }

@@ -46,6 +46,12 @@ impl ChainBuilder {
         self
     }
 
+    /// The metrics and route label set by [`ChainBuilder::observe`], for a processor
+    /// with counters of its own beyond its hooks (a JWKS URL's fetches).
+    pub fn observed(&self) -> Option<(&Arc<Metrics>, &str)> {
+        self.metrics.as_ref().map(|(m, route)| (m, &**route))
+    }
+
     /// Bounds each hook of the processors added after this call.
     pub fn processor_timeout(mut self, limit: Option<Duration>) -> Self {
         self.timeout = limit;

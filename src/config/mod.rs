@@ -74,9 +74,11 @@ impl GatewayConfig {
                 message,
             }
         })?;
+        // Built to be checked, not served: nothing starts in the background (a reload
+        // builds the serving routes next, and a JWKS URL is fetched for those only).
         config
             .validate_server()
-            .and_then(|()| config.build_router().map(drop))
+            .and_then(|()| config.build_routes(None, false).map(drop))
             .map_err(|(field, message)| ConfigError {
                 source_name: source_name.to_string(),
                 location: field,
@@ -151,6 +153,16 @@ impl GatewayConfig {
         &self,
         metrics: Option<&Arc<Metrics>>,
     ) -> Result<Router, (String, String)> {
+        self.build_routes(metrics, true)
+    }
+
+    /// Builds the routes; `start: false` builds chains that will never serve (a check):
+    /// processors load and validate everything but start nothing in the background.
+    fn build_routes(
+        &self,
+        metrics: Option<&Arc<Metrics>>,
+        start: bool,
+    ) -> Result<Router, (String, String)> {
         let mut routes = Vec::with_capacity(self.routes.len());
         let mut names = std::collections::HashSet::new();
         let mut catch_all: Option<String> = None;
@@ -203,9 +215,13 @@ impl GatewayConfig {
                 chain = chain.observe(m, &r.name);
             }
             for (j, p) in r.processors.iter().enumerate() {
-                chain = p
-                    .add_to(chain)
-                    .map_err(|msg| (at(&format!("processors[{j}] ({})", p.name())), msg))?;
+                let added = if start {
+                    p.add_to(chain)
+                } else {
+                    p.add_unstarted(chain)
+                };
+                chain =
+                    added.map_err(|msg| (at(&format!("processors[{j}] ({})", p.name())), msg))?;
             }
             routes.push(Route {
                 name: r.name.as_str().into(),
