@@ -250,8 +250,8 @@ async fn claim_headers_spelled_differently_are_dropped_too() {
         claimish.iter().all(|(_, v)| !v.contains("mallory")),
         "a spoofed claim header reached the upstream: {claimish:?}"
     );
-    assert!(echoed.headers.get("decoded_sub").is_none());
-    assert!(echoed.headers.get("decoded_role").is_none());
+    assert!(!echoed.headers.contains_key("decoded_sub"));
+    assert!(!echoed.headers.contains_key("decoded_role"));
     s.assert_clean().await;
 }
 
@@ -276,8 +276,8 @@ async fn client_header_edits_cannot_forge_claims_or_break_the_request() {
         Some("alice")
     );
     assert_eq!(echoed.headers.get("x-edit").map(String::as_str), Some("ok"));
-    assert!(echoed.headers.get("decoded_sub").is_none());
-    assert!(echoed.headers.get("decoded-role").is_none());
+    assert!(!echoed.headers.contains_key("decoded_sub"));
+    assert!(!echoed.headers.contains_key("decoded-role"));
 
     // A value Envoy would refuse is the client's error: 400 naming the header, and
     // Envoy never sees (nor rejects) a mutation.
