@@ -73,17 +73,18 @@ pub struct HeadersSettings {
     pub response: HeaderEdits,
 }
 
-/// A valid (non-pseudo) HTTP header name: RFC 9110 token characters.
+/// A valid (non-pseudo) HTTP header name in either case: RFC 9110 token characters.
+/// Config may spell names as it likes; they are lower-cased when written, and then
+/// meet [`is_valid_header_name`](crate::phase::is_valid_header_name).
 pub fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    crate::phase::is_valid_header_name(&name.to_ascii_lowercase())
 }
 
-/// A header value Envoy will accept: no CR, LF or NUL.
+/// A header value the gateway may emit: no control character but HTAB (the rule of
+/// [`is_valid_header_value`](crate::phase::is_valid_header_value), checked at load so
+/// a bad static value is a config error rather than a header dropped per request).
 pub fn is_header_value(value: &str) -> bool {
-    !value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+    crate::phase::is_valid_header_value(value.as_bytes())
 }
 
 /// See the module documentation.

@@ -1,7 +1,11 @@
 //! `jwt_auth`: verifies `authorization: Bearer <token>` before the request goes
 //! upstream. A valid token's top-level claims are forwarded as `decoded-<claim>`
-//! headers (client-sent `decoded-*` headers are dropped first, so they cannot be
-//! spoofed) and Envoy re-picks the route, so routes can match on claims. A missing or
+//! headers and Envoy re-picks the route, so routes can match on claims. Client-sent
+//! claim headers are dropped first in every spelling Envoy or an upstream may treat as
+//! the same name (`Decoded-Sub`, `decoded_sub`, `DECODED_sub`), so they cannot be
+//! spoofed; the config refuses a later processor that could write them (see
+//! [`crate::config`]). Claim names and values that a header cannot carry are encoded
+//! (see [`claim_value`]), never emitted raw. A missing or
 //! invalid token gets 401 with `www-authenticate` and a JSON reason that never repeats
 //! the token or the key; the upstream is not called.
 
@@ -17,13 +21,35 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::headers::{is_header_name, is_header_value};
+use super::headers::is_header_name;
 use crate::jwks::{self, KeySet, KeySource, Keys, UrlSource};
 use crate::metrics::JwksMetrics;
+use crate::phase::is_valid_header_value;
 use crate::prelude::*;
 
-/// Largest claim value forwarded as a header; larger claims are left out.
+/// Largest claim header (name and value) forwarded; larger claims are left out, since
+/// Envoy would refuse the whole mutation for one oversized header.
 pub const MAX_CLAIM_HEADER: usize = 8 * 1024;
+
+/// True when the header `name` falls under the claim header `prefix` in a spelling
+/// Envoy or a common upstream may treat as the same name: ASCII case is ignored, and
+/// `_` and `-` are alike (Envoy forwards underscores by default, and CGI, WSGI, Rack,
+/// PHP and many frameworks map both to the same variable). `decoded_sub`,
+/// `Decoded-Sub` and `DECODED_sub` are all under `decoded-`.
+pub fn is_claim_header(name: &str, prefix: &str) -> bool {
+    let fold = |b: u8| {
+        if b == b'_' {
+            b'-'
+        } else {
+            b.to_ascii_lowercase()
+        }
+    };
+    name.len() >= prefix.len()
+        && name
+            .bytes()
+            .zip(prefix.bytes())
+            .all(|(n, p)| fold(n) == fold(p))
+}
 
 /// Settings of `jwt_auth`. Exactly one of `jwks_file`, `pem_file`, `jwks_url`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -507,30 +533,35 @@ fn bearer(value: &[u8]) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// A claim name as a header name: lower case, characters HTTP does not allow in a
-/// header name replaced by `-`.
+/// A claim name as a header name: the prefix, then the claim lower-cased, each
+/// character HTTP does not allow in a header name (anything but an ASCII token
+/// character) replaced by `-`. Always a valid header name.
 fn claim_header(prefix: &str, claim: &str) -> String {
     let mut name = String::with_capacity(prefix.len() + claim.len());
-    name.push_str(prefix);
+    name.push_str(&prefix.to_ascii_lowercase());
     for c in claim.chars() {
         let c = c.to_ascii_lowercase();
-        name.push(
-            if c.is_ascii() && is_header_name(c.encode_utf8(&mut [0; 4])) {
-                c
-            } else {
-                '-'
-            },
-        );
+        let token = c.is_ascii() && is_header_name(c.encode_utf8(&mut [0; 4]));
+        name.push(if token { c } else { '-' });
     }
     name
 }
 
-/// Strings go as they are; other JSON values (and strings a header cannot carry)
-/// compact-serialised.
+/// A claim's header value. Strings go as they are when a header can carry them;
+/// other JSON values, and strings with a control character, are compact JSON, whose
+/// string escapes cover every control character but DEL (0x7f), which is escaped
+/// here too (`\u007f`, still valid JSON). Always a valid header value.
 fn claim_value(value: &serde_json::Value) -> String {
     match value {
-        serde_json::Value::String(s) if is_header_value(s) => s.clone(),
-        other => other.to_string(),
+        serde_json::Value::String(s) if is_valid_header_value(s.as_bytes()) => s.clone(),
+        other => {
+            let json = other.to_string();
+            if json.contains('\u{7f}') {
+                json.replace('\u{7f}', "\\u007f")
+            } else {
+                json
+            }
+        }
     }
 }
 
@@ -561,22 +592,27 @@ impl Processor for JwtAuth {
             Err(refusal) => return Flow::Respond(refusal.response()),
         };
         let prefix = &self.settings.claim_header_prefix;
+        // No spoofing: whatever reached this point under the prefix, in any spelling
+        // an upstream may read as a claim header, did not come from this token.
         for (name, _) in h.headers.iter() {
-            if name
-                .get(..prefix.len())
-                .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
-            {
-                out.remove(name.to_string());
+            if is_claim_header(name, prefix) {
+                out.remove(name);
             }
         }
         for (claim, value) in claims.iter() {
+            let name = claim_header(prefix, claim);
             let value = claim_value(value);
-            if value.len() > MAX_CLAIM_HEADER {
-                // Envoy would refuse the whole mutation for one oversized header.
-                tracing::debug!(claim = %claim, bytes = value.len(), "claim too large to forward");
+            if name.len() + value.len() > MAX_CLAIM_HEADER {
+                tracing::debug!(
+                    bytes = name.len() + value.len(),
+                    "claim too large to forward"
+                );
                 continue;
             }
-            out.set(claim_header(prefix, claim), value);
+            if let Err(e) = out.try_set(name, value) {
+                // Not reachable (both are built valid); never forward it half-checked.
+                tracing::debug!(error = %e, "claim left out");
+            }
         }
         if !self.settings.payload_in_metadata.is_empty() {
             out.set_metadata(
@@ -614,6 +650,67 @@ mod tests {
         assert_eq!(claim_value(&serde_json::json!(["a", 1])), r#"["a",1]"#);
         assert_eq!(claim_value(&serde_json::json!(42)), "42");
         assert_eq!(claim_value(&serde_json::json!("a\nb")), r#""a\nb""#);
+    }
+
+    #[test]
+    fn claim_headers_are_recognised_in_every_spelling() {
+        for name in [
+            "decoded-sub",
+            "decoded_sub",
+            "Decoded-Sub",
+            "DECODED_sub",
+            "decoded-",
+            "decoded_",
+            "dEcOdEd-x_y",
+        ] {
+            assert!(is_claim_header(name, "decoded-"), "{name}");
+        }
+        for name in [
+            "decoded",
+            "decodedsub",
+            "x-decoded-sub",
+            "",
+            "decoded.sub",
+            "décoded-",
+        ] {
+            assert!(!is_claim_header(name, "decoded-"), "{name}");
+        }
+        // The prefix itself may be spelled either way.
+        assert!(is_claim_header("x-claim-sub", "X_Claim_"));
+    }
+
+    #[test]
+    fn every_claim_becomes_a_valid_header() {
+        use crate::phase::{is_valid_header_name, is_valid_header_value};
+        assert_eq!(claim_header("Decoded-", "Ünï cødé"), "decoded--n--c-d-");
+        assert_eq!(claim_header("decoded-", ""), "decoded-");
+        assert_eq!(claim_value(&serde_json::json!("a\u{7f}b")), r#""a\u007fb""#);
+        assert_eq!(
+            claim_value(&serde_json::json!({"k\u{7f}": ["\u{1}", "\t"]})),
+            r#"{"k\u007f":["\u0001","\t"]}"#
+        );
+        assert_eq!(claim_value(&serde_json::json!("tab\tok")), "tab\tok");
+        for claim in [
+            "sub",
+            "ü",
+            "a b",
+            "\u{0}",
+            "x\u{7f}",
+            "https://x/y",
+            "Ωmega",
+        ] {
+            assert!(
+                is_valid_header_name(&claim_header("decoded-", claim)),
+                "{claim:?}"
+            );
+        }
+        for v in [
+            serde_json::json!("\u{0}\r\n\u{7f}é"),
+            serde_json::json!([1, "\u{7f}", {"\u{7f}": null}]),
+            serde_json::json!(null),
+        ] {
+            assert!(is_valid_header_value(claim_value(&v).as_bytes()), "{v}");
+        }
     }
 
     fn settings(yaml: &str) -> JwtSettings {

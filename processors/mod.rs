@@ -50,6 +50,16 @@ pub enum ProcessorSpec {
     Instructions,
 }
 
+/// Which request headers a processor may write upstream
+/// ([`ProcessorSpec::request_header_writes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestHeaderWrites {
+    /// These names (lower case), whatever the request says.
+    Names(Vec<String>),
+    /// Names the client chooses (`instructions`): any header at all.
+    ClientChosen,
+}
+
 /// Names accepted in config, for error messages.
 pub const NAMES: &[&str] = &[
     "trivial",
@@ -108,6 +118,40 @@ impl ProcessorSpec {
             ProcessorSpec::Headers(s) => chain.processor(StaticHeaders::new(s.clone())?),
             ProcessorSpec::Instructions => chain.processor(HeaderInstructions),
         })
+    }
+
+    /// The request headers this processor may write upstream, as far as its config
+    /// tells: the config uses it to refuse a chain in which a processor after
+    /// `jwt_auth` could overwrite the verified claim headers.
+    pub fn request_header_writes(&self) -> RequestHeaderWrites {
+        let fixed = |name: &str| RequestHeaderWrites::Names(vec![name.to_string()]);
+        match self {
+            ProcessorSpec::Trivial => fixed(trivial::HEADER),
+            ProcessorSpec::Timer => fixed(timer::STARTED_HEADER),
+            ProcessorSpec::Digest(_) => fixed(digest::HEADER),
+            ProcessorSpec::ContextCheck => fixed(context_check::HEADER),
+            // Its reply goes to the client; it writes nothing upstream.
+            ProcessorSpec::Echo => RequestHeaderWrites::Names(Vec::new()),
+            ProcessorSpec::Headers(s) => RequestHeaderWrites::Names(
+                s.request
+                    .set
+                    .keys()
+                    .chain(s.request.append.keys())
+                    .map(|n| n.to_ascii_lowercase())
+                    .collect(),
+            ),
+            ProcessorSpec::Instructions => RequestHeaderWrites::ClientChosen,
+            // Writes only under its own prefix, having removed what was there.
+            ProcessorSpec::JwtAuth(_) => RequestHeaderWrites::Names(Vec::new()),
+        }
+    }
+
+    /// The claim header prefix of a `jwt_auth`, `None` for other processors.
+    pub fn claim_header_prefix(&self) -> Option<&str> {
+        match self {
+            ProcessorSpec::JwtAuth(s) => Some(&s.claim_header_prefix),
+            _ => None,
+        }
     }
 
     /// The spec as `/config` shows it: secrets hidden.

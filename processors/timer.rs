@@ -6,6 +6,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::prelude::*;
 
+/// The stamp of when the request reached the gateway (upstream and response).
+pub const STARTED_HEADER: &str = "x-request-started";
+
 /// See the module documentation.
 #[derive(Debug, Clone, Default)]
 pub struct Timer;
@@ -35,7 +38,7 @@ impl Processor for Timer {
         out: &mut Mutations,
     ) -> Flow {
         let stamp = rfc3339_micros(SystemTime::now());
-        out.set("x-request-started", stamp.clone());
+        out.set(STARTED_HEADER, stamp.clone());
         state.started = Some((Instant::now(), stamp));
         Flow::Continue
     }
@@ -52,7 +55,7 @@ impl Processor for Timer {
             Some((i, s)) => (*i, s.clone()),
             None => (ctx.started, rfc3339_micros(ctx.started_at)),
         };
-        out.set("x-request-started", stamp);
+        out.set(STARTED_HEADER, stamp);
         out.set("x-duration-ns", start.elapsed().as_nanos().to_string());
         Flow::Continue
     }

@@ -5,6 +5,8 @@
 //! exchange with an [`ImmediateResponse`]. The wire module is the only place that turns
 //! these into ext_proc messages.
 
+use std::collections::{HashMap, HashSet};
+
 use bytes::Bytes;
 
 /// One of the six points at which Envoy consults an ext_proc server.
@@ -257,6 +259,98 @@ pub struct HeaderWrite {
     pub action: HeaderAction,
 }
 
+/// True for a header name the gateway may emit: a non-empty RFC 9110 token in lower
+/// case (`a-z 0-9 ! # $ % & ' * + - . ^ _ ` | ~`). Pseudo headers (`:path`) are not
+/// tokens and are never written. Envoy lower-cases names itself, so an upper-case
+/// letter here would mean the name was never normalised.
+pub fn is_valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+/// True for a header value the gateway may emit: no control character but HTAB
+/// (bytes below 0x20 other than 0x09, and 0x7f, are refused). Envoy rejects a
+/// mutation carrying one, and the whole request then fails. Bytes of 0x80 and above
+/// (UTF-8, obs-text) are allowed.
+pub fn is_valid_header_value(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+}
+
+/// A header write refused because Envoy (or an upstream) would reject what it emits.
+/// Returned by the `try_*` methods of [`Mutations`] and [`ImmediateResponse`], so a
+/// processor can refuse the request (`instructions` answers 400) or skip the header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvalidHeader {
+    /// The name is not a header name (see [`is_valid_header_name`]); holds the name.
+    Name(String),
+    /// The value of this header has a control character (see
+    /// [`is_valid_header_value`]); holds the (valid) name.
+    Value(String),
+}
+
+impl InvalidHeader {
+    /// The header name the write was for, as given (lower-cased).
+    pub fn name(&self) -> &str {
+        match self {
+            InvalidHeader::Name(n) | InvalidHeader::Value(n) => n,
+        }
+    }
+}
+
+/// A name as shown in an error: escaped, and cut to a readable length, since it may
+/// come from a client (control characters, 60 KiB of it).
+struct Shown<'a>(&'a str);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const MAX_CHARS: usize = 64;
+        for (i, c) in self.0.chars().enumerate() {
+            if i == MAX_CHARS {
+                return f.write_str("...");
+            }
+            write!(f, "{}", c.escape_debug())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for InvalidHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InvalidHeader::Name(n) => write!(
+                f,
+                "`{}` is not a header name (RFC 9110 token characters only)",
+                Shown(n)
+            ),
+            InvalidHeader::Value(n) => {
+                write!(f, "value of `{}` contains a control character", Shown(n))
+            }
+        }
+    }
+}
+
+impl std::error::Error for InvalidHeader {}
+
+/// Lower-cases `name` and checks it (and `value`, when given) for emission.
+fn checked(name: String, value: Option<&[u8]>) -> Result<String, InvalidHeader> {
+    let name = lower(name);
+    if !is_valid_header_name(&name) {
+        return Err(InvalidHeader::Name(name));
+    }
+    match value {
+        Some(v) if !is_valid_header_value(v) => Err(InvalidHeader::Value(name)),
+        _ => Ok(name),
+    }
+}
+
+fn dropped(what: &str, e: &InvalidHeader) {
+    tracing::debug!(error = %e, "{what}: invalid header write dropped");
+}
+
 /// A change to the body of the current message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyChange {
@@ -266,19 +360,122 @@ pub enum BodyChange {
     Clear,
 }
 
+/// Below this many writes (or removals) a phase's changes are searched by scanning,
+/// which beats hashing for the few headers a typical chain writes; past it they are
+/// indexed by name, so a phase costs linear time in its writes however many a client
+/// asks for (a 60 KiB `instructions` header holds thousands).
+const INDEX_FROM: usize = 16;
+
 /// The changes the chain makes in one phase, merged in chain order.
 ///
 /// Merging rules (what an operator expects from several filters in a row): a later
 /// `set` of a header replaces earlier writes of it, a removal cancels earlier writes and
-/// removes the original, appends accumulate, and nothing is sent twice.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// removes the original, appends accumulate, and nothing is sent twice. The order of
+/// the writes that remain is the order they were made in.
+///
+/// Every write is checked here, so no processor can emit a header Envoy would reject
+/// (which fails the request): names must be RFC 9110 tokens (they are lower-cased
+/// first), values must have no control character but HTAB. `set`, `append`,
+/// `add_if_absent` and `remove` drop an invalid write (logged at debug level); their
+/// `try_*` twins return the [`InvalidHeader`] instead, for a processor that must act on
+/// it. Each operation costs amortised constant time.
+#[derive(Clone, Default)]
 pub struct Mutations {
-    writes: Vec<HeaderWrite>,
+    /// Writes in order; `None` marks one cancelled by a later `set` or `remove`
+    /// (kept as a hole so cancelling is O(1); holes are compacted away in bulk).
+    slots: Vec<Option<HeaderWrite>>,
+    /// Number of `Some` slots.
+    live: usize,
     removes: Vec<String>,
+    /// Built once the writes or removals outgrow [`INDEX_FROM`].
+    index: Option<Box<NameIndex>>,
     body: Option<BodyChange>,
     clear_route_cache: bool,
     metadata: Vec<MetadataWrite>,
 }
+
+/// Where each header name stands among a phase's changes.
+#[derive(Debug, Clone, Default)]
+struct NameIndex {
+    names: HashMap<String, NameState>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct NameState {
+    /// Slots of the live writes of this name, in order.
+    slots: Vec<usize>,
+    /// Values of those writes that are appends (an equal append is sent once).
+    appended: HashSet<Bytes>,
+    /// Listed in the removals.
+    removed: bool,
+}
+
+/// The header writes of a [`Mutations`], in the order they will be applied (a view
+/// that skips cancelled writes without copying).
+#[derive(Clone, Copy)]
+pub struct Writes<'a> {
+    slots: &'a [Option<HeaderWrite>],
+    len: usize,
+}
+
+impl<'a> Writes<'a> {
+    /// The writes in order.
+    pub fn iter(&self) -> impl Iterator<Item = &'a HeaderWrite> + 'a {
+        self.slots.iter().flatten()
+    }
+
+    /// How many writes there are.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<'a> IntoIterator for Writes<'a> {
+    type Item = &'a HeaderWrite;
+    type IntoIter = std::iter::Flatten<std::slice::Iter<'a, Option<HeaderWrite>>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.slots.iter().flatten()
+    }
+}
+
+impl std::fmt::Debug for Writes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl std::fmt::Debug for Mutations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mutations")
+            .field("writes", &self.writes())
+            .field("removes", &self.removes)
+            .field("body", &self.body)
+            .field("clear_route_cache", &self.clear_route_cache)
+            .field("metadata", &self.metadata)
+            .finish()
+    }
+}
+
+/// Equal when they would send Envoy the same changes (cancelled writes and the index
+/// are bookkeeping).
+impl PartialEq for Mutations {
+    fn eq(&self, other: &Self) -> bool {
+        self.live == other.live
+            && self.writes().iter().eq(other.writes().iter())
+            && self.removes == other.removes
+            && self.body == other.body
+            && self.clear_route_cache == other.clear_route_cache
+            && self.metadata == other.metadata
+    }
+}
+
+impl Eq for Mutations {}
 
 /// One dynamic metadata entry a processor hands to Envoy (`dynamic_metadata` of the
 /// answer), e.g. verified claims for an RBAC rule or an access log.
@@ -299,55 +496,237 @@ impl Mutations {
         Self::default()
     }
 
-    /// Replaces `name` (or adds it). A later `set` of the same name wins.
+    /// Replaces `name` (or adds it). A later `set` of the same name wins. An invalid
+    /// name or value is dropped: see [`Mutations::try_set`].
     pub fn set(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
-        let name = lower(name.into());
-        self.writes.retain(|w| w.name != name);
-        self.writes.push(HeaderWrite {
+        if let Err(e) = self.try_set(name, value) {
+            dropped("set", &e);
+        }
+    }
+
+    /// Like [`Mutations::set`], and says why a write was refused (nothing is changed
+    /// then).
+    pub fn try_set(
+        &mut self,
+        name: impl Into<String>,
+        value: impl Into<Bytes>,
+    ) -> Result<(), InvalidHeader> {
+        let value = value.into();
+        let name = checked(name.into(), Some(&value))?;
+        self.set_checked(name, value);
+        Ok(())
+    }
+
+    /// Adds another value of `name`, keeping existing ones (the same value appended
+    /// twice is sent once). An invalid name or value is dropped: see
+    /// [`Mutations::try_append`].
+    pub fn append(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
+        if let Err(e) = self.try_append(name, value) {
+            dropped("append", &e);
+        }
+    }
+
+    /// Like [`Mutations::append`], and says why a write was refused.
+    pub fn try_append(
+        &mut self,
+        name: impl Into<String>,
+        value: impl Into<Bytes>,
+    ) -> Result<(), InvalidHeader> {
+        let value = value.into();
+        let name = checked(name.into(), Some(&value))?;
+        self.append_checked(name, value);
+        Ok(())
+    }
+
+    /// Adds `name` only if neither the message nor an earlier processor has it. An
+    /// invalid name or value is dropped: see [`Mutations::try_add_if_absent`].
+    pub fn add_if_absent(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
+        if let Err(e) = self.try_add_if_absent(name, value) {
+            dropped("add_if_absent", &e);
+        }
+    }
+
+    /// Like [`Mutations::add_if_absent`], and says why a write was refused.
+    pub fn try_add_if_absent(
+        &mut self,
+        name: impl Into<String>,
+        value: impl Into<Bytes>,
+    ) -> Result<(), InvalidHeader> {
+        let value = value.into();
+        let name = checked(name.into(), Some(&value))?;
+        self.add_if_absent_checked(name, value);
+        Ok(())
+    }
+
+    /// Removes `name` from the message and cancels earlier writes of it. A name that
+    /// is not a header name is dropped (no such header can be on the message): see
+    /// [`Mutations::try_remove`].
+    pub fn remove(&mut self, name: impl Into<String>) {
+        if let Err(e) = self.try_remove(name) {
+            dropped("remove", &e);
+        }
+    }
+
+    /// Like [`Mutations::remove`], and says why a removal was refused.
+    pub fn try_remove(&mut self, name: impl Into<String>) -> Result<(), InvalidHeader> {
+        let name = checked(name.into(), None)?;
+        self.remove_checked(name);
+        Ok(())
+    }
+
+    fn set_checked(&mut self, name: String, value: Bytes) {
+        self.cancel(&name);
+        self.push(HeaderWrite {
             name,
-            value: value.into(),
+            value,
             action: HeaderAction::Set,
         });
     }
 
-    /// Adds another value of `name`, keeping existing ones.
-    pub fn append(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
-        let value = value.into();
-        let name = lower(name.into());
-        if self
-            .writes
-            .iter()
-            .any(|w| w.name == name && w.value == value && w.action == HeaderAction::Append)
-        {
-            return;
+    fn append_checked(&mut self, name: String, value: Bytes) {
+        let already = match &self.index {
+            Some(ix) => ix
+                .names
+                .get(&name)
+                .is_some_and(|s| s.appended.contains(&value)),
+            None => self
+                .writes()
+                .iter()
+                .any(|w| w.name == name && w.value == value && w.action == HeaderAction::Append),
+        };
+        if !already {
+            self.push(HeaderWrite {
+                name,
+                value,
+                action: HeaderAction::Append,
+            });
         }
-        self.writes.push(HeaderWrite {
-            name,
-            value,
-            action: HeaderAction::Append,
-        });
     }
 
-    /// Adds `name` only if neither the message nor an earlier processor has it.
-    pub fn add_if_absent(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
-        let name = lower(name.into());
-        if self.writes.iter().any(|w| w.name == name) {
-            return;
+    fn add_if_absent_checked(&mut self, name: String, value: Bytes) {
+        let written = match &self.index {
+            Some(ix) => ix.names.get(&name).is_some_and(|s| !s.slots.is_empty()),
+            None => self.writes().iter().any(|w| w.name == name),
+        };
+        if !written {
+            self.push(HeaderWrite {
+                name,
+                value,
+                action: HeaderAction::AddIfAbsent,
+            });
         }
-        self.writes.push(HeaderWrite {
-            name,
-            value: value.into(),
-            action: HeaderAction::AddIfAbsent,
-        });
     }
 
-    /// Removes `name` from the message and cancels earlier writes of it.
-    pub fn remove(&mut self, name: impl Into<String>) {
-        let name = lower(name.into());
-        self.writes.retain(|w| w.name != name);
-        if !self.removes.contains(&name) {
+    fn remove_checked(&mut self, name: String) {
+        self.cancel(&name);
+        let listed = match &mut self.index {
+            Some(ix) => match ix.names.get_mut(&name) {
+                Some(s) => std::mem::replace(&mut s.removed, true),
+                None => {
+                    ix.names.insert(
+                        name.clone(),
+                        NameState {
+                            removed: true,
+                            ..NameState::default()
+                        },
+                    );
+                    false
+                }
+            },
+            None => self.removes.contains(&name),
+        };
+        if !listed {
             self.removes.push(name);
+            self.grow_index();
         }
+    }
+
+    /// Cancels every live write of `name`.
+    fn cancel(&mut self, name: &str) {
+        let Self {
+            slots, live, index, ..
+        } = self;
+        match index {
+            None => {
+                // Few writes: keep them dense.
+                let before = slots.len();
+                slots.retain(|s| s.as_ref().is_some_and(|w| w.name != name));
+                *live -= before - slots.len();
+            }
+            Some(ix) => {
+                let Some(state) = ix.names.get_mut(name) else {
+                    return;
+                };
+                for at in state.slots.drain(..) {
+                    if slots.get_mut(at).and_then(Option::take).is_some() {
+                        *live -= 1;
+                    }
+                }
+                state.appended.clear();
+            }
+        }
+        // Holes outnumber writes: compact (amortised over the cancels).
+        if self.index.is_some() && self.slots.len() > 2 * self.live + INDEX_FROM {
+            self.build_index();
+        }
+    }
+
+    fn push(&mut self, w: HeaderWrite) {
+        let at = self.slots.len();
+        if let Some(ix) = &mut self.index {
+            let state = match ix.names.get_mut(&w.name) {
+                Some(s) => s,
+                None => ix.names.entry(w.name.clone()).or_default(),
+            };
+            state.slots.push(at);
+            if w.action == HeaderAction::Append {
+                state.appended.insert(w.value.clone());
+            }
+        }
+        self.slots.push(Some(w));
+        self.live += 1;
+        self.grow_index();
+    }
+
+    /// Switches to the indexed form once there are too many changes to scan.
+    fn grow_index(&mut self) {
+        if self.index.is_none()
+            && (self.slots.len() > INDEX_FROM || self.removes.len() > INDEX_FROM)
+        {
+            self.build_index();
+        }
+    }
+
+    /// (Re)builds the index from the writes and removals, dropping holes.
+    fn build_index(&mut self) {
+        self.slots.retain(Option::is_some);
+        let mut names: HashMap<String, NameState> =
+            HashMap::with_capacity(self.slots.len() + self.removes.len());
+        for (at, w) in self.slots.iter().flatten().enumerate() {
+            let state = match names.get_mut(&w.name) {
+                Some(s) => s,
+                None => names.entry(w.name.clone()).or_default(),
+            };
+            state.slots.push(at);
+            if w.action == HeaderAction::Append {
+                state.appended.insert(w.value.clone());
+            }
+        }
+        for name in &self.removes {
+            match names.get_mut(name) {
+                Some(s) => s.removed = true,
+                None => {
+                    names.insert(
+                        name.clone(),
+                        NameState {
+                            removed: true,
+                            ..NameState::default()
+                        },
+                    );
+                }
+            }
+        }
+        self.index = Some(Box::new(NameIndex { names }));
     }
 
     /// Replaces the body of the current message.
@@ -382,8 +761,10 @@ impl Mutations {
     /// cache clearing and metadata (what a held headers' answer carries).
     pub fn take_header_changes(&mut self) -> Mutations {
         Mutations {
-            writes: std::mem::take(&mut self.writes),
+            slots: std::mem::take(&mut self.slots),
+            live: std::mem::take(&mut self.live),
             removes: std::mem::take(&mut self.removes),
+            index: self.index.take(),
             body: None,
             clear_route_cache: std::mem::take(&mut self.clear_route_cache),
             metadata: std::mem::take(&mut self.metadata),
@@ -402,8 +783,11 @@ impl Mutations {
     }
 
     /// Header writes in the order they will be applied.
-    pub fn writes(&self) -> &[HeaderWrite] {
-        &self.writes
+    pub fn writes(&self) -> Writes<'_> {
+        Writes {
+            slots: &self.slots,
+            len: self.live,
+        }
     }
 
     /// Header names to remove.
@@ -423,24 +807,46 @@ impl Mutations {
 
     /// The value this phase will set for `name`, if a processor wrote it.
     pub fn written(&self, name: &str) -> Option<&Bytes> {
-        self.writes
-            .iter()
-            .rev()
-            .find(|w| w.name.eq_ignore_ascii_case(name))
-            .map(|w| &w.value)
+        match &self.index {
+            Some(ix) => {
+                let state = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                    ix.names.get(&name.to_ascii_lowercase())
+                } else {
+                    ix.names.get(name)
+                }?;
+                let at = *state.slots.last()?;
+                self.slots.get(at)?.as_ref().map(|w| &w.value)
+            }
+            None => self
+                .slots
+                .iter()
+                .rev()
+                .flatten()
+                .find(|w| w.name.eq_ignore_ascii_case(name))
+                .map(|w| &w.value),
+        }
     }
 
     /// Folds the changes of a later processor into these, as if it had written them
     /// here: its removals first (they cancel earlier writes), then its writes.
     pub fn merge(&mut self, later: Mutations) {
-        for name in later.removes {
-            self.remove(name);
-        }
-        for w in later.writes {
-            match w.action {
-                HeaderAction::Set => self.set(w.name, w.value),
-                HeaderAction::Append => self.append(w.name, w.value),
-                HeaderAction::AddIfAbsent => self.add_if_absent(w.name, w.value),
+        if self.slots.is_empty() && self.removes.is_empty() {
+            // Nothing earlier to combine with: take the later changes as they are.
+            self.slots = later.slots;
+            self.live = later.live;
+            self.removes = later.removes;
+            self.index = later.index;
+        } else {
+            // Already checked when they were written.
+            for name in later.removes {
+                self.remove_checked(name);
+            }
+            for w in later.slots.into_iter().flatten() {
+                match w.action {
+                    HeaderAction::Set => self.set_checked(w.name, w.value),
+                    HeaderAction::Append => self.append_checked(w.name, w.value),
+                    HeaderAction::AddIfAbsent => self.add_if_absent_checked(w.name, w.value),
+                }
             }
         }
         if later.body.is_some() {
@@ -472,19 +878,61 @@ impl Mutations {
         }
     }
 
-    /// Applies the header changes to a header list.
+    /// Applies the header changes to a header list, as Envoy would: removals first,
+    /// then each write in order.
     pub fn apply_to_headers(&self, headers: &mut Headers) {
+        if self.index.is_none() {
+            // A few changes: scanning the list per change is cheapest.
+            for name in &self.removes {
+                headers.remove(name);
+            }
+            for w in self.writes() {
+                headers.write(w);
+            }
+            return;
+        }
+        // Many changes: one pass, with the entries indexed by (lower-case) name.
+        let entries = std::mem::take(&mut headers.entries);
+        let mut out: Vec<Option<(String, Bytes)>> = Vec::with_capacity(entries.len() + self.live);
+        let mut at: HashMap<String, Vec<usize>> = HashMap::with_capacity(entries.len() + self.live);
+        for (name, value) in entries {
+            at.entry(name.to_ascii_lowercase())
+                .or_default()
+                .push(out.len());
+            out.push(Some((name, value)));
+        }
+        let clear = |out: &mut Vec<Option<(String, Bytes)>>, positions: &mut Vec<usize>| {
+            for i in positions.drain(..) {
+                if let Some(entry) = out.get_mut(i) {
+                    *entry = None;
+                }
+            }
+        };
         for name in &self.removes {
-            headers.remove(name);
+            if let Some(positions) = at.get_mut(name.as_str()) {
+                clear(&mut out, positions);
+            }
         }
-        for w in &self.writes {
-            headers.write(w);
+        for w in self.writes() {
+            let positions = match at.get_mut(w.name.as_str()) {
+                Some(p) => p,
+                None => at.entry(w.name.clone()).or_default(),
+            };
+            match w.action {
+                HeaderAction::Set => clear(&mut out, positions),
+                HeaderAction::Append => {}
+                HeaderAction::AddIfAbsent if !positions.is_empty() => continue,
+                HeaderAction::AddIfAbsent => {}
+            }
+            positions.push(out.len());
+            out.push(Some((w.name.clone(), w.value.clone())));
         }
+        headers.entries = out.into_iter().flatten().collect();
     }
 
     /// True when nothing changes.
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty()
+        self.live == 0
             && self.removes.is_empty()
             && self.body.is_none()
             && !self.clear_route_cache
@@ -498,12 +946,17 @@ fn lower(mut name: String) -> String {
 }
 
 /// A reply Envoy sends to the client in place of the upstream's response.
+///
+/// Its headers are checked as [`Mutations`] are: [`ImmediateResponse::header`] drops
+/// an invalid one, [`ImmediateResponse::try_add_header`] says why, so no processor can
+/// make Envoy refuse the reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImmediateResponse {
     /// HTTP status code.
     pub status: u16,
-    /// Response headers.
-    pub headers: Vec<(String, Bytes)>,
+    /// Response headers (lower-case names, checked values): private so that every
+    /// header goes through the checks.
+    headers: Vec<(String, Bytes)>,
     /// Response body.
     pub body: Bytes,
     /// Shown in Envoy's access log as the response code details.
@@ -541,10 +994,43 @@ impl ImmediateResponse {
             .details(reason)
     }
 
-    /// Adds a header.
+    /// Adds a header (another value when the name is already there). An invalid name
+    /// or value is dropped: see [`ImmediateResponse::try_add_header`].
     pub fn header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
-        self.headers.push((lower(name.into()), value.into()));
+        if let Err(e) = self.try_add_header(name, value) {
+            dropped("immediate response header", &e);
+        }
         self
+    }
+
+    /// Like [`ImmediateResponse::header`], in place, and says why a header was refused.
+    pub fn try_add_header(
+        &mut self,
+        name: impl Into<String>,
+        value: impl Into<Bytes>,
+    ) -> Result<(), InvalidHeader> {
+        let value = value.into();
+        let name = checked(name.into(), Some(&value))?;
+        self.headers.push((name, value));
+        Ok(())
+    }
+
+    /// Replaces every value of `name` with this one (or adds it).
+    pub fn set_header(
+        &mut self,
+        name: impl Into<String>,
+        value: impl Into<Bytes>,
+    ) -> Result<(), InvalidHeader> {
+        let value = value.into();
+        let name = checked(name.into(), Some(&value))?;
+        self.headers.retain(|(n, _)| *n != name);
+        self.headers.push((name, value));
+        Ok(())
+    }
+
+    /// The headers, in order.
+    pub fn headers(&self) -> &[(String, Bytes)] {
+        &self.headers
     }
 
     /// Sets the body.
@@ -553,11 +1039,18 @@ impl ImmediateResponse {
         self
     }
 
-    /// Sets the details Envoy logs; spaces become underscores as Envoy requires.
+    /// Sets the details Envoy logs; spaces (and control characters) become
+    /// underscores as Envoy requires.
     pub fn details(mut self, details: &str) -> Self {
         self.details = details
             .chars()
-            .map(|c| if c.is_whitespace() { '_' } else { c })
+            .map(|c| {
+                if c.is_whitespace() || c.is_control() {
+                    '_'
+                } else {
+                    c
+                }
+            })
             .collect();
         self
     }
@@ -652,5 +1145,279 @@ mod tests {
         let r = ImmediateResponse::json_error(401, "token expired");
         assert_eq!(r.details, "token_expired");
         assert_eq!(&r.body[..], br#"{"error":"token expired"}"#);
+    }
+
+    #[test]
+    fn header_names_and_values_are_checked_at_the_builder() {
+        for ok in ["x-a", "a", "x_a", "!#$%&'*+-.^_`|~09az"] {
+            assert!(is_valid_header_name(ok), "{ok}");
+        }
+        for bad in [
+            "", "X-A", "a b", ":path", "a:b", "é", "a\0", "a\"b", "(a)", "a/b",
+        ] {
+            assert!(!is_valid_header_name(bad), "{bad:?}");
+        }
+        for ok in [
+            &b""[..],
+            b"v",
+            b"a\tb",
+            b" spaced ",
+            "é".as_bytes(),
+            &[0x80, 0xff],
+        ] {
+            assert!(is_valid_header_value(ok), "{ok:?}");
+        }
+        for bad in [
+            &b"a\rb"[..],
+            b"a\nb",
+            b"\0",
+            b"\x01",
+            b"\x1f",
+            b"\x7f",
+            b"a\x0bb",
+        ] {
+            assert!(!is_valid_header_value(bad), "{bad:?}");
+        }
+
+        let mut m = Mutations::new();
+        assert_eq!(m.try_set("X-Ok", "v"), Ok(()));
+        assert_eq!(
+            m.try_set("bad name", "v"),
+            Err(InvalidHeader::Name("bad name".into()))
+        );
+        assert_eq!(
+            m.try_append("x-v", "a\x7fb"),
+            Err(InvalidHeader::Value("x-v".into()))
+        );
+        assert_eq!(
+            m.try_add_if_absent("x-v", "\x01"),
+            Err(InvalidHeader::Value("x-v".into()))
+        );
+        assert_eq!(
+            m.try_remove(":path"),
+            Err(InvalidHeader::Name(":path".into()))
+        );
+        // The infallible forms drop what the try_ forms refuse.
+        m.set("x-ctl", "a\x1bb");
+        m.append("a b", "v");
+        m.remove("");
+        let names: Vec<_> = m.writes().iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["x-ok"]);
+        assert!(m.removes().is_empty());
+
+        let e = InvalidHeader::Name(format!("a\r\n{}", "x".repeat(500)));
+        let shown = e.to_string();
+        assert!(shown.starts_with("`a\\r\\nxx"), "{shown}");
+        assert!(shown.len() < 200, "{shown}");
+        assert!(!shown.contains('\r'));
+
+        let mut r = ImmediateResponse::new(200)
+            .header("X-Good", "1")
+            .header("bad name", "1")
+            .header("x-bad-value", "a\nb");
+        assert_eq!(r.headers(), [("x-good".to_string(), Bytes::from("1"))]);
+        assert_eq!(
+            r.try_add_header("x-v", "\0"),
+            Err(InvalidHeader::Value("x-v".into()))
+        );
+        assert_eq!(r.set_header("x-good", "2"), Ok(()));
+        assert_eq!(r.headers(), [("x-good".to_string(), Bytes::from("2"))]);
+        let r = ImmediateResponse::new(400).details("a b\x01c");
+        assert_eq!(r.details, "a_b_c");
+    }
+
+    /// The original builder, quadratic but plainly right: the indexed one must behave
+    /// exactly like it.
+    #[derive(Default)]
+    struct Model {
+        writes: Vec<HeaderWrite>,
+        removes: Vec<String>,
+    }
+
+    impl Model {
+        fn write(&mut self, name: &str, value: &str, action: HeaderAction) {
+            let name = name.to_ascii_lowercase();
+            let value = Bytes::copy_from_slice(value.as_bytes());
+            match action {
+                HeaderAction::Set => self.writes.retain(|w| w.name != name),
+                HeaderAction::Append => {
+                    if self.writes.iter().any(|w| {
+                        w.name == name && w.value == value && w.action == HeaderAction::Append
+                    }) {
+                        return;
+                    }
+                }
+                HeaderAction::AddIfAbsent => {
+                    if self.writes.iter().any(|w| w.name == name) {
+                        return;
+                    }
+                }
+            }
+            self.writes.push(HeaderWrite {
+                name,
+                value,
+                action,
+            });
+        }
+
+        fn remove(&mut self, name: &str) {
+            let name = name.to_ascii_lowercase();
+            self.writes.retain(|w| w.name != name);
+            if !self.removes.contains(&name) {
+                self.removes.push(name);
+            }
+        }
+
+        fn merge(&mut self, later: Model) {
+            for name in later.removes {
+                self.remove(&name);
+            }
+            for w in later.writes {
+                self.write(
+                    &w.name,
+                    std::str::from_utf8(&w.value).unwrap_or(""),
+                    w.action,
+                );
+            }
+        }
+
+        fn apply(&self, headers: &mut Headers) {
+            for name in &self.removes {
+                headers.remove(name);
+            }
+            for w in &self.writes {
+                headers.write(w);
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write(usize, u8, HeaderAction),
+        Remove(usize),
+    }
+
+    /// Names that collide (case), values that repeat, and enough distinct names to
+    /// cross into the indexed form.
+    fn op_name(i: usize) -> String {
+        if i % 7 == 3 {
+            format!("X-H{}", i % 40)
+        } else {
+            format!("x-h{}", i % 40)
+        }
+    }
+
+    fn run(ops: &[Op]) -> (Mutations, Model) {
+        let (mut m, mut model) = (Mutations::new(), Model::default());
+        for op in ops {
+            match op {
+                Op::Write(n, v, action) => {
+                    let (name, value) = (op_name(*n), format!("v{v}"));
+                    match action {
+                        HeaderAction::Set => m.set(name.clone(), value.clone()),
+                        HeaderAction::Append => m.append(name.clone(), value.clone()),
+                        HeaderAction::AddIfAbsent => m.add_if_absent(name.clone(), value.clone()),
+                    }
+                    model.write(&name, &value, *action);
+                }
+                Op::Remove(n) => {
+                    m.remove(op_name(*n));
+                    model.remove(&op_name(*n));
+                }
+            }
+        }
+        (m, model)
+    }
+
+    fn same(m: &Mutations, model: &Model) -> Result<(), proptest::test_runner::TestCaseError> {
+        let got: Vec<&HeaderWrite> = m.writes().iter().collect();
+        let want: Vec<&HeaderWrite> = model.writes.iter().collect();
+        proptest::prop_assert_eq!(got, want);
+        proptest::prop_assert_eq!(m.writes().len(), model.writes.len());
+        proptest::prop_assert_eq!(m.removes(), &model.removes[..]);
+        for i in 0..40 {
+            let name = op_name(i);
+            let want = model
+                .writes
+                .iter()
+                .rev()
+                .find(|w| w.name.eq_ignore_ascii_case(&name))
+                .map(|w| &w.value);
+            proptest::prop_assert_eq!(m.written(&name), want);
+        }
+        Ok(())
+    }
+
+    fn ops() -> impl proptest::strategy::Strategy<Value = Vec<Op>> {
+        use proptest::prelude::*;
+        let action = prop_oneof![
+            Just(HeaderAction::Set),
+            Just(HeaderAction::Append),
+            Just(HeaderAction::AddIfAbsent)
+        ];
+        let op = prop_oneof![
+            3 => (0..60usize, 0..3u8, action).prop_map(|(n, v, a)| Op::Write(n, v, a)),
+            1 => (0..60usize).prop_map(Op::Remove),
+        ];
+        proptest::collection::vec(op, 0..120)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(192))]
+
+        /// Writes, removals, merges and application to a header list give what the
+        /// original builder gave, below and above the indexing threshold.
+        #[test]
+        fn indexed_mutations_match_the_reference(
+            first in ops(),
+            second in ops(),
+            original in proptest::collection::vec((0..60usize, 0..3u8), 0..30),
+        ) {
+            let (mut m, mut model) = run(&first);
+            same(&m, &model)?;
+            let (m2, model2) = run(&second);
+            same(&m2, &model2)?;
+            m.merge(m2);
+            model.merge(model2);
+            same(&m, &model)?;
+
+            let headers: Headers = original
+                .iter()
+                .map(|(n, v)| (op_name(*n), format!("o{v}")))
+                .collect();
+            let (mut got, mut want) = (headers.clone(), headers);
+            m.apply_to_headers(&mut got);
+            model.apply(&mut want);
+            proptest::prop_assert_eq!(got, want);
+
+            // Moving the header changes out keeps them whole.
+            let taken = m.take_header_changes();
+            same(&taken, &model)?;
+            proptest::prop_assert!(m.writes().is_empty() && m.removes().is_empty());
+        }
+    }
+
+    #[test]
+    fn thousands_of_writes_cost_linear_time() {
+        // 20,000 sets, appends and removals of distinct names: quadratic bookkeeping
+        // would take seconds (4 x 10^8 comparisons); linear takes milliseconds.
+        let started = std::time::Instant::now();
+        let mut m = Mutations::new();
+        for i in 0..20_000 {
+            m.set(format!("x-s{i}"), "v");
+            m.append(format!("x-a{i}"), "v");
+            m.remove(format!("x-r{i}"));
+        }
+        let mut total = Mutations::new();
+        total.set("x-first", "1");
+        total.merge(m);
+        let mut headers: Headers = (0..100).map(|i| (format!("x-r{i}"), "o")).collect();
+        total.apply_to_headers(&mut headers);
+        assert_eq!(total.writes().len(), 40_001);
+        assert_eq!(total.removes().len(), 20_000);
+        assert_eq!(headers.len(), 40_001);
+        let took = started.elapsed();
+        // Generous for an unoptimised build on a shared machine.
+        assert!(took < std::time::Duration::from_secs(5), "{took:?}");
     }
 }

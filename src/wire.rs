@@ -452,12 +452,12 @@ fn option(name: &str, value: Bytes, action: HeaderAction) -> HeaderValueOption {
 
 /// Encodes an immediate response.
 pub fn immediate_response(r: &ImmediateResponse) -> crate::proto::ext_proc::ImmediateResponse {
-    let headers = if r.headers.is_empty() {
+    let headers = if r.headers().is_empty() {
         None
     } else {
         Some(HeaderMutation {
             set_headers: r
-                .headers
+                .headers()
                 .iter()
                 .map(|(n, v)| option(n, v.clone(), HeaderAction::Append))
                 .collect(),

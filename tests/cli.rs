@@ -326,3 +326,53 @@ fn bad_http_limits_are_config_errors() {
         );
     }
 }
+
+#[test]
+fn a_processor_that_could_overwrite_verified_claims_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("claims.yaml");
+    let jwks = format!("{}/examples/jwt/jwks.json", env!("CARGO_MANIFEST_DIR"));
+    let config = |allow: &str| {
+        format!(
+            "routes:\n  - name: api\n{allow}    processors:\n      - jwt_auth: {{jwks_file: '{jwks}'}}\n      - trivial\n      - instructions\n"
+        )
+    };
+    std::fs::write(&file, config("")).unwrap();
+    for args in [vec!["check-config"], vec!["serve", "--config"]] {
+        let out = gateway()
+            .args(&args)
+            .arg(&file)
+            .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted: {stderr}");
+        assert!(
+            stderr.contains("claims.yaml: routes[0].processors[2] (instructions): route `api`: `instructions` (processors[2]) runs after `jwt_auth` (processors[0])"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("forge claims"), "{stderr}");
+        assert!(stderr.contains("allow_claim_overwrite: true"), "{stderr}");
+    }
+    // Allowed explicitly: it loads, with a warning naming the route and processors.
+    std::fs::write(&file, config("    allow_claim_overwrite: true\n")).unwrap();
+    let out = gateway().arg("check-config").arg(&file).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("route api:"), "{stdout}");
+    assert!(stderr.contains("WARN"), "{stderr}");
+    assert!(
+        stderr.contains("allowed by allow_claim_overwrite: true"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`instructions` (processors[2])"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("allowed by allow_claim_overwrite").count(),
+        1,
+        "warned once per load: {stderr}"
+    );
+}

@@ -13,7 +13,8 @@ use jwt_helpers::*;
 use serde_json::{json, Value};
 
 /// The example's route (keys from examples/jwt/jwks.json, issuer, audience, then
-/// `trivial`), plus a public route without `jwt_auth`.
+/// `trivial`), a public route without `jwt_auth`, and a route that lets the client
+/// edit headers (`instructions`) before `jwt_auth` checks the token.
 fn gateway_config() -> String {
     format!(
         r#"
@@ -21,6 +22,14 @@ routes:
   - name: public
     match: {{path_prefix: /public}}
     processors: [trivial]
+  - name: tools
+    match: {{path_prefix: /tools}}
+    processors:
+      - instructions
+      - jwt_auth:
+          jwks_file: '{jwks}'
+          issuer: '{ISSUER}'
+          audiences: ['{AUDIENCE}']
   - name: api
     processors:
       - jwt_auth:
@@ -203,6 +212,91 @@ async fn client_sent_claim_headers_are_dropped() {
         .filter(|(_, v)| v.contains("admin") || v.contains("superuser") || v.contains("evil"))
         .collect();
     assert!(spoofed.is_empty(), "{spoofed:?}");
+    s.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_headers_spelled_differently_are_dropped_too() {
+    // Envoy forwards `decoded_sub` by default (headers_with_underscores_action:
+    // ALLOW), and many upstreams read it as `decoded-sub`: only the verified value
+    // may reach the upstream, in any spelling.
+    let Some(s) = stack().await else { return };
+    let token = Signer::example_rsa().sign(&good_claims());
+    let r = s
+        .get_with_token(
+            &token,
+            &[
+                ("decoded_sub", "mallory"),
+                ("Decoded-Sub", "mallory"),
+                ("DECODED_role", "mallory"),
+                ("decoded_", "mallory"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let echoed = r.echoed();
+    assert_eq!(
+        echoed.headers.get("decoded-sub").map(String::as_str),
+        Some("alice"),
+        "{:?}",
+        echoed.headers
+    );
+    let claimish: Vec<_> = echoed
+        .headers
+        .iter()
+        .filter(|(n, _)| n.replace('_', "-").starts_with("decoded-"))
+        .collect();
+    assert!(
+        claimish.iter().all(|(_, v)| !v.contains("mallory")),
+        "a spoofed claim header reached the upstream: {claimish:?}"
+    );
+    assert!(!echoed.headers.contains_key("decoded_sub"));
+    assert!(!echoed.headers.contains_key("decoded_role"));
+    s.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_header_edits_cannot_forge_claims_or_break_the_request() {
+    let Some(s) = stack().await else { return };
+    let token = Signer::example_rsa().sign(&good_claims());
+    let auth = format!("Bearer {token}");
+    // instructions runs before jwt_auth: what it writes under the prefix is dropped.
+    let edits =
+        r#"{"addHeaders": {"decoded_sub": "mallory", "decoded-role": "admin", "x-edit": "ok"}}"#;
+    let r = s
+        .get(
+            "/tools/x",
+            &[("authorization", &auth), ("instructions", edits)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let echoed = r.echoed();
+    assert_eq!(
+        echoed.headers.get("decoded-sub").map(String::as_str),
+        Some("alice")
+    );
+    assert_eq!(echoed.headers.get("x-edit").map(String::as_str), Some("ok"));
+    assert!(!echoed.headers.contains_key("decoded_sub"));
+    assert!(!echoed.headers.contains_key("decoded-role"));
+
+    // A value Envoy would refuse is the client's error: 400 naming the header, and
+    // Envoy never sees (nor rejects) a mutation.
+    let hits = s.upstream.hits();
+    let bad = r#"{"addHeaders": {"x-edit": "a\u0001b"}}"#;
+    let r = s
+        .get(
+            "/tools/x",
+            &[("authorization", &auth), ("instructions", bad)],
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    let reason = body["error"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("value of `x-edit` contains a control character"),
+        "{reason}"
+    );
+    assert_eq!(s.upstream.hits(), hits);
     s.assert_clean().await;
 }
 

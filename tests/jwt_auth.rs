@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use extproc_gateway::config::GatewayConfig;
 use extproc_gateway::metrics::Metrics;
+use extproc_gateway::phase::{is_valid_header_name, is_valid_header_value};
 use extproc_gateway::prelude::*;
 use extproc_gateway::processors::{JwtAuth, JwtSettings, ProcessorSpec, Trivial};
 use extproc_gateway::testing::{Answer, Driver, Immediate};
@@ -267,6 +268,145 @@ async fn client_sent_decoded_headers_are_removed() {
     // The token's own value replaces the spoofed one; the spoofed extra is not re-set.
     assert_eq!(a.header("decoded-sub"), Some("alice"));
     assert_eq!(a.header("decoded-role"), None);
+}
+
+#[tokio::test]
+async fn client_sent_claim_headers_are_removed_in_every_spelling() {
+    // Envoy forwards underscores by default, and many upstreams read `_` and `-`
+    // (and any case) as the same header: every such spelling is a spoofing attempt.
+    let chain = chain(example_settings());
+    let token = Signer::example_rsa().sign(&good_claims());
+    let auth = format!("Bearer {token}");
+    let spoofed = [
+        "decoded_sub",
+        "Decoded-Sub",
+        "DECODED_sub",
+        "decoded_role",
+        "Decoded_",
+    ];
+    let mut headers: Vec<(&str, &str)> = vec![("authorization", &auth)];
+    headers.extend(spoofed.iter().map(|n| (*n, "mallory")));
+    headers.push(("x-decoded_keep", "not a claim header"));
+    let a = send(&chain, &headers).await;
+    assert_accepted(&a);
+    for name in spoofed {
+        let lower = name.to_ascii_lowercase();
+        assert!(
+            a.removed.contains(&lower),
+            "{name} not in removed {:?}",
+            a.removed
+        );
+    }
+    assert!(!a.removed.iter().any(|r| r == "x-decoded_keep"));
+    assert_eq!(a.header("decoded-sub"), Some("alice"));
+    assert!(
+        a.set.iter().all(|(_, v)| v != "mallory"),
+        "a spoofed value is written: {:?}",
+        a.set
+    );
+    let upstream = upstream_view(&headers, &a);
+    let claimish: Vec<_> = upstream
+        .iter()
+        .filter(|(n, _)| {
+            n.replace('_', "-")
+                .to_ascii_lowercase()
+                .starts_with("decoded-")
+        })
+        .collect();
+    assert!(
+        claimish.iter().all(|(_, v)| v != "mallory"),
+        "the upstream would see {claimish:?}"
+    );
+}
+
+#[tokio::test]
+async fn claim_headers_written_by_an_earlier_processor_are_removed_too() {
+    // `instructions` before `jwt_auth` is allowed: whatever it wrote under the prefix
+    // is on the request when jwt_auth strips it.
+    let chain = Chain::builder()
+        .processor(extproc_gateway::processors::HeaderInstructions)
+        .processor(JwtAuth::new(example_settings()).unwrap())
+        .build();
+    let token = Signer::example_rsa().sign(&good_claims());
+    let auth = format!("Bearer {token}");
+    let instructions = r#"{"addHeaders": {"decoded_sub": "mallory", "Decoded-Role": "root"}}"#;
+    let headers = [
+        (":method", "GET"),
+        (":path", "/"),
+        ("authorization", auth.as_str()),
+        ("instructions", instructions),
+    ];
+    let a = Driver::new(chain)
+        .request_headers(&headers, true)
+        .await
+        .unwrap();
+    assert!(a.immediate.is_none(), "{:?}", a.immediate);
+    assert_eq!(a.header("decoded-sub"), Some("alice"));
+    assert_eq!(a.header("decoded_sub"), None);
+    assert_eq!(a.header("decoded-role"), None);
+    assert!(
+        a.removed.contains(&"decoded_sub".to_string()),
+        "{:?}",
+        a.removed
+    );
+    assert!(a.set.iter().all(|(_, v)| v != "mallory" && v != "root"));
+}
+
+#[tokio::test]
+async fn claims_a_header_cannot_carry_are_encoded() {
+    let chain = chain(example_settings());
+    let claims = claims_with(json!({
+        "ctl": "line\r\nInjected: yes",
+        "del": "a\u{7f}b",
+        "tab": "a\tb",
+        "Ünicode name": "é",
+        "nested": {"k\u{7f}": ["\u{0}"]},
+    }));
+    let token = Signer::example_rsa().sign(&claims);
+    let a = send_token(&chain, &token).await;
+    assert_accepted(&a);
+    assert_eq!(a.header("decoded-ctl"), Some(r#""line\r\nInjected: yes""#));
+    assert_eq!(a.header("decoded-del"), Some(r#""a\u007fb""#));
+    assert_eq!(a.header("decoded-tab"), Some("a\tb"));
+    assert_eq!(a.header("decoded--nicode-name"), Some("é"));
+    assert_eq!(
+        a.header("decoded-nested"),
+        Some(r#"{"k\u007f":["\u0000"]}"#)
+    );
+    for option in raw_writes(&a) {
+        assert!(is_valid_header_name(&option.0), "{option:?}");
+        assert!(is_valid_header_value(&option.1), "{option:?}");
+    }
+}
+
+/// The header writes of an answer, with their raw bytes.
+fn raw_writes(a: &Answer) -> Vec<(String, Vec<u8>)> {
+    use extproc_gateway::proto::ext_proc::processing_response::Response;
+    let Some(Response::RequestHeaders(h)) = &a.raw.response else {
+        return Vec::new();
+    };
+    h.response
+        .iter()
+        .filter_map(|c| c.header_mutation.as_ref())
+        .flat_map(|m| m.set_headers.iter())
+        .filter_map(|o| o.header.as_ref())
+        .map(|h| (h.key.clone(), h.raw_value.to_vec()))
+        .collect()
+}
+
+/// The request headers as Envoy would forward them after this answer: removals
+/// first, then the writes.
+fn upstream_view(sent: &[(&str, &str)], a: &Answer) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = sent
+        .iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+        .filter(|(n, _)| !a.removed.contains(n))
+        .collect();
+    for (n, v) in &a.set {
+        headers.retain(|(m, _)| m != n);
+        headers.push((n.clone(), v.clone()));
+    }
+    headers
 }
 
 #[tokio::test]

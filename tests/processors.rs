@@ -212,6 +212,119 @@ async fn malformed_instructions_get_400_with_a_clear_reason() {
 }
 
 #[tokio::test]
+async fn instructions_a_header_cannot_carry_get_400_naming_the_header() {
+    for (json, expect) in [
+        (
+            r#"{"addHeaders": {"x-ok": "1", "x-ctl": "a\u0001b"}}"#,
+            "value of `x-ctl` contains a control character",
+        ),
+        (
+            r#"{"addHeaders": {"x-del": "a\u007fb"}}"#,
+            "value of `x-del` contains a control character",
+        ),
+        (
+            r#"{"addHeaders": {"x-crlf": "a\r\nInjected: 1"}}"#,
+            "value of `x-crlf` contains a control character",
+        ),
+        (
+            r#"{"addHeaders": {":path": "/admin"}}"#,
+            "`:path` is not a header name",
+        ),
+        (r#"{"addHeaders": {"": "v"}}"#, "`` is not a header name"),
+        (
+            r#"{"addHeaders": {"x-é": "v"}}"#,
+            "`x-é` is not a header name",
+        ),
+        (
+            r#"{"removeHeaders": ["x-fine", "bad\u0000name"]}"#,
+            "`bad\\0name` is not a header name",
+        ),
+    ] {
+        let mut d = driver(HeaderInstructions);
+        let a = d
+            .request_headers(&with(&[("instructions", json)]), true)
+            .await
+            .unwrap();
+        let i = a.immediate.unwrap_or_else(|| panic!("no 400 for {json}"));
+        assert_eq!(i.status, 400, "{json}");
+        let body: serde_json::Value = serde_json::from_slice(&i.body).unwrap();
+        let reason = body["error"].as_str().unwrap();
+        assert!(reason.contains(expect), "{json}: {reason}");
+    }
+    // A tab, spaces and UTF-8 are fine in a value; names are lower-cased.
+    let mut d = driver(HeaderInstructions);
+    let json = r#"{"addHeaders": {"X-Tab": "a\tb c", "x-utf8": "é"}}"#;
+    let a = d
+        .request_headers(&with(&[("instructions", json)]), true)
+        .await
+        .unwrap();
+    assert!(a.immediate.is_none(), "{:?}", a.immediate);
+    assert_eq!(a.header("x-tab"), Some("a\tb c"));
+    assert_eq!(a.header("x-utf8"), Some("é"));
+}
+
+#[tokio::test]
+async fn built_in_processors_never_copy_an_invalid_client_value() {
+    use extproc_gateway::processors::{Echo, Trivial};
+    // Envoy never forwards such values, but the gateway does not rely on it: a value
+    // a header cannot carry is left out, never emitted.
+    let mut d = driver(Trivial);
+    let a = d
+        .request_headers(&with(&[("x-request-id", "id\u{7f}")]), true)
+        .await
+        .unwrap();
+    assert!(a.immediate.is_none());
+    assert_eq!(a.header("x-extra-request-id"), None);
+
+    let mut d = driver(ContextCheck);
+    let a = d
+        .request_headers(&with(&[("x-context-id", "a\u{1}b")]), true)
+        .await
+        .unwrap();
+    assert_eq!(a.header("x-context-id"), None, "{:?}", a.set);
+
+    // echo answers with the request's headers, minus the ones a reply cannot carry.
+    let mut d = driver(Echo);
+    let a = d
+        .request_headers(
+            &with(&[
+                ("x-echo-only", "yes"),
+                ("x-fine", "a\tb"),
+                ("x-ctl", "a\u{0}b"),
+                ("x-del", "\u{7f}"),
+                ("bad name", "v"),
+                ("X-Upper", "kept, lower-cased"),
+            ]),
+            true,
+        )
+        .await
+        .unwrap();
+    let i = a.immediate.expect("echo answers");
+    assert_eq!(i.status, 200);
+    assert_eq!(i.header("x-fine"), Some("a\tb"));
+    assert_eq!(i.header("x-upper"), Some("kept, lower-cased"));
+    for gone in ["x-ctl", "x-del", "bad name"] {
+        assert_eq!(i.header(gone), None, "{gone}");
+    }
+}
+
+#[test]
+fn static_header_values_with_control_characters_are_refused_at_load() {
+    for value in ["a\u{7f}", "a\u{1}b", "\u{1b}[31m"] {
+        let mut s = HeadersSettings::default();
+        s.request.set = [("x-a".to_string(), value.to_string())].into();
+        let e = StaticHeaders::new(s).unwrap_err();
+        assert!(
+            e.contains("value of `x-a` contains a control character"),
+            "{e}"
+        );
+    }
+    let mut s = HeadersSettings::default();
+    s.request.set = [("x-a".to_string(), "tab\tok".to_string())].into();
+    assert!(StaticHeaders::new(s).is_ok());
+}
+
+#[tokio::test]
 async fn streamed_bodies_are_bounded() {
     use extproc_gateway::processors::Echo;
     // echo gathers a streamed body to answer it: past its limit, 413.

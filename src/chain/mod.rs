@@ -233,21 +233,27 @@ impl Chain {
         }
         match (&mut outcome.flow, &outcome.phase) {
             (Flow::Respond(response), _) => {
-                response.headers.retain(|(n, _)| n != header);
-                response.headers.push((header.to_string(), ran));
+                // The name was checked when the chain was built; a refused one is
+                // left out rather than failing the reply.
+                let _ = response.set_header(header, ran);
             }
             (Flow::Continue, Phase::ResponseHeaders(h)) => {
-                let value = match h.headers.get(header) {
+                let extended = match h.headers.get(header) {
                     Some(existing) if !existing.is_empty() => {
                         let mut v = BytesMut::with_capacity(existing.len() + 1 + ran.len());
                         v.put_slice(existing);
                         v.put_u8(b',');
                         v.put_slice(&ran);
-                        v.freeze()
+                        Some(v.freeze())
                     }
-                    _ => ran,
+                    _ => None,
                 };
-                outcome.mutations.set(header.to_string(), value);
+                // A value already present that cannot be sent back (a control
+                // character) is replaced by this gateway's list alone.
+                let extended = extended.map(|v| outcome.mutations.try_set(header, v));
+                if !matches!(extended, Some(Ok(()))) {
+                    outcome.mutations.set(header, ran);
+                }
             }
             _ => {}
         }

@@ -163,6 +163,14 @@ impl GatewayConfig {
         metrics: Option<&Arc<Metrics>>,
         start: bool,
     ) -> Result<Router, (String, String)> {
+        if let Some(name) = self.applied_header_name() {
+            if !crate::phase::is_valid_header_name(&name) {
+                return Err((
+                    "applied_header".into(),
+                    format!("`{name}` is not a valid header name"),
+                ));
+            }
+        }
         let mut routes = Vec::with_capacity(self.routes.len());
         let mut names = std::collections::HashSet::new();
         let mut catch_all: Option<String> = None;
@@ -207,6 +215,20 @@ impl GatewayConfig {
             };
             if matcher.is_catch_all() {
                 catch_all = Some(r.name.clone());
+            }
+            for o in claim_overwrites(&r.processors) {
+                let at_writer = at(&format!("processors[{}] ({})", o.writer, o.writer_name));
+                if !r.allow_claim_overwrite {
+                    return Err((at_writer, o.describe(&r.name)));
+                }
+                if start {
+                    tracing::warn!(
+                        route = %r.name,
+                        processor = o.writer_name,
+                        "{}: allowed by allow_claim_overwrite: true",
+                        o.describe(&r.name)
+                    );
+                }
             }
             let mut chain = Chain::builder()
                 .applied_header(self.applied_header_name())
@@ -253,6 +275,69 @@ impl GatewayConfig {
         }
         serde_yaml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// A processor after `jwt_auth` that can write under its claim header prefix: the
+/// upstream could no longer tell the claims `jwt_auth` verified from forged ones.
+#[derive(Debug)]
+struct ClaimOverwrite {
+    /// Chain position and name of the processor that writes.
+    writer: usize,
+    writer_name: &'static str,
+    /// Chain position of the `jwt_auth` whose claims it can overwrite.
+    auth: usize,
+    prefix: String,
+    /// The header it writes under the prefix; `None` when the client picks names.
+    header: Option<String>,
+}
+
+impl ClaimOverwrite {
+    fn describe(&self, route: &str) -> String {
+        let (w, name, a, prefix) = (self.writer, self.writer_name, self.auth, &self.prefix);
+        let what = match &self.header {
+            None => format!(
+                "writes whatever headers the client names, so a client could overwrite the verified claim headers (`{prefix}*`) and forge claims. Put `{name}` before `jwt_auth`"
+            ),
+            Some(header) => format!(
+                "writes `{header}`, which an upstream takes for a verified claim header (`{prefix}*`). Write it before `jwt_auth` or under another name"
+            ),
+        };
+        format!(
+            "route `{route}`: `{name}` (processors[{w}]) runs after `jwt_auth` (processors[{a}]) and {what}, or set `allow_claim_overwrite: true` on the route to accept this"
+        )
+    }
+}
+
+/// Every processor that comes after a `jwt_auth` of the chain and can write under
+/// its claim header prefix (in any spelling that `jwt_auth` strips from clients).
+fn claim_overwrites(chain: &[crate::processors::ProcessorSpec]) -> Vec<ClaimOverwrite> {
+    use crate::processors::jwt_auth::is_claim_header;
+    use crate::processors::RequestHeaderWrites;
+    let mut found = Vec::new();
+    for (auth, spec) in chain.iter().enumerate() {
+        let Some(prefix) = spec.claim_header_prefix() else {
+            continue;
+        };
+        for (writer, later) in chain.iter().enumerate().skip(auth + 1) {
+            let header = match later.request_header_writes() {
+                RequestHeaderWrites::ClientChosen => None,
+                RequestHeaderWrites::Names(names) => {
+                    match names.into_iter().find(|n| is_claim_header(n, prefix)) {
+                        Some(n) => Some(n),
+                        None => continue,
+                    }
+                }
+            };
+            found.push(ClaimOverwrite {
+                writer,
+                writer_name: later.name(),
+                auth,
+                prefix: prefix.to_ascii_lowercase(),
+                header,
+            });
+        }
+    }
+    found
 }
 
 fn regex(field: &str, pattern: &str) -> Result<Regex, (String, String)> {
@@ -399,6 +484,75 @@ mod tests {
 
         let e = err("routes:\n  - name: a\n    match: {methods: [get]}\n    processors: []\n");
         assert!(e.contains("routes[0].match.methods[0]"), "{e}");
+    }
+
+    fn jwks() -> String {
+        format!("{}/examples/jwt/jwks.json", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn chain(processors: &str, allow: bool) -> String {
+        format!(
+            "routes:\n  - name: api\n    allow_claim_overwrite: {allow}\n    processors:\n      - trivial\n      - jwt_auth: {{jwks_file: '{}'}}\n{processors}",
+            jwks()
+        )
+    }
+
+    #[test]
+    fn processors_after_jwt_auth_may_not_write_claim_headers() {
+        let e = err(&chain("      - instructions\n", false));
+        assert!(e.contains("routes[0].processors[2] (instructions)"), "{e}");
+        assert!(e.contains("route `api`"), "{e}");
+        assert!(e.contains("`jwt_auth` (processors[1])"), "{e}");
+        assert!(e.contains("allow_claim_overwrite: true"), "{e}");
+        assert!(e.contains("`decoded-*`"), "{e}");
+
+        // A static header under the prefix, in any spelling jwt_auth strips.
+        for name in ["decoded-role", "Decoded_Role", "DECODED-x"] {
+            let e = err(&chain(
+                &format!("      - headers: {{request: {{append: {{{name}: admin}}}}}}\n"),
+                false,
+            ));
+            assert!(e.contains("routes[0].processors[2] (headers)"), "{e}");
+            assert!(
+                e.contains(&format!("writes `{}`", name.to_ascii_lowercase())),
+                "{e}"
+            );
+        }
+        // A built-in whose fixed header falls under a wide prefix.
+        let e = err(&format!(
+            "routes:\n  - name: r\n    processors:\n      - jwt_auth: {{jwks_file: '{}', claim_header_prefix: x-}}\n      - context_check\n",
+            jwks()
+        ));
+        assert!(e.contains("processors[1] (context_check)"), "{e}");
+        assert!(e.contains("writes `x-context-id`"), "{e}");
+
+        // Allowed explicitly, before jwt_auth (which strips what is there), or
+        // outside the prefix: the config loads.
+        for ok in [
+            chain("      - instructions\n", true),
+            chain("      - headers: {request: {set: {decoded-role: x}}}\n", true),
+            chain("      - headers: {request: {set: {x-decoded: x}}, response: {set: {decoded-a: b}}}\n", false),
+            chain("      - headers: {request: {remove: [decoded-sub]}}\n", false),
+            chain("      - echo\n      - digest\n      - timer\n", false),
+            format!(
+                "routes:\n  - name: r\n    processors:\n      - instructions\n      - jwt_auth: {{jwks_file: '{}'}}\n",
+                jwks()
+            ),
+        ] {
+            GatewayConfig::parse(&ok, "t.yaml").unwrap_or_else(|e| panic!("{e}\n{ok}"));
+        }
+        // The setting survives a round trip through /config.
+        let c = GatewayConfig::parse(&chain("      - instructions\n", true), "t").unwrap();
+        assert!(c.to_redacted_yaml().contains("allow_claim_overwrite: true"));
+        let c = GatewayConfig::parse(&chain("", false), "t").unwrap();
+        assert!(!c.to_redacted_yaml().contains("allow_claim_overwrite"));
+    }
+
+    #[test]
+    fn an_invalid_applied_header_is_refused() {
+        let e = err("applied_header: 'x bad'\nroutes: []\n");
+        assert!(e.contains("applied_header"), "{e}");
+        assert!(e.contains("not a valid header name"), "{e}");
     }
 
     #[test]

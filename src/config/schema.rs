@@ -156,6 +156,13 @@ pub struct RouteConfig {
     /// The chain, in order.
     #[serde(default)]
     pub processors: Vec<ProcessorSpec>,
+    /// Lets a processor after `jwt_auth` write headers under its claim header prefix
+    /// (`instructions`, whose names the client picks; `headers` or any processor
+    /// whose header falls under the prefix). Off: such a chain is refused at load,
+    /// since the upstream could no longer tell verified claims from forged ones. On:
+    /// the chain loads and a warning is logged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_claim_overwrite: bool,
 }
 
 /// Route conditions; all that are set must hold.
