@@ -517,6 +517,18 @@ impl Mutations {
         Ok(())
     }
 
+    /// Rewrites the request's `:path` (a pseudo header, so no processor can write it
+    /// through [`Mutations::set`]): only the gateway's own path policy does, after
+    /// routing on the same normalised path. A value with a control character is
+    /// refused.
+    pub(crate) fn set_request_path(&mut self, path: Bytes) -> Result<(), InvalidHeader> {
+        if !is_valid_header_value(&path) {
+            return Err(InvalidHeader::Value(":path".into()));
+        }
+        self.set_checked(":path".into(), path);
+        Ok(())
+    }
+
     /// Adds another value of `name`, keeping existing ones (the same value appended
     /// twice is sent once). An invalid name or value is dropped: see
     /// [`Mutations::try_append`].

@@ -153,7 +153,11 @@ impl Service<PhaseRequest> for ForwardNormalizedService {
                 .map(|p| p.with_query());
             if let Some(path) = rewritten {
                 let mut m = Mutations::new();
-                m.set(":path", Bytes::from(path.clone()));
+                if let Err(e) = m.set_request_path(Bytes::from(path.clone())) {
+                    // A normalised path has no control character; keep the one sent.
+                    tracing::debug!(error = %e, "normalised path not forwarded");
+                    return self.inner.run(req);
+                }
                 m.clear_route_cache();
                 m.apply_to(&mut req.phase);
                 req.mutations.merge(m);
