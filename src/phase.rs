@@ -5,7 +5,10 @@
 //! exchange with an [`ImmediateResponse`]. The wire module is the only place that turns
 //! these into ext_proc messages.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::hash_table::{Entry, HashTable};
 
 use bytes::Bytes;
 
@@ -264,11 +267,20 @@ pub struct HeaderWrite {
 /// tokens and are never written. Envoy lower-cases names itself, so an upper-case
 /// letter here would mean the name was never normalised.
 pub fn is_valid_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+    !name.is_empty() && name.bytes().all(|b| NAME_BYTES[usize::from(b)])
 }
+
+/// The bytes of [`is_valid_header_name`], as a table (it runs on every write).
+const NAME_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let extra = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// True for a header value the gateway may emit: no control character but HTAB
 /// (bytes below 0x20 other than 0x09, and 0x7f, are refused). Envoy rejects a
@@ -394,20 +406,107 @@ pub struct Mutations {
     metadata: Vec<MetadataWrite>,
 }
 
+/// No slot.
+const NONE: usize = usize::MAX;
+
 /// Where each header name stands among a phase's changes.
+///
+/// The table holds no copy of the names (it would cost an allocation per header):
+/// each entry finds its name in its first live write or in its removal, and is
+/// hashed with a per-index random key (names come from clients, so the hash must
+/// resist chosen collisions, as `std`'s does).
 #[derive(Debug, Clone, Default)]
 struct NameIndex {
-    names: HashMap<String, NameState>,
+    hasher: RandomState,
+    names: HashTable<NameState>,
+    /// For each slot, the slot of the previous live write of the same name (`NONE`
+    /// for the first): cancelling a name walks its writes without a list per name.
+    prev: Vec<usize>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct NameState {
-    /// Slots of the live writes of this name, in order.
-    slots: Vec<usize>,
-    /// Values of those writes that are appends (an equal append is sent once).
-    appended: HashSet<Bytes>,
-    /// Listed in the removals.
-    removed: bool,
+    /// First and last live write of this name (`NONE` when there is none). Only the
+    /// first can be a `Set` or an `AddIfAbsent`: both come after every other write of
+    /// their name has been cancelled, or not at all.
+    first: usize,
+    last: usize,
+    /// Values of the live appends of this name (an equal append is sent once).
+    appended: Option<Box<HashSet<Bytes>>>,
+    /// Where the name is listed in the removals (`NONE`: not removed).
+    removed_at: usize,
+}
+
+impl Default for NameState {
+    fn default() -> Self {
+        Self {
+            first: NONE,
+            last: NONE,
+            appended: None,
+            removed_at: NONE,
+        }
+    }
+}
+
+/// The name an index entry stands for: every entry has a removal or a live write
+/// once the operation that made it is over (an entry's name never changes).
+fn name_of<'a>(
+    state: &NameState,
+    slots: &'a [Option<HeaderWrite>],
+    removes: &'a [String],
+) -> &'a str {
+    match removes.get(state.removed_at) {
+        Some(name) => name,
+        None => slots
+            .get(state.first)
+            .and_then(Option::as_ref)
+            .map_or("", |w| w.name.as_str()),
+    }
+}
+
+/// The parts of an indexed [`Mutations`] one operation on `state`'s name touches.
+struct Indexed<'a> {
+    state: &'a mut NameState,
+    prev: &'a mut Vec<usize>,
+    slots: &'a mut Vec<Option<HeaderWrite>>,
+    live: &'a mut usize,
+    removes: &'a mut Vec<String>,
+}
+
+impl Indexed<'_> {
+    /// Cancels every live write of the name.
+    fn cancel(&mut self) {
+        if self.state.last == NONE {
+            return;
+        }
+        let mut at = self.state.last;
+        while at != NONE {
+            if self.slots.get_mut(at).and_then(Option::take).is_some() {
+                *self.live -= 1;
+            }
+            at = self.prev.get(at).copied().unwrap_or(NONE);
+        }
+        self.state.first = NONE;
+        self.state.last = NONE;
+        self.state.appended = None;
+    }
+
+    fn push(&mut self, w: HeaderWrite) {
+        let at = self.slots.len();
+        self.prev.push(self.state.last);
+        if self.state.first == NONE {
+            self.state.first = at;
+        }
+        self.state.last = at;
+        if w.action == HeaderAction::Append {
+            self.state
+                .appended
+                .get_or_insert_with(Box::default)
+                .insert(w.value.clone());
+        }
+        self.slots.push(Some(w));
+        *self.live += 1;
+    }
 }
 
 /// The header writes of a [`Mutations`], in the order they will be applied (a view
@@ -586,115 +685,107 @@ impl Mutations {
         Ok(())
     }
 
+    /// The indexed parts for `name` (its state created when new), or `None` while
+    /// the changes are few enough to scan.
+    fn indexed(&mut self, name: &str) -> Option<Indexed<'_>> {
+        let ix = self.index.as_deref_mut()?;
+        let (slots, removes, hasher) = (&self.slots, &self.removes, &ix.hasher);
+        let entry = ix.names.entry(
+            hasher.hash_one(name),
+            |s| name_of(s, slots, removes) == name,
+            |s| hasher.hash_one(name_of(s, slots, removes)),
+        );
+        // A new entry gets its name (a write or a removal) before this operation ends.
+        let state = match entry {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(NameState::default()).into_mut(),
+        };
+        Some(Indexed {
+            state,
+            prev: &mut ix.prev,
+            slots: &mut self.slots,
+            live: &mut self.live,
+            removes: &mut self.removes,
+        })
+    }
+
     fn set_checked(&mut self, name: String, value: Bytes) {
-        self.cancel(&name);
-        self.push(HeaderWrite {
+        let w = HeaderWrite {
             name,
             value,
             action: HeaderAction::Set,
-        });
+        };
+        if let Some(mut ix) = self.indexed(&w.name) {
+            ix.cancel();
+            ix.push(w);
+            self.compact();
+        } else {
+            self.cancel_scanned(&w.name);
+            self.push_scanned(w);
+        }
     }
 
     fn append_checked(&mut self, name: String, value: Bytes) {
-        let already = match &self.index {
-            Some(ix) => ix
-                .names
-                .get(&name)
-                .is_some_and(|s| s.appended.contains(&value)),
-            None => self
-                .writes()
-                .iter()
-                .any(|w| w.name == name && w.value == value && w.action == HeaderAction::Append),
+        let w = HeaderWrite {
+            name,
+            value,
+            action: HeaderAction::Append,
         };
-        if !already {
-            self.push(HeaderWrite {
-                name,
-                value,
-                action: HeaderAction::Append,
-            });
+        if let Some(mut ix) = self.indexed(&w.name) {
+            let seen = ix.state.appended.as_ref();
+            if !seen.is_some_and(|s| s.contains(&w.value)) {
+                ix.push(w);
+            }
+        } else if !self
+            .writes()
+            .iter()
+            .any(|o| o.name == w.name && o.value == w.value && o.action == HeaderAction::Append)
+        {
+            self.push_scanned(w);
         }
     }
 
     fn add_if_absent_checked(&mut self, name: String, value: Bytes) {
-        let written = match &self.index {
-            Some(ix) => ix.names.get(&name).is_some_and(|s| !s.slots.is_empty()),
-            None => self.writes().iter().any(|w| w.name == name),
+        let w = HeaderWrite {
+            name,
+            value,
+            action: HeaderAction::AddIfAbsent,
         };
-        if !written {
-            self.push(HeaderWrite {
-                name,
-                value,
-                action: HeaderAction::AddIfAbsent,
-            });
+        if let Some(mut ix) = self.indexed(&w.name) {
+            if ix.state.last == NONE {
+                ix.push(w);
+            }
+        } else if !self.writes().iter().any(|o| o.name == w.name) {
+            self.push_scanned(w);
         }
     }
 
     fn remove_checked(&mut self, name: String) {
-        self.cancel(&name);
-        let listed = match &mut self.index {
-            Some(ix) => match ix.names.get_mut(&name) {
-                Some(s) => std::mem::replace(&mut s.removed, true),
-                None => {
-                    ix.names.insert(
-                        name.clone(),
-                        NameState {
-                            removed: true,
-                            ..NameState::default()
-                        },
-                    );
-                    false
-                }
-            },
-            None => self.removes.contains(&name),
-        };
-        if !listed {
-            self.removes.push(name);
-            self.grow_index();
+        if let Some(mut ix) = self.indexed(&name) {
+            ix.cancel();
+            if ix.state.removed_at == NONE {
+                ix.state.removed_at = ix.removes.len();
+                ix.removes.push(name);
+            }
+            self.compact();
+        } else {
+            self.cancel_scanned(&name);
+            if !self.removes.contains(&name) {
+                self.removes.push(name);
+                self.grow_index();
+            }
         }
     }
 
-    /// Cancels every live write of `name`.
-    fn cancel(&mut self, name: &str) {
-        let Self {
-            slots, live, index, ..
-        } = self;
-        match index {
-            None => {
-                // Few writes: keep them dense.
-                let before = slots.len();
-                slots.retain(|s| s.as_ref().is_some_and(|w| w.name != name));
-                *live -= before - slots.len();
-            }
-            Some(ix) => {
-                let Some(state) = ix.names.get_mut(name) else {
-                    return;
-                };
-                for at in state.slots.drain(..) {
-                    if slots.get_mut(at).and_then(Option::take).is_some() {
-                        *live -= 1;
-                    }
-                }
-                state.appended.clear();
-            }
-        }
-        // Holes outnumber writes: compact (amortised over the cancels).
-        if self.index.is_some() && self.slots.len() > 2 * self.live + INDEX_FROM {
-            self.build_index();
-        }
+    /// Cancels every write of `name`, keeping the (few) writes dense.
+    fn cancel_scanned(&mut self, name: &str) {
+        let before = self.slots.len();
+        self.slots
+            .retain(|s| s.as_ref().is_some_and(|w| w.name != name));
+        self.live -= before - self.slots.len();
     }
 
-    fn push(&mut self, w: HeaderWrite) {
-        let at = self.slots.len();
-        if let Some(ix) = &mut self.index {
-            let state = match ix.names.get_mut(&w.name) {
-                Some(s) => s,
-                None => ix.names.entry(w.name.clone()).or_default(),
-            };
-            state.slots.push(at);
-            if w.action == HeaderAction::Append {
-                state.appended.insert(w.value.clone());
-            }
-        }
+    fn push_scanned(&mut self, w: HeaderWrite) {
         self.slots.push(Some(w));
         self.live += 1;
         self.grow_index();
@@ -709,36 +800,94 @@ impl Mutations {
         }
     }
 
+    /// Drops the holes left by cancelled writes once they outnumber the writes
+    /// (amortised over the cancels that made them).
+    fn compact(&mut self) {
+        if self.slots.len() > 2 * self.live + INDEX_FROM {
+            self.build_index();
+        }
+    }
+
     /// (Re)builds the index from the writes and removals, dropping holes.
     fn build_index(&mut self) {
         self.slots.retain(Option::is_some);
-        let mut names: HashMap<String, NameState> =
-            HashMap::with_capacity(self.slots.len() + self.removes.len());
-        for (at, w) in self.slots.iter().flatten().enumerate() {
-            let state = match names.get_mut(&w.name) {
-                Some(s) => s,
-                None => names.entry(w.name.clone()).or_default(),
+        let mut index = NameIndex {
+            hasher: RandomState::new(),
+            names: HashTable::with_capacity(self.slots.len() + self.removes.len()),
+            prev: Vec::with_capacity(self.slots.len()),
+        };
+        let (slots, removes) = (&self.slots, &self.removes);
+        let NameIndex {
+            hasher,
+            names,
+            prev,
+        } = &mut index;
+        let rehash = |s: &NameState| hasher.hash_one(name_of(s, slots, removes));
+        for (at, w) in slots.iter().flatten().enumerate() {
+            let same = |s: &NameState| name_of(s, slots, removes) == w.name;
+            let state = match names.entry(hasher.hash_one(&w.name), same, rehash) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e
+                    .insert(NameState {
+                        first: at,
+                        ..NameState::default()
+                    })
+                    .into_mut(),
             };
-            state.slots.push(at);
+            prev.push(state.last);
+            state.last = at;
             if w.action == HeaderAction::Append {
-                state.appended.insert(w.value.clone());
+                state
+                    .appended
+                    .get_or_insert_with(Box::default)
+                    .insert(w.value.clone());
             }
         }
-        for name in &self.removes {
-            match names.get_mut(name) {
-                Some(s) => s.removed = true,
-                None => {
-                    names.insert(
-                        name.clone(),
-                        NameState {
-                            removed: true,
-                            ..NameState::default()
-                        },
-                    );
+        for (i, name) in removes.iter().enumerate() {
+            let same = |s: &NameState| name_of(s, slots, removes) == name;
+            match names.entry(hasher.hash_one(name), same, rehash) {
+                Entry::Occupied(e) => e.into_mut().removed_at = i,
+                Entry::Vacant(e) => {
+                    e.insert(NameState {
+                        removed_at: i,
+                        ..NameState::default()
+                    });
                 }
             }
         }
-        self.index = Some(Box::new(NameIndex { names }));
+        self.index = Some(Box::new(index));
+    }
+
+    /// Makes room for `additional` more header changes: a processor that knows how
+    /// many it will make (`instructions`) saves the regrowth of the index.
+    pub fn reserve(&mut self, additional: usize) {
+        self.slots.reserve(additional);
+        if self.index.is_none() && self.slots.len() + additional > INDEX_FROM {
+            self.build_index();
+        }
+        let (slots, removes) = (&self.slots, &self.removes);
+        if let Some(ix) = self.index.as_deref_mut() {
+            let hasher = &ix.hasher;
+            ix.names
+                .reserve(additional, |s| hasher.hash_one(name_of(s, slots, removes)));
+            ix.prev.reserve(additional);
+        }
+    }
+
+    /// The index entry of a header name as it may be spelled in a header list.
+    fn state_of(&self, name: &str) -> Option<&NameState> {
+        let ix = self.index.as_ref()?;
+        let lower;
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = name.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            name
+        };
+        let (slots, removes) = (&self.slots, &self.removes);
+        ix.names.find(ix.hasher.hash_one(name), |s| {
+            name_of(s, slots, removes) == name
+        })
     }
 
     /// Replaces the body of the current message.
@@ -820,13 +969,8 @@ impl Mutations {
     /// The value this phase will set for `name`, if a processor wrote it.
     pub fn written(&self, name: &str) -> Option<&Bytes> {
         match &self.index {
-            Some(ix) => {
-                let state = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-                    ix.names.get(&name.to_ascii_lowercase())
-                } else {
-                    ix.names.get(name)
-                }?;
-                let at = *state.slots.last()?;
+            Some(_) => {
+                let at = self.state_of(name)?.last;
                 self.slots.get(at)?.as_ref().map(|w| &w.value)
             }
             None => self
@@ -903,43 +1047,41 @@ impl Mutations {
             }
             return;
         }
-        // Many changes: one pass, with the entries indexed by (lower-case) name.
-        let entries = std::mem::take(&mut headers.entries);
-        let mut out: Vec<Option<(String, Bytes)>> = Vec::with_capacity(entries.len() + self.live);
-        let mut at: HashMap<String, Vec<usize>> = HashMap::with_capacity(entries.len() + self.live);
-        for (name, value) in entries {
-            at.entry(name.to_ascii_lowercase())
-                .or_default()
-                .push(out.len());
-            out.push(Some((name, value)));
+        // Many changes: one pass over the list and one over the writes. Per name only
+        // the first write can be a `Set` (which drops the list's entries of the name)
+        // or an `AddIfAbsent` (which adds only when the list has none left).
+        let originals = std::mem::take(&mut headers.entries);
+        let mut out: Vec<(String, Bytes)> = Vec::with_capacity(originals.len() + self.live);
+        for (name, value) in originals {
+            let dropped = self.state_of(&name).is_some_and(|s| {
+                s.removed_at != NONE
+                    || self
+                        .slots
+                        .get(s.first)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|w| w.action == HeaderAction::Set)
+            });
+            if !dropped {
+                out.push((name, value));
+            }
         }
-        let clear = |out: &mut Vec<Option<(String, Bytes)>>, positions: &mut Vec<usize>| {
-            for i in positions.drain(..) {
-                if let Some(entry) = out.get_mut(i) {
-                    *entry = None;
+        let kept = out.len();
+        let mut present: Option<HashSet<String>> = None;
+        for w in self.writes() {
+            if w.action == HeaderAction::AddIfAbsent {
+                let present = present.get_or_insert_with(|| {
+                    out.iter()
+                        .take(kept)
+                        .map(|(n, _)| n.to_ascii_lowercase())
+                        .collect()
+                });
+                if present.contains(&w.name) {
+                    continue;
                 }
             }
-        };
-        for name in &self.removes {
-            if let Some(positions) = at.get_mut(name.as_str()) {
-                clear(&mut out, positions);
-            }
+            out.push((w.name.clone(), w.value.clone()));
         }
-        for w in self.writes() {
-            let positions = match at.get_mut(w.name.as_str()) {
-                Some(p) => p,
-                None => at.entry(w.name.clone()).or_default(),
-            };
-            match w.action {
-                HeaderAction::Set => clear(&mut out, positions),
-                HeaderAction::Append => {}
-                HeaderAction::AddIfAbsent if !positions.is_empty() => continue,
-                HeaderAction::AddIfAbsent => {}
-            }
-            positions.push(out.len());
-            out.push(Some((w.name.clone(), w.value.clone())));
-        }
-        headers.entries = out.into_iter().flatten().collect();
+        headers.entries = out;
     }
 
     /// True when nothing changes.
@@ -1319,8 +1461,9 @@ mod tests {
         }
     }
 
-    fn run(ops: &[Op]) -> (Mutations, Model) {
+    fn run(ops: &[Op], reserve: usize) -> (Mutations, Model) {
         let (mut m, mut model) = (Mutations::new(), Model::default());
+        m.reserve(reserve);
         for op in ops {
             match op {
                 Op::Write(n, v, action) => {
@@ -1383,11 +1526,12 @@ mod tests {
         fn indexed_mutations_match_the_reference(
             first in ops(),
             second in ops(),
+            reserve in proptest::prop_oneof![proptest::strategy::Just(0usize), 0..200usize],
             original in proptest::collection::vec((0..60usize, 0..3u8), 0..30),
         ) {
-            let (mut m, mut model) = run(&first);
+            let (mut m, mut model) = run(&first, reserve);
             same(&m, &model)?;
-            let (m2, model2) = run(&second);
+            let (m2, model2) = run(&second, 0);
             same(&m2, &model2)?;
             m.merge(m2);
             model.merge(model2);

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Old vs new cost of header edits per request-headers message (benches/mutations.rs):
+# the same criterion bench built from an older revision (exported with `git archive`
+# into a temporary directory, this bench file copied in) and from the working tree,
+# run interleaved (old, new, old, new, ...), each round's median, then the median of
+# the round medians and the ratio, per benchmark.
+#   benches/mutations_cost.sh ROUNDS OLD_REV
+# e.g. benches/mutations_cost.sh 3 3570fd5 (the last revision with the quadratic
+# builder). Both builds share CARGO_TARGET_DIR (default ./target), so dependencies
+# build once.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ $# -ne 2 ]; then
+    echo "usage: $0 ROUNDS OLD_REV" >&2
+    exit 2
+fi
+rounds="$1"
+old_rev="$2"
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+export CARGO_TARGET_DIR="$target"
+old_dir="$(mktemp -d)"
+trap 'rm -rf "$old_dir"' EXIT
+git archive "$old_rev" | tar -x -C "$old_dir"
+cp benches/mutations.rs "$old_dir/benches/mutations.rs"
+if ! grep -q '^name = "mutations"' "$old_dir/Cargo.toml"; then
+    printf '\n[[bench]]\nname = "mutations"\nharness = false\n' >>"$old_dir/Cargo.toml"
+fi
+echo "old: $(git rev-parse --short "$old_rev"), new: working tree; building both" >&2
+(cd "$old_dir" && cargo bench --bench mutations --no-run) >/dev/null 2>&1
+cargo bench --bench mutations --no-run >/dev/null 2>&1
+benches=(instructions_60k instructions_60k_wire instructions_small)
+median() {
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["median"]["point_estimate"])' \
+        "$target/criterion/mutations/$1/new/estimates.json"
+}
+results="$(mktemp)"
+for i in $(seq 1 "$rounds"); do
+    for side in old new; do
+        dir="$PWD"
+        [ "$side" = old ] && dir="$old_dir"
+        (cd "$dir" && cargo bench --bench mutations -- --warm-up-time 1 --measurement-time 3 'mutations/') >/dev/null 2>&1
+        for b in "${benches[@]}"; do
+            m="$(median "$b")"
+            echo "$b $side $m" >>"$results"
+            printf 'round %d: %-18s %s %12.0f ns\n' "$i" "$b" "$side" "$m"
+        done
+    done
+done
+python3 - "$results" <<'PY'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+for bench in dict.fromkeys(r[0] for r in rows):
+    old = [float(r[2]) for r in rows if r[0] == bench and r[1] == "old"]
+    new = [float(r[2]) for r in rows if r[0] == bench and r[1] == "new"]
+    mo, mn = statistics.median(old), statistics.median(new)
+    print(f"{bench}: median of {len(old)} interleaved rounds: old {mo:,.0f} ns, new {mn:,.0f} ns, old/new {mo / mn:.2f}")
+PY
+rm -f "$results"
