@@ -432,7 +432,7 @@ struct NameState {
     first: usize,
     last: usize,
     /// Values of the live appends of this name (an equal append is sent once).
-    appended: Option<Box<HashSet<Bytes>>>,
+    appended: Option<HashSet<Bytes>>,
     /// Where the name is listed in the removals (`NONE`: not removed).
     removed_at: usize,
 }
@@ -501,7 +501,7 @@ impl Indexed<'_> {
         if w.action == HeaderAction::Append {
             self.state
                 .appended
-                .get_or_insert_with(Box::default)
+                .get_or_insert_with(HashSet::default)
                 .insert(w.value.clone());
         }
         self.slots.push(Some(w));
@@ -839,7 +839,7 @@ impl Mutations {
             if w.action == HeaderAction::Append {
                 state
                     .appended
-                    .get_or_insert_with(Box::default)
+                    .get_or_insert_with(HashSet::default)
                     .insert(w.value.clone());
             }
         }
