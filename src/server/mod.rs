@@ -5,7 +5,9 @@
 
 mod exchange;
 mod flows;
+mod grpc;
 mod http_service;
+mod inbound;
 mod json;
 pub mod limits;
 mod listener;
@@ -29,7 +31,7 @@ pub use service::{ExtProcService, RouterHandle};
 
 use crate::config::{GatewayConfig, ListenAddr};
 use crate::metrics::Metrics;
-use crate::proto::ext_proc::external_processor_server::ExternalProcessorServer;
+use grpc::ExtProcGrpc;
 
 /// Whether the gateway should receive traffic: set once the gRPC listener serves,
 /// cleared when draining. Read by `/readyz`.
@@ -155,9 +157,7 @@ async fn run(
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ExternalProcessorServer<ExtProcService>>()
-        .await;
+    health.set_serving::<ExtProcGrpc>().await;
     let limit = config.server.max_message_bytes;
     let stream_limits = limits::StreamLimits {
         max_streams: config.server.max_streams,
@@ -178,13 +178,12 @@ async fn run(
         })),
     );
     metrics.watch_budget(budget.clone());
-    let ext_proc = ExternalProcessorServer::new(
+    let ext_proc = ExtProcGrpc::new(
         ExtProcService::new(routes.clone(), metrics.clone())
             .with_limits(stream_limits)
             .with_budget(budget),
-    )
-    .max_decoding_message_size(limit)
-    .max_encoding_message_size(limit);
+        limit,
+    );
     let per_connection = config.server.max_streams_per_connection;
 
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
@@ -254,9 +253,7 @@ async fn run(
     shutdown.await;
     tracing::info!(grace = ?grace, "draining: no new streams, waiting for in-flight ones");
     readiness.set(false);
-    health
-        .set_not_serving::<ExternalProcessorServer<ExtProcService>>()
-        .await;
+    health.set_not_serving::<ExtProcGrpc>().await;
     let _ = drain_tx.send(true);
     let deadline = tokio::time::Instant::now() + grace;
     // The accept task stops at once: the port closes and a socket file goes.

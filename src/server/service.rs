@@ -4,14 +4,14 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
 use futures_util::{Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 
 use super::exchange::{Exchange, ExchangeError, Handled};
+use super::inbound::Inbound;
 use super::limits::{Limit, StreamLimits, StreamSlots};
 use crate::metrics::{Metrics, StreamOutcome};
 use crate::modes::Violation;
-use crate::proto::ext_proc::external_processor_server::ExternalProcessor;
-use crate::proto::ext_proc::{ProcessingRequest, ProcessingResponse};
+use crate::proto::ext_proc::ProcessingResponse;
 use crate::router::Router;
 
 /// The routes in force. A reload swaps the inner `Arc`; streams already open keep the
@@ -110,7 +110,10 @@ fn inbound_error(status: Status) -> Option<Status> {
         tonic::Code::Internal if status.message().contains("decode") => Some(
             Status::invalid_argument(format!("malformed ProcessingRequest: {}", status.message())),
         ),
-        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => Some(status),
+        tonic::Code::OutOfRange
+        | tonic::Code::ResourceExhausted
+        | tonic::Code::InvalidArgument
+        | tonic::Code::Unimplemented => Some(status),
         _ => {
             tracing::debug!(%status, "ext_proc stream closed by peer");
             None
@@ -119,7 +122,7 @@ fn inbound_error(status: Status) -> Option<Status> {
 }
 
 struct StreamState {
-    inbound: Streaming<ProcessingRequest>,
+    inbound: Inbound<tonic::body::Body>,
     exchange: Exchange,
     metrics: Arc<Metrics>,
     /// Answers decided but not yet sent (a released full-duplex exchange).
@@ -166,18 +169,19 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+pub(crate) type ResponseStream =
+    Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl ExternalProcessor for ExtProcService {
-    type ProcessStream = ResponseStream;
-
-    async fn process(
+impl ExtProcService {
+    /// Opens one ext_proc stream: the answers to the messages read from `body`, sent
+    /// with gRPC `metadata`. Messages over `max_message` bytes end the stream.
+    pub(crate) fn open(
         &self,
-        request: Request<Streaming<ProcessingRequest>>,
-    ) -> Result<Response<Self::ProcessStream>, Status> {
-        let grpc_metadata: Vec<(String, String)> = request
-            .metadata()
+        metadata: &tonic::metadata::MetadataMap,
+        body: tonic::body::Body,
+        max_message: usize,
+    ) -> Result<ResponseStream, Status> {
+        let grpc_metadata: Vec<(String, String)> = metadata
             .iter()
             .filter_map(|entry| match entry {
                 tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
@@ -206,7 +210,11 @@ impl ExternalProcessor for ExtProcService {
         let extender: crate::processor::TimeoutExtender =
             Arc::new(move |by| extend_tx.send(crate::wire::timeout_override(by)).is_ok());
         let state = StreamState {
-            inbound: request.into_inner(),
+            inbound: Inbound::new(
+                body,
+                max_message,
+                self.budget.clone().map(crate::budget::StreamBudget::new),
+            ),
             exchange: Exchange::new(self.router.current(), grpc_metadata)
                 .with_timeout_extender(extender)
                 .with_limits(self.limits.clone(), self.metrics.clone())
@@ -226,8 +234,8 @@ impl ExternalProcessor for ExtProcService {
             }
             loop {
                 let next = match st.idle_timeout {
-                    Some(idle) => match tokio::time::timeout(idle, st.inbound.message()).await {
-                        Ok(next) => next,
+                    Some(idle) => match tokio::time::timeout(idle, st.inbound.next()).await {
+                        Ok(next) => next.transpose(),
                         Err(_) => {
                             st.metrics.limit_hit(Limit::Idle);
                             let status = st.fail(Status::deadline_exceeded(format!(
@@ -236,7 +244,7 @@ impl ExternalProcessor for ExtProcService {
                             return Some((Err(status), st));
                         }
                     },
-                    None => st.inbound.message().await,
+                    None => st.inbound.next().await.transpose(),
                 };
                 match next {
                     Ok(Some(message)) => match st.exchange.handle(message).await {
@@ -284,6 +292,6 @@ impl ExternalProcessor for ExtProcService {
             futures_util::stream::select_with_strategy(extensions, stream, |_: &mut ()| {
                 futures_util::stream::PollNext::Left
             });
-        Ok(Response::new(Box::pin(merged)))
+        Ok(Box::pin(merged))
     }
 }
