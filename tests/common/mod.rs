@@ -247,15 +247,7 @@ impl Gateway {
     /// Resident memory in KiB (`VmRSS` of `/proc/<pid>/status`), or `None` once the
     /// process is gone.
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()
+        rss_kib(self.pid())
     }
 
     /// The `extproc_active_streams` gauge, or `None` when `/metrics` does not answer.
@@ -288,6 +280,20 @@ impl Gateway {
             .expect("kill");
         assert!(status.success());
     }
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/<pid>/status`), or
+/// `None` once it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The in-process echo upstream.
