@@ -511,12 +511,8 @@ async fn sigterm_at_random_moments_drains_in_flight_uploads_within_the_grace() {
             s.restart().await;
         }
         s.wait_until_back(&format!("trial-{trial}")).await;
-        let gw = s.gateway();
-        assert_eq!(
-            gw.active_streams().await,
-            Some(0.0),
-            "trial {trial}: streams open before the uploads"
-        );
+        // The probes' streams close just after their responses: start from none open.
+        metrics_when_idle(s.gateway().admin_port).await;
         let uploads: Vec<_> = (0..UPLOADS)
             .map(|j| {
                 let id = format!("t{trial}-u{j}");
@@ -610,9 +606,18 @@ async fn sigterm_at_random_moments_drains_in_flight_uploads_within_the_grace() {
                 );
             }
         }
+        // Background requests the client had sent before the signal but that ended
+        // after it: those whose stream was not yet open may be refused (the listener
+        // is closed by then); reported, not asserted.
+        let across: Vec<&Outcome> = outcomes
+            .iter()
+            .filter(|o| o.started < signalled && o.ended > signalled)
+            .collect();
+        let refused = across.iter().filter(|o| o.seen != Seen::Processed).count();
         eprintln!(
-            "trial {trial}: signal {delay:?} after the uploads' streams opened, {in_flight} uploads in flight, exit after {exited:?}; background {}",
-            summary(&outcomes)
+            "trial {trial}: signal {delay:?} after the uploads' streams opened, {in_flight} uploads in flight, exit after {exited:?}; background {}; in flight at the signal {}, of which refused {refused}",
+            summary(&outcomes),
+            across.len()
         );
         exits.push(exited);
     }
