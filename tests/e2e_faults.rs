@@ -528,14 +528,13 @@ async fn sigterm_at_random_moments_drains_in_flight_uploads_within_the_grace() {
             })
             .collect();
         // Every upload's ext_proc stream is open in the gateway before the signal.
-        let admin = s.gateway().admin_port;
+        let gw = s.gateway.as_ref().expect("gateway");
         eventually(
             &format!("trial {trial}: the uploads' streams open"),
             Duration::from_secs(5),
             async || {
-                http_get(admin, "/metrics")
+                gw.active_streams()
                     .await
-                    .and_then(|(_, t)| metric(&t, "extproc_active_streams"))
                     .is_some_and(|n| n >= UPLOADS as f64)
             },
         )
