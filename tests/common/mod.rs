@@ -157,6 +157,14 @@ impl Gateway {
         Self::launch(Some(config_yaml), extra, &[]).await
     }
 
+    /// Same, with the gRPC listener on the Unix socket `socket` (admin still on a free
+    /// port; `grpc_port` is 0). A gateway started again on the same path takes over the
+    /// socket file a killed one left, so the address Envoy dials never changes.
+    pub async fn start_on_socket(config_yaml: &str, socket: &Path, extra: &[&str]) -> Gateway {
+        let grpc = format!("unix:{}", socket.display());
+        Self::launch_at(Some(config_yaml), &grpc, extra, &[]).await
+    }
+
     /// Same, with extra environment variables.
     pub async fn start_with_env(config_yaml: &str, env: &[(&str, &str)]) -> Gateway {
         Self::launch(Some(config_yaml), &[], env).await
@@ -173,6 +181,15 @@ impl Gateway {
     }
 
     async fn launch(config_yaml: Option<&str>, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
+        Self::launch_at(config_yaml, "127.0.0.1:0", extra, env).await
+    }
+
+    async fn launch_at(
+        config_yaml: Option<&str>,
+        grpc_addr: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let addresses = dir.path().join("addresses.json");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_extproc-gateway"));
@@ -187,7 +204,7 @@ impl Gateway {
         }
         // Port 0: the gateway binds free ports itself and writes them to a file, so no
         // port is picked here and then raced for.
-        cmd.args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        cmd.args(["--grpc-addr", grpc_addr, "--admin-addr", "127.0.0.1:0"])
             .arg("--addresses-file")
             .arg(&addresses)
             .args(extra)
@@ -211,10 +228,46 @@ impl Gateway {
         let port = |key: &str| port_of(&bound[key]);
         Gateway {
             proc,
-            grpc_port: port("grpc").expect("grpc address"),
+            grpc_port: if grpc_addr.starts_with("unix:") {
+                0
+            } else {
+                port("grpc").expect("grpc address")
+            },
             admin_port: port("admin").expect("admin address"),
             http_port: port("http"),
             _dir: dir,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
+    /// Resident memory in KiB (`VmRSS` of `/proc/<pid>/status`), or `None` once the
+    /// process is gone.
+    pub fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.pid())
+    }
+
+    /// The `extproc_active_streams` gauge, or `None` when `/metrics` does not answer.
+    pub async fn active_streams(&self) -> Option<f64> {
+        let (_, text) = http_get(self.admin_port, "/metrics").await?;
+        metric(&text, "extproc_active_streams")
+    }
+
+    /// Polls until the process exits or `limit` passes (then `None`; it is still
+    /// killed on drop).
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.proc.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -227,6 +280,20 @@ impl Gateway {
             .expect("kill");
         assert!(status.success());
     }
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/<pid>/status`), or
+/// `None` once it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The in-process echo upstream.
@@ -275,6 +342,9 @@ pub struct Filter {
     pub response_attributes: bool,
     /// gRPC initial metadata on every stream of this filter.
     pub metadata: Vec<(&'static str, &'static str)>,
+    /// Envoy's `failure_mode_allow`: a failed or unreachable processor is skipped
+    /// instead of failing the request.
+    pub failure_mode_allow: bool,
 }
 
 impl Default for Filter {
@@ -288,6 +358,7 @@ impl Default for Filter {
             observability_mode: false,
             response_attributes: false,
             metadata: Vec::new(),
+            failure_mode_allow: false,
         }
     }
 }
@@ -388,7 +459,7 @@ pub fn envoy_config_with_cluster(
               grpc_service:
                 envoy_grpc: {{cluster_name: extproc_gateway}}
                 timeout: 5s
-{initial_metadata}              failure_mode_allow: false
+{initial_metadata}              failure_mode_allow: {allow}
               message_timeout: 2s
               allow_mode_override: true
               observability_mode: {obs}
@@ -401,6 +472,7 @@ pub fn envoy_config_with_cluster(
                 request_trailer_mode: {rt}
                 response_trailer_mode: {st}
 "#,
+            allow = f.failure_mode_allow,
             obs = f.observability_mode,
             response_attributes = if f.response_attributes {
                 "              response_attributes: [xds.route_name, request.path, request.method, request.host, request.id]\n"
@@ -482,6 +554,20 @@ pub fn upstream_cluster_yaml(port: u16) -> String {
 /// The `extproc_gateway` cluster of generated Envoy configs: the gateway's gRPC port
 /// over HTTP/2, gRPC health checked when `health_check` (Envoy then waits for it).
 pub fn gateway_grpc_cluster_yaml(port: u16, health_check: bool) -> String {
+    gateway_cluster_at(
+        &format!("socket_address: {{address: 127.0.0.1, port_value: {port}}}"),
+        health_check,
+    )
+}
+
+/// Like [`gateway_grpc_cluster_yaml`], reaching the gateway on the Unix socket `path`
+/// (Envoy's `pipe` address).
+pub fn gateway_pipe_cluster_yaml(path: &Path, health_check: bool) -> String {
+    gateway_cluster_at(&format!("pipe: {{path: {}}}", path.display()), health_check)
+}
+
+/// The `extproc_gateway` cluster with `endpoint` as the body of its address.
+fn gateway_cluster_at(endpoint: &str, health_check: bool) -> String {
     let health = if health_check {
         r#"    health_checks:
     - timeout: 1s
@@ -505,7 +591,7 @@ pub fn gateway_grpc_cluster_yaml(port: u16, health_check: bool) -> String {
       cluster_name: extproc_gateway
       endpoints:
       - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
+        - endpoint: {{address: {{{endpoint}}}}}
 "#
     )
 }
@@ -769,6 +855,45 @@ pub async fn send(
     }
 }
 
+/// Like [`send`], for tests that provoke failures: the response, or why there is none
+/// (the client's error, or no full response within `limit`), never a panic.
+pub async fn try_send(
+    client: &HttpClient,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Body,
+    limit: Duration,
+) -> Result<Resp, String> {
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{port}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(body).map_err(|e| e.to_string())?;
+    let exchange = async {
+        let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("response body: {e}"))?
+            .to_bytes();
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
+    };
+    tokio::time::timeout(limit, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("no response within {limit:?}")))
+}
+
 /// SHA-256 as the digest processor computes it.
 pub fn digest(tenant: &str, method: &str, path: &str, body: &[u8]) -> String {
     use sha2::{Digest, Sha256};
@@ -864,4 +989,57 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// A small deterministic random source (xorshift64*) for fault timings and generated
+/// traffic: seeded from the environment variable `var` when set (to replay a run),
+/// otherwise from the clock. Tests print the seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded(var: &str) -> Rng {
+        let seed = std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("{var}={seed}");
+        Rng::new(seed)
+    }
+
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// `len` printable ASCII bytes (they survive the upstream's UTF-8 JSON echo).
+    pub fn ascii(&mut self, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let mut x = self.next_u64();
+            for _ in 0..8 {
+                if out.len() == len {
+                    break;
+                }
+                out.push(b'!' + (x & 0xff) as u8 % 94);
+                x >>= 8;
+            }
+        }
+        out
+    }
 }
