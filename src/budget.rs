@@ -86,6 +86,34 @@ impl BodyBudget {
     }
 }
 
+/// Bytes held for a message still arriving (see `server::inbound`): drawn from the
+/// global budget only, since the message's size is already capped by
+/// `server.max_message_bytes`. Given back when dropped.
+#[derive(Debug)]
+pub struct Hold {
+    budget: Arc<BodyBudget>,
+    held: usize,
+}
+
+impl BodyBudget {
+    /// Holds `n` bytes of the global budget until the returned [`Hold`] is dropped.
+    pub fn hold(self: &Arc<Self>, n: usize) -> Result<Hold, OverBudget> {
+        if !self.take(n) {
+            return Err(self.refused(OverBudget::Global));
+        }
+        Ok(Hold {
+            budget: self.clone(),
+            held: n,
+        })
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.budget.give(self.held);
+    }
+}
+
 /// One stream's reservations, given back when dropped (with the stream's context).
 #[derive(Debug)]
 pub struct StreamBudget {
@@ -146,6 +174,17 @@ mod tests {
         assert_eq!(budget.used(), 30);
         assert_eq!(b.reserve(usize::MAX), Err(OverBudget::Stream));
         drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_hold_draws_on_the_global_budget_only_and_gives_back_on_drop() {
+        let budget = BodyBudget::new(100, 10);
+        let held = budget.hold(80);
+        assert!(held.is_ok());
+        assert_eq!(budget.used(), 80);
+        assert!(matches!(budget.hold(30), Err(OverBudget::Global)));
+        drop(held);
         assert_eq!(budget.used(), 0);
     }
 }

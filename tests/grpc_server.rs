@@ -611,3 +611,38 @@ async fn held_bodies_are_bounded_per_stream_and_across_streams() {
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_body_budget_cannot_hold_gets_503_and_is_not_kept() {
+    // digest keeps nothing: only the message being received counts against the budget.
+    let gw = Gateway::start(&format!("server: {{max_buffered_bytes: 100000}}\n{CONFIG}")).await;
+    let mut client = connect(gw.grpc_port).await;
+    let before = limits_metric(gw.admin_port, "global_buffer").await;
+    // Over the budget: skipped as it arrives, the request answered with 503.
+    let mut s = Stream::open(&mut client).await;
+    s.call(request_headers("/digest/big", false))
+        .await
+        .expect("headers");
+    assert_eq!(
+        immediate_status(s.call(chunk(300_000, true)).await.expect("answered")),
+        Some(503)
+    );
+    let after = limits_metric(gw.admin_port, "global_buffer").await;
+    assert_eq!(
+        after.unwrap_or(0.0) - before.unwrap_or(0.0),
+        1.0,
+        "{before:?} -> {after:?}"
+    );
+    // Within it, on a new stream: processed, and nothing stays held afterwards.
+    let mut s = Stream::open(&mut client).await;
+    s.call(request_headers("/digest/small", false))
+        .await
+        .expect("headers");
+    let answer = s.call(chunk(60_000, true)).await.expect("answered");
+    assert!(
+        matches!(answer.and_then(|a| a.response), Some(Resp::RequestBody(_))),
+        "a body within the budget is processed"
+    );
+    let (_, m) = http_get(gw.admin_port, "/metrics").await.expect("metrics");
+    assert_eq!(metric(&m, "extproc_buffered_body_bytes"), Some(0.0), "{m}");
+}

@@ -459,8 +459,10 @@ async fn exchange(case: &Case) -> Result<(), TestCaseError> {
 
 proptest! {
     // Enough cases to reach every chain with every kind of input many times, few
-    // enough to finish in seconds in a debug build.
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    // enough to finish in seconds in a debug build; PROPTEST_CASES runs longer.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(400),
+    ))]
 
     #[test]
     fn no_client_input_makes_a_processor_panic_or_emit_an_invalid_header(case in case()) {

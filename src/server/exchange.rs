@@ -88,6 +88,8 @@ pub struct Exchange {
     finished: bool,
     stopped: bool,
     ended: bool,
+    /// Whether the last message came in observability mode (Envoy takes no answers).
+    observability: bool,
     headers_only: bool,
     extender: Option<crate::processor::TimeoutExtender>,
     limits: Option<(
@@ -107,6 +109,7 @@ impl Exchange {
             finished: false,
             stopped: false,
             ended: false,
+            observability: false,
             headers_only: false,
             extender: None,
             limits: None,
@@ -184,6 +187,24 @@ impl Exchange {
         active.span.record("outcome", outcome.as_str());
     }
 
+    /// Answers a message the gateway had no memory to receive (its bytes are being
+    /// skipped, see `server::inbound`): 503 to the client, as when a processor finds
+    /// the body budget spent. `None` when Envoy takes no answer here (no message yet,
+    /// or observability mode): the stream must end instead.
+    pub(crate) fn refuse_unreceived(&mut self) -> Option<Handled> {
+        if self.active.is_none() || self.observability || self.finished {
+            return None;
+        }
+        self.finished = true;
+        self.stopped = true;
+        self.end(StreamOutcome::ImmediateResponse);
+        let reply = crate::phase::ImmediateResponse::json_error(
+            503,
+            "the gateway's body budget is in use; try again later",
+        );
+        Some(Handled::Reply(Box::new(wire::encode_immediate(&reply))))
+    }
+
     /// Handles one message from Envoy.
     pub async fn handle(
         &mut self,
@@ -196,6 +217,7 @@ impl Exchange {
             .is_none_or(|a| a.route.metrics.is_some())
             .then(Instant::now);
         let observability = message.observability_mode;
+        self.observability = observability;
         let mut phase = wire::decode(&mut message)
             .map_err(|e| ExchangeError::InvalidArgument(e.to_string()))?;
         if let Some((limits, metrics)) = &self.limits {

@@ -6,9 +6,11 @@
 //! stream that sent a 1 MiB body and now waits for the upstream's response would hold
 //! 1 MiB for nothing, and 10,000 such streams 10 GiB, outside any budget. Here a
 //! message that arrives whole in one frame is decoded straight away; one that spans
-//! frames is gathered in a buffer of exactly its size, reserved from the budget first
-//! (RESOURCE_EXHAUSTED when the budget is spent) and freed once decoded. Between
-//! messages a stream holds nothing but the message prefix.
+//! frames is gathered in a buffer of exactly its size, held from the global budget
+//! first and freed once decoded. When the budget is spent the message is skipped
+//! without being kept, and the stream is told ([`Incoming::Refused`]) so the request
+//! can be answered with 503. Between messages a stream holds nothing but the message
+//! prefix.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -19,16 +21,29 @@ use hyper::body::Body;
 use prost::Message;
 use tonic::Status;
 
-use crate::budget::{OverBudget, StreamBudget};
+use std::sync::Arc;
+
+use crate::budget::{BodyBudget, Hold};
 use crate::proto::ext_proc::ProcessingRequest;
 
 /// The gRPC message prefix: a compression flag and a big-endian length.
 const PREFIX: usize = 5;
 
-/// A message gathered across frames.
+/// A message gathered across frames, with the budget it holds.
 struct Partial {
     len: usize,
     buf: BytesMut,
+    _hold: Option<Hold>,
+}
+
+/// What one read from the stream gives.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    /// A decoded message.
+    Message(ProcessingRequest),
+    /// A message of this many bytes that the budget had no room for: its bytes are
+    /// being skipped.
+    Refused(usize),
 }
 
 /// The decoded messages of one ext_proc stream.
@@ -39,21 +54,24 @@ pub(crate) struct Inbound<B> {
     prefix: [u8; PREFIX],
     prefix_len: usize,
     partial: Option<Partial>,
+    /// Bytes of a refused message still to be skipped.
+    skip: usize,
     max_message: usize,
-    /// Reservations for `partial` (none when the server runs without a budget).
-    budget: Option<StreamBudget>,
+    /// Where `partial` holds its bytes (nowhere when the server runs without a budget).
+    budget: Option<Arc<BodyBudget>>,
     done: bool,
 }
 
 impl<B> Inbound<B> {
     /// Messages of at most `max_message` bytes from `body`.
-    pub(crate) fn new(body: B, max_message: usize, budget: Option<StreamBudget>) -> Self {
+    pub(crate) fn new(body: B, max_message: usize, budget: Option<Arc<BodyBudget>>) -> Self {
         Self {
             body,
             chunk: Bytes::new(),
             prefix: [0; PREFIX],
             prefix_len: 0,
             partial: None,
+            skip: 0,
             max_message,
             budget,
             done: false,
@@ -61,20 +79,25 @@ impl<B> Inbound<B> {
     }
 
     /// Decodes what `chunk` holds: `Some` once a message, or an error, is complete.
-    fn advance(&mut self) -> Option<Result<ProcessingRequest, Status>> {
+    fn advance(&mut self) -> Option<Result<Incoming, Status>> {
         while !self.chunk.is_empty() {
+            if self.skip > 0 {
+                let take = self.skip.min(self.chunk.len());
+                self.chunk.advance(take);
+                self.skip -= take;
+                continue;
+            }
             if let Some(partial) = &mut self.partial {
                 let take = (partial.len - partial.buf.len()).min(self.chunk.len());
                 partial.buf.extend_from_slice(&self.chunk.split_to(take));
                 if partial.buf.len() < partial.len {
                     return None;
                 }
-                let len = partial.len;
                 let bytes = std::mem::take(&mut partial.buf).freeze();
+                // The hold ends here; the decoded message shares the buffer and lives
+                // only while the chain handles it (processors that keep a body reserve
+                // it themselves).
                 self.partial = None;
-                if let Some(b) = &mut self.budget {
-                    b.release(len);
-                }
                 return Some(decode(bytes));
             }
             let take = (PREFIX - self.prefix_len).min(self.chunk.len());
@@ -107,31 +130,28 @@ impl<B> Inbound<B> {
                 self.chunk.advance(len);
                 return Some(decode(message));
             }
-            if let Some(b) = &mut self.budget {
-                if let Err(why) = b.reserve(len) {
-                    return Some(Err(Status::resource_exhausted(match why {
-                        OverBudget::Global => format!(
-                            "no room for a {len}-byte ext_proc message: the gateway's body \
-                             budget (server.max_buffered_bytes) is in use"
-                        ),
-                        OverBudget::Stream => format!(
-                            "a {len}-byte ext_proc message is over this stream's body budget \
-                             (server.max_buffered_bytes_per_stream)"
-                        ),
-                    })));
-                }
-            }
+            let hold = match &self.budget {
+                Some(budget) => match budget.hold(len) {
+                    Ok(hold) => Some(hold),
+                    Err(_) => {
+                        self.skip = len;
+                        return Some(Ok(Incoming::Refused(len)));
+                    }
+                },
+                None => None,
+            };
             self.partial = Some(Partial {
                 len,
                 buf: BytesMut::with_capacity(len),
+                _hold: hold,
             });
         }
         None
     }
 
-    fn finish(&mut self) -> Option<Result<ProcessingRequest, Status>> {
+    fn finish(&mut self) -> Option<Result<Incoming, Status>> {
         self.done = true;
-        if self.partial.is_some() || self.prefix_len > 0 {
+        if self.partial.is_some() || self.prefix_len > 0 || self.skip > 0 {
             return Some(Err(Status::invalid_argument(
                 "malformed ProcessingRequest: the stream ended inside a message",
             )));
@@ -140,8 +160,9 @@ impl<B> Inbound<B> {
     }
 }
 
-fn decode(bytes: Bytes) -> Result<ProcessingRequest, Status> {
+fn decode(bytes: Bytes) -> Result<Incoming, Status> {
     ProcessingRequest::decode(bytes)
+        .map(Incoming::Message)
         .map_err(|e| Status::invalid_argument(format!("malformed ProcessingRequest: {e}")))
 }
 
@@ -150,7 +171,7 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Item = Result<ProcessingRequest, Status>;
+    type Item = Result<Incoming, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -231,14 +252,13 @@ mod tests {
         let wire: Vec<u8> = messages.iter().flat_map(framed).collect();
         for size in [1, 3, 5, 7, 4096, 16_384, wire.len()] {
             let budget = BodyBudget::new(1 << 20, 1 << 20);
-            let mut inbound = Inbound::new(
-                body(&wire, size),
-                1 << 20,
-                Some(StreamBudget::new(budget.clone())),
-            );
+            let mut inbound = Inbound::new(body(&wire, size), 1 << 20, Some(budget.clone()));
             for expected in &messages {
                 let got = inbound.next().await;
-                assert_eq!(got.map(|r| r.ok()), Some(Some(expected.clone())), "{size}");
+                assert!(
+                    matches!(&got, Some(Ok(Incoming::Message(m))) if m == expected),
+                    "{size}: {got:?}"
+                );
             }
             assert!(inbound.next().await.is_none(), "{size}");
             assert_eq!(budget.used(), 0, "{size}");
@@ -246,21 +266,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_message_spanning_frames_is_refused_when_the_budget_is_spent() {
-        let wire = framed(&body_message(50_000));
+    async fn a_message_spanning_frames_is_skipped_when_the_budget_is_spent() {
+        let wire = [framed(&body_message(50_000)), framed(&body_message(10))].concat();
         let budget = BodyBudget::new(10_000, 1 << 20);
-        let mut inbound = Inbound::new(
-            body(&wire, 16_384),
-            1 << 20,
-            Some(StreamBudget::new(budget.clone())),
-        );
+        let mut inbound = Inbound::new(body(&wire, 16_384), 1 << 20, Some(budget.clone()));
         let got = inbound.next().await;
         assert!(
-            matches!(&got, Some(Err(s)) if s.code() == tonic::Code::ResourceExhausted),
+            matches!(got, Some(Ok(Incoming::Refused(n))) if n > 50_000),
+            "{got:?}"
+        );
+        assert_eq!(budget.used(), 0);
+        // Its bytes are skipped: the next message decodes.
+        let got = inbound.next().await;
+        assert!(
+            matches!(&got, Some(Ok(Incoming::Message(m))) if *m == body_message(10)),
             "{got:?}"
         );
         assert!(inbound.next().await.is_none());
-        assert_eq!(budget.used(), 0);
     }
 
     #[tokio::test]
@@ -283,6 +305,45 @@ mod tests {
                 "{wire:?}: {got:?}"
             );
             assert!(inbound.next().await.is_none());
+        }
+    }
+
+    /// Every result the stream gives for `wire` cut into frames of `size`.
+    async fn results(wire: &[u8], size: usize) -> Vec<Result<ProcessingRequest, tonic::Code>> {
+        let budget = BodyBudget::new(1 << 16, 1 << 16);
+        let inbound = Inbound::new(body(wire, size), 1 << 12, Some(budget.clone()));
+        let out: Vec<_> = inbound
+            .map(|r| match r {
+                Ok(Incoming::Message(m)) => Ok(m),
+                Ok(Incoming::Refused(_)) => Err(tonic::Code::ResourceExhausted),
+                Err(s) => Err(s.code()),
+            })
+            .collect()
+            .await;
+        assert_eq!(budget.used(), 0, "a reservation outlived the stream");
+        out
+    }
+
+    use proptest::strategy::Strategy;
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_cut_anywhere_give_the_same_results_and_never_panic(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    (0usize..100).prop_map(|n| framed(&body_message(n))),
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
+                ],
+                0..8,
+            ),
+            size in 1usize..64,
+        ) {
+            let wire: Vec<u8> = pieces.concat();
+            let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let (whole, cut) = runtime.block_on(async {
+                (results(&wire, wire.len()).await, results(&wire, size).await)
+            });
+            proptest::prop_assert_eq!(whole, cut);
         }
     }
 }

@@ -7,7 +7,7 @@ use futures_util::{Stream, StreamExt};
 use tonic::Status;
 
 use super::exchange::{Exchange, ExchangeError, Handled};
-use super::inbound::Inbound;
+use super::inbound::{Inbound, Incoming};
 use super::limits::{Limit, StreamLimits, StreamSlots};
 use crate::metrics::{Metrics, StreamOutcome};
 use crate::modes::Violation;
@@ -210,11 +210,7 @@ impl ExtProcService {
         let extender: crate::processor::TimeoutExtender =
             Arc::new(move |by| extend_tx.send(crate::wire::timeout_override(by)).is_ok());
         let state = StreamState {
-            inbound: Inbound::new(
-                body,
-                max_message,
-                self.budget.clone().map(crate::budget::StreamBudget::new),
-            ),
+            inbound: Inbound::new(body, max_message, self.budget.clone()),
             exchange: Exchange::new(self.router.current(), grpc_metadata)
                 .with_timeout_extender(extender)
                 .with_limits(self.limits.clone(), self.metrics.clone())
@@ -247,7 +243,21 @@ impl ExtProcService {
                     None => st.inbound.next().await.transpose(),
                 };
                 match next {
-                    Ok(Some(message)) => match st.exchange.handle(message).await {
+                    Ok(Some(Incoming::Refused(len))) => match st.exchange.refuse_unreceived() {
+                        Some(Handled::Reply(response)) => {
+                            st.done = true;
+                            return Some((Ok(*response), st));
+                        }
+                        _ => {
+                            let status = st.fail(Status::resource_exhausted(format!(
+                                "no room for a {len}-byte ext_proc message: the gateway's \
+                                 body budget (server.max_buffered_bytes) is in use"
+                            )));
+                            return Some((Err(status), st));
+                        }
+                    },
+                    Ok(Some(Incoming::Message(message))) => match st.exchange.handle(message).await
+                    {
                         Ok(Handled::Reply(response)) => {
                             st.done = st.exchange.is_finished();
                             return Some((Ok(*response), st));
