@@ -38,6 +38,8 @@ struct Partial {
 
 /// What one read from the stream gives.
 #[derive(Debug)]
+// Moved once per message; boxing the large variant would add an allocation to each.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Incoming {
     /// A decoded message.
     Message(ProcessingRequest),
