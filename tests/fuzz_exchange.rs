@@ -6,7 +6,7 @@
 //! answers of its own kind (or an immediate response), or the stream ends with a clear
 //! error, and nothing follows an immediate response.
 //!
-//! A bounded run (2,000 sequences, a few seconds) is part of the test command; set
+//! A bounded run (6,000 sequences, about 20 s in a debug build) is part of the test command; set
 //! `PROPTEST_CASES` for a longer one.
 
 use std::time::Duration;
@@ -219,7 +219,7 @@ async fn run(
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000),
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(6000),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]

@@ -461,7 +461,7 @@ proptest! {
     // Enough cases to reach every chain with every kind of input many times, few
     // enough to finish in seconds in a debug build; PROPTEST_CASES runs longer.
     #![proptest_config(ProptestConfig::with_cases(
-        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(400),
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(1200),
     ))]
 
     #[test]

@@ -97,9 +97,9 @@ pub struct ServerConfig {
     pub stream_idle_timeout: Duration,
     /// Body bytes all streams together may hold in memory (gathered by `echo`,
     /// `context_check`, a held full-duplex body); past it new buffering gets 503. A
-    /// message still arriving over several frames holds its size here too, and past
-    /// the budget its stream ends with RESOURCE_EXHAUSTED, so many streams sending
-    /// large messages at once cannot grow memory past it.
+    /// message still arriving over several frames holds its size here too (past the
+    /// budget it is skipped, not kept, and the request gets 503), so many streams
+    /// sending large messages at once cannot grow memory past it.
     pub max_buffered_bytes: usize,
     /// Body bytes one stream may hold in memory; past it 413.
     pub max_buffered_bytes_per_stream: usize,
