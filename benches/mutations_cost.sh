@@ -22,6 +22,10 @@ old_dir="$(mktemp -d)"
 trap 'rm -rf "$old_dir"' EXIT
 git archive "$old_rev" | tar -x -C "$old_dir"
 cp benches/mutations.rs "$old_dir/benches/mutations.rs"
+# Another package name, so the old build's artifacts do not share names (and cargo's
+# freshness checks) with the new one's in the shared target directory: with the same
+# Cargo.toml both would be one binary, and the comparison would compare it with itself.
+sed -i '0,/^name = "extproc-gateway"/s//name = "extproc-gateway-old"/' "$old_dir/Cargo.toml"
 if ! grep -q '^name = "mutations"' "$old_dir/Cargo.toml"; then
     printf '\n[[bench]]\nname = "mutations"\nharness = false\n' >>"$old_dir/Cargo.toml"
 fi
