@@ -9,16 +9,23 @@
 //!   gateway does, without the gRPC codec every ext_proc server runs;
 //! - `instructions_60k_wire`: the same from protobuf bytes to protobuf bytes (plus
 //!   prost's decode and encode of the 60 KiB message and its ~2,800-entry answer);
+//! - `instructions_60k_worst` and `instructions_60k_worst_wire`: the most edits 60 KiB
+//!   can hold, the shortest there are: distinct one- to three-character names (every
+//!   token character), empty values, as many removals as additions (about 4,700 of
+//!   each), so the per-edit costs dominate the per-byte ones;
 //! - `instructions_small`: a typical request with a two-edit header, where the index
 //!   must cost nothing.
 //!
 //! cargo bench --bench mutations
+//! Instruction counts of one benchmark (no criterion), e.g.:
+//! valgrind --tool=callgrind --toggle-collect='*measured*' target/release/deps/mutations-* \
+//!     profile instructions_60k_worst_wire 10
 //! benches/mutations_cost.sh compares it with an older revision (interleaved rounds).
 //! Uses only API that predates the indexed builder, so the same file runs on both.
 
 use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, BatchSize, Criterion};
 use extproc_gateway::prelude::*;
 use extproc_gateway::processors::{HeaderInstructions, Trivial};
 use extproc_gateway::proto::ext_proc::{processing_request, HttpHeaders, ProcessingRequest};
@@ -30,10 +37,9 @@ use prost::Message;
 /// Envoy's default `max_request_headers_kb`.
 const LIMIT: usize = 60 * 1024;
 
-/// `{"addHeaders": {"x-add-00000": "value-00000", ...}, "removeHeaders": ["x-remove-00000", ...]}`
-/// as large as fits in 60 KiB, with as many removals as additions.
-fn large_instructions() -> (String, usize) {
-    // The size grows with n: find the largest n that fits by bisection.
+/// `instructions(n)` as large as fits in 60 KiB, and its n (the size grows with n:
+/// the largest n that fits, by bisection).
+fn largest(instructions: fn(usize) -> String) -> (String, usize) {
     let (mut fits, mut over) = (0, 1);
     while instructions(over).len() <= LIMIT {
         (fits, over) = (over, over * 2);
@@ -49,11 +55,46 @@ fn large_instructions() -> (String, usize) {
     (instructions(fits), fits)
 }
 
+/// `{"addHeaders": {"x-add-00000": "value-00000", ...}, "removeHeaders": ["x-remove-00000", ...]}`
+/// with n of each.
 fn instructions(n: usize) -> String {
-    let add: serde_json::Map<String, serde_json::Value> = (0..n)
-        .map(|i| (format!("x-add-{i:05}"), format!("value-{i:05}").into()))
-        .collect();
-    let remove: Vec<String> = (0..n).map(|i| format!("x-remove-{i:05}")).collect();
+    let add = (0..n).map(|i| (format!("x-add-{i:05}"), format!("value-{i:05}")));
+    let remove = (0..n).map(|i| format!("x-remove-{i:05}"));
+    json(add, remove)
+}
+
+/// n additions with empty values and n removals, of the 2n shortest distinct header
+/// names (taken alternately, so both lists get the short ones).
+fn shortest_instructions(n: usize) -> String {
+    let names: Vec<String> = shortest_names().take(2 * n).collect();
+    let add = names.iter().step_by(2).map(|k| (k.clone(), String::new()));
+    let remove = names.iter().skip(1).step_by(2).cloned();
+    json(add, remove)
+}
+
+/// Every header name (RFC 9110 token, lower case), shortest first.
+fn shortest_names() -> impl Iterator<Item = String> {
+    const TOKEN: &[u8] = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz";
+    (1..).flat_map(|len: u32| {
+        let count = TOKEN.len().pow(len);
+        (0..count).map(move |mut i| {
+            let mut name = String::with_capacity(len as usize);
+            for _ in 0..len {
+                name.push(char::from(TOKEN[i % TOKEN.len()]));
+                i /= TOKEN.len();
+            }
+            name
+        })
+    })
+}
+
+/// The `instructions` JSON, the additions in the given order.
+fn json(
+    add: impl Iterator<Item = (String, String)>,
+    remove: impl Iterator<Item = String>,
+) -> String {
+    let add: serde_json::Map<String, serde_json::Value> = add.map(|(k, v)| (k, v.into())).collect();
+    let remove: Vec<String> = remove.collect();
     serde_json::json!({"addHeaders": add, "removeHeaders": remove}).to_string()
 }
 
@@ -96,7 +137,23 @@ async fn handle_wire(exchange: &mut Exchange, wire: &[u8]) -> Vec<u8> {
     }
 }
 
-fn bench(c: &mut Criterion) {
+/// One benchmark's input: the request-headers message, decoded and as bytes.
+struct Case {
+    name: &'static str,
+    message: ProcessingRequest,
+    wire: Vec<u8>,
+    /// Whether the wire variant (`{name}_wire`) is benched too.
+    with_wire: bool,
+}
+
+/// The runtime, the route and the checked inputs every benchmark shares.
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    router: Arc<Router>,
+    cases: Vec<Case>,
+}
+
+fn setup() -> Setup {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
@@ -110,12 +167,16 @@ fn bench(c: &mut Criterion) {
         chain: chain.clone(),
         metrics: None,
     }]));
-    let (large, n) = large_instructions();
+    let (large, n) = largest(instructions);
+    let (worst, w) = largest(shortest_instructions);
     let small = r#"{"addHeaders": {"x-tenant": "acme"}, "removeHeaders": ["x-remove-00001"]}"#;
-    let mut group = c.benchmark_group("mutations");
-    for (name, json, writes) in [
-        ("instructions_60k", large.as_str(), n + 1),
-        ("instructions_small", small, 2),
+    let mut cases = Vec::new();
+    // Name, instructions, header writes and removals expected (`trivial` writes one
+    // more), whether to bench the wire variant too.
+    for (name, json, writes, removals, with_wire) in [
+        ("instructions_60k", large.as_str(), n + 1, n, true),
+        ("instructions_60k_worst", worst.as_str(), w + 1, w, true),
+        ("instructions_small", small, 2, 1, false),
     ] {
         let mut headers = BASE.to_vec();
         headers.push(("instructions", json));
@@ -125,9 +186,30 @@ fn bench(c: &mut Criterion) {
             .expect("answer");
         assert!(answer.immediate.is_none(), "{name}: refused");
         assert_eq!(answer.set.len(), writes, "{name}: header writes");
+        assert_eq!(answer.removed.len(), removals, "{name}: header removals");
         let wire = request_headers(&headers);
         let message = ProcessingRequest::decode(&wire[..]).expect("a ProcessingRequest");
-        group.bench_function(name, |b| {
+        cases.push(Case {
+            name,
+            message,
+            wire,
+            with_wire,
+        });
+    }
+    Setup { rt, router, cases }
+}
+
+fn bench(c: &mut Criterion) {
+    let Setup { rt, router, cases } = setup();
+    let mut group = c.benchmark_group("mutations");
+    for Case {
+        name,
+        message,
+        wire,
+        with_wire,
+    } in &cases
+    {
+        group.bench_function(*name, |b| {
             b.iter_batched(
                 || (Exchange::new(router.clone(), Vec::new()), message.clone()),
                 |(mut exchange, message)| {
@@ -137,12 +219,12 @@ fn bench(c: &mut Criterion) {
                 BatchSize::SmallInput,
             )
         });
-        if name == "instructions_60k" {
-            group.bench_function("instructions_60k_wire", |b| {
+        if *with_wire {
+            group.bench_function(format!("{name}_wire"), |b| {
                 b.iter_batched(
                     || Exchange::new(router.clone(), Vec::new()),
                     |mut exchange| {
-                        let answer = rt.block_on(handle_wire(&mut exchange, &wire));
+                        let answer = rt.block_on(handle_wire(&mut exchange, wire));
                         (exchange, answer)
                     },
                     BatchSize::SmallInput,
@@ -153,5 +235,51 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// `mutations-* profile BENCH N`: BENCH (a benchmark's name) N times and nothing
+/// else, for callgrind: `--toggle-collect='*measured*'` counts only what the
+/// benchmark times (each answer is dropped outside, as criterion's batches do).
+fn profile(bench: &str, n: usize) {
+    let Setup { rt, router, cases } = setup();
+    let (base, on_wire) = match bench.strip_suffix("_wire") {
+        Some(base) => (base, true),
+        None => (bench, false),
+    };
+    let Some(case) = cases.iter().find(|c| c.name == base) else {
+        panic!("no benchmark {bench}");
+    };
+    for _ in 0..n {
+        let exchange = Exchange::new(router.clone(), Vec::new());
+        let message = case.message.clone();
+        let answer = measured(&rt, exchange, message, on_wire.then_some(&case.wire[..]));
+        drop(std::hint::black_box(answer));
+    }
+}
+
+/// One iteration of a benchmark: from the message (or its bytes) to the answer.
+#[inline(never)]
+fn measured(
+    rt: &tokio::runtime::Runtime,
+    mut exchange: Exchange,
+    message: ProcessingRequest,
+    wire: Option<&[u8]>,
+) -> (Exchange, Result<Handled, Vec<u8>>) {
+    let answer = match wire {
+        Some(wire) => Err(rt.block_on(handle_wire(&mut exchange, wire))),
+        None => Ok(rt.block_on(handle(&mut exchange, message))),
+    };
+    (exchange, answer)
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [mode, bench, n] = &args[..] {
+        if mode == "profile" {
+            profile(bench, n.parse().expect("a count"));
+            return;
+        }
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

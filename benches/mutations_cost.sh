@@ -22,13 +22,17 @@ old_dir="$(mktemp -d)"
 trap 'rm -rf "$old_dir"' EXIT
 git archive "$old_rev" | tar -x -C "$old_dir"
 cp benches/mutations.rs "$old_dir/benches/mutations.rs"
+# Another package name, so the old build's artifacts do not share names (and cargo's
+# freshness checks) with the new one's in the shared target directory: with the same
+# Cargo.toml both would be one binary, and the comparison would compare it with itself.
+sed -i '0,/^name = "extproc-gateway"/s//name = "extproc-gateway-old"/' "$old_dir/Cargo.toml"
 if ! grep -q '^name = "mutations"' "$old_dir/Cargo.toml"; then
     printf '\n[[bench]]\nname = "mutations"\nharness = false\n' >>"$old_dir/Cargo.toml"
 fi
 echo "old: $(git rev-parse --short "$old_rev"), new: working tree; building both" >&2
 (cd "$old_dir" && cargo bench --bench mutations --no-run) >/dev/null 2>&1
 cargo bench --bench mutations --no-run >/dev/null 2>&1
-benches=(instructions_60k instructions_60k_wire instructions_small)
+benches=(instructions_60k instructions_60k_wire instructions_60k_worst instructions_60k_worst_wire instructions_small)
 median() {
     python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["median"]["point_estimate"])' \
         "$target/criterion/mutations/$1/new/estimates.json"
@@ -42,7 +46,7 @@ for i in $(seq 1 "$rounds"); do
         for b in "${benches[@]}"; do
             m="$(median "$b")"
             echo "$b $side $m" >>"$results"
-            printf 'round %d: %-18s %s %12.0f ns\n' "$i" "$b" "$side" "$m"
+            printf 'round %d: %-28s %s %12.0f ns\n' "$i" "$b" "$side" "$m"
         done
     done
 done

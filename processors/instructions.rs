@@ -87,6 +87,136 @@ fn in_order<'de: 'a, 'a, D: Deserializer<'de>>(
     d.deserialize_map(Pairs(std::marker::PhantomData))
 }
 
+/// The instructions read in one pass when they are plain: the expected object with
+/// no escape in any string, nothing but strings where strings go, each field at most
+/// once. A large header holds thousands of strings, and serde_json's cost per string
+/// is several times this scan's. Anything else gives `None`, and serde_json reads the
+/// header (with its own error messages): both accept the same headers and read the
+/// same edits from them.
+fn plain(text: &str) -> Option<Instructions<'_>> {
+    let mut scan = Scan { text, at: 0 };
+    scan.expect(b'{')?;
+    let (mut add, mut remove) = (None, None);
+    if !scan.next_is(b'}') {
+        loop {
+            let field = scan.string()?;
+            scan.expect(b':')?;
+            match field {
+                "addHeaders" if add.is_none() => add = Some(scan.pairs()?),
+                "removeHeaders" if remove.is_none() => remove = Some(scan.strings()?),
+                _ => return None,
+            }
+            if !scan.next_is(b',') {
+                scan.expect(b'}')?;
+                break;
+            }
+        }
+    }
+    scan.space();
+    (scan.at == text.len()).then(|| Instructions {
+        add_headers: add.unwrap_or_default(),
+        remove_headers: remove.unwrap_or_default(),
+    })
+}
+
+/// A position in the JSON text of [`plain`]; every read is checked (`None` past the
+/// end or on anything unexpected).
+struct Scan<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    /// Skips JSON whitespace.
+    fn space(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    /// Consumes `byte` (after whitespace) when it comes next.
+    fn next_is(&mut self, byte: u8) -> bool {
+        self.space();
+        let found = self.peek() == Some(byte);
+        if found {
+            self.at += 1;
+        }
+        found
+    }
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        self.next_is(byte).then_some(())
+    }
+
+    /// A string with no escape and no control character, borrowed.
+    fn string(&mut self) -> Option<&'a str> {
+        self.expect(b'"')?;
+        let start = self.at;
+        loop {
+            match self.peek()? {
+                b'"' => break,
+                b'\\' => return None,
+                b if b < 0x20 => return None,
+                _ => self.at += 1,
+            }
+        }
+        // Both ends are at a `"`, so on character boundaries.
+        let text = self.text.get(start..self.at)?;
+        self.at += 1;
+        Some(text)
+    }
+
+    /// `{"name": "value", ...}`, in order.
+    fn pairs(&mut self) -> Option<Vec<(Text<'a>, Text<'a>)>> {
+        self.expect(b'{')?;
+        let mut pairs = Vec::new();
+        if self.next_is(b'}') {
+            return Some(pairs);
+        }
+        loop {
+            let name = Text(Cow::Borrowed(self.string()?));
+            self.expect(b':')?;
+            pairs.push((name, Text(Cow::Borrowed(self.string()?))));
+            if !self.next_is(b',') {
+                self.expect(b'}')?;
+                return Some(pairs);
+            }
+        }
+    }
+
+    /// `["name", ...]`, in order.
+    fn strings(&mut self) -> Option<Vec<Text<'a>>> {
+        self.expect(b'[')?;
+        let mut strings = Vec::new();
+        if self.next_is(b']') {
+            return Some(strings);
+        }
+        loop {
+            strings.push(Text(Cow::Borrowed(self.string()?)));
+            if !self.next_is(b',') {
+                self.expect(b']')?;
+                return Some(strings);
+            }
+        }
+    }
+}
+
+/// The instructions of the header, or serde_json's error.
+fn parse(raw: &[u8]) -> Result<Instructions<'_>, serde_json::Error> {
+    match std::str::from_utf8(raw) {
+        Ok(text) => match plain(text) {
+            Some(parsed) => Ok(parsed),
+            None => serde_json::from_str(text),
+        },
+        // Not UTF-8: the error it always got.
+        Err(_) => serde_json::from_slice(raw),
+    }
+}
+
 /// See the module documentation.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderInstructions;
@@ -116,7 +246,7 @@ impl Processor for HeaderInstructions {
         let Some(raw) = h.headers.get(HEADER) else {
             return Flow::Continue;
         };
-        let parsed: Instructions = match serde_json::from_slice(raw) {
+        let parsed = match parse(raw) {
             Ok(i) => i,
             Err(e) => return bad(format!("invalid instructions header: {e}")),
         };
@@ -124,6 +254,7 @@ impl Processor for HeaderInstructions {
         // is not a header name, or a value Envoy would refuse, is the client's error,
         // and nothing of the instructions is applied.
         out.reserve(parsed.remove_headers.len() + parsed.add_headers.len());
+        out.reserve_removals(parsed.remove_headers.len());
         for name in parsed.remove_headers {
             if let Err(e) = out.try_remove(name.0) {
                 return bad(format!("invalid instructions header: {e}"));
@@ -143,5 +274,98 @@ impl Processor for HeaderInstructions {
             }
         }
         Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The edits read from a header, comparable.
+    fn edits(i: &Instructions) -> (Vec<(String, String)>, Vec<String>) {
+        let add = i
+            .add_headers
+            .iter()
+            .map(|(k, v)| (k.0.to_string(), v.0.to_string()))
+            .collect();
+        let remove = i.remove_headers.iter().map(|k| k.0.to_string()).collect();
+        (add, remove)
+    }
+
+    /// Whatever the one-pass reading accepts, serde_json accepts and reads the same.
+    fn agrees(text: &str) -> Result<bool, proptest::test_runner::TestCaseError> {
+        let Some(fast) = plain(text) else {
+            return Ok(false);
+        };
+        let slow: Result<Instructions, _> = serde_json::from_str(text);
+        proptest::prop_assert!(slow.is_ok(), "{text:?}: {:?}", slow.err());
+        if let Ok(slow) = slow {
+            proptest::prop_assert_eq!(edits(&fast), edits(&slow), "{:?}", text);
+        }
+        Ok(true)
+    }
+
+    #[test]
+    fn plain_instructions_are_read_in_one_pass() {
+        for text in [
+            r#"{}"#,
+            r#" { "addHeaders" : { "a" : "1" , "b":"" } , "removeHeaders" : [ "c" , "d" ] } "#,
+            "{\"removeHeaders\":[],\r\n\t\"addHeaders\":{}}",
+            r#"{"addHeaders": {"x": "1", "x": "2"}}"#,
+            r#"{"addHeaders": {"X-Up": "é ok"}}"#,
+        ] {
+            assert!(matches!(agrees(text), Ok(true)), "{text}");
+        }
+        // Escapes, other types, unknown or repeated fields and malformed JSON are
+        // left to serde_json.
+        for text in [
+            r#"{"addHeaders": {"a\n": "1"}}"#,
+            r#"{"addHeaders": {"a": 1}}"#,
+            r#"{"addHeaders": null}"#,
+            r#"{"other": []}"#,
+            r#"{"removeHeaders": [], "removeHeaders": []}"#,
+            r#"{"removeHeaders": ["a",]}"#,
+            r#"{"removeHeaders": ["a"]} x"#,
+            "{\"removeHeaders\": [\"a\u{1}\"]}",
+            r#"[[], []]"#,
+            r#"{"removeHeaders": ["a"]"#,
+            "",
+        ] {
+            assert!(plain(text).is_none(), "{text}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(512))]
+
+        /// Arbitrary texts made of JSON's pieces: the one-pass reading never reads
+        /// anything serde_json would not, nor reads it differently.
+        #[test]
+        fn plain_reading_agrees_with_serde_json(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("{"), proptest::strategy::Just("}"),
+                    proptest::strategy::Just("["), proptest::strategy::Just("]"),
+                    proptest::strategy::Just(":"), proptest::strategy::Just(","),
+                    proptest::strategy::Just(" "), proptest::strategy::Just("\n"),
+                    proptest::strategy::Just("\"addHeaders\""),
+                    proptest::strategy::Just("\"removeHeaders\""),
+                    proptest::strategy::Just("\"x-a\""), proptest::strategy::Just("\"\""),
+                    proptest::strategy::Just("\"v\\\"\""), proptest::strategy::Just("1"),
+                    proptest::strategy::Just("null"), proptest::strategy::Just("\"é\""),
+                ],
+                0..24,
+            ),
+            adds in proptest::collection::vec(("[a-zA-Z0-9 ._-]{0,4}", "[ -~é]{0,4}"), 0..6),
+            removes in proptest::collection::vec("[a-zA-Z0-9 ._-]{0,4}", 0..6),
+        ) {
+            agrees(&pieces.concat())?;
+            // Well-formed instructions (serde_json writes escapes where needed).
+            let add: serde_json::Map<String, serde_json::Value> =
+                adds.into_iter().map(|(k, v)| (k, v.into())).collect();
+            let text = serde_json::json!({"addHeaders": add, "removeHeaders": removes}).to_string();
+            let read = agrees(&text)?;
+            proptest::prop_assert!(read || text.contains('\\'), "{:?}", text);
+        }
     }
 }

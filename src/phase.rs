@@ -6,7 +6,7 @@
 //! these into ext_proc messages.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 
 use hashbrown::hash_table::{Entry, HashTable};
 
@@ -347,10 +347,21 @@ impl std::fmt::Display for InvalidHeader {
 
 impl std::error::Error for InvalidHeader {}
 
-/// Lower-cases `name` and checks it (and `value`, when given) for emission.
-fn checked(name: String, value: Option<&[u8]>) -> Result<String, InvalidHeader> {
-    let name = lower(name);
-    if !is_valid_header_name(&name) {
+/// Lower-cases `name` and checks it (and `value`, when given) for emission, in one
+/// pass over the name (a second only to lower-case one that has capitals).
+fn checked(mut name: String, value: Option<&[u8]>) -> Result<String, InvalidHeader> {
+    let mut capitals = false;
+    let mut valid = !name.is_empty();
+    for b in name.bytes() {
+        if !NAME_BYTES[usize::from(b)] {
+            capitals |= b.is_ascii_uppercase();
+            valid &= b.is_ascii_uppercase();
+        }
+    }
+    if capitals {
+        name.make_ascii_lowercase();
+    }
+    if !valid {
         return Err(InvalidHeader::Name(name));
     }
     match value {
@@ -422,6 +433,18 @@ struct NameIndex {
     /// For each slot, the slot of the previous live write of the same name (`NONE`
     /// for the first): cancelling a name walks its writes without a list per name.
     prev: Vec<usize>,
+    /// Values of the live appends of a name (an equal append is sent once), for the
+    /// names that have appends: kept out of the table so its entries stay small (a
+    /// large phase has thousands, and a smaller table stays in cache).
+    appended: Vec<HashSet<Bytes>>,
+}
+
+/// The key of a name in a [`NameIndex`]: SipHash, keyed per index, of the name's bytes
+/// (one name per key, so `str`'s prefix-free terminator is not needed).
+fn hash_name(hasher: &RandomState, name: &str) -> u64 {
+    let mut h = hasher.build_hasher();
+    h.write(name.as_bytes());
+    h.finish()
 }
 
 #[derive(Debug, Clone)]
@@ -431,8 +454,9 @@ struct NameState {
     /// their name has been cancelled, or not at all.
     first: usize,
     last: usize,
-    /// Values of the live appends of this name (an equal append is sent once).
-    appended: Option<HashSet<Bytes>>,
+    /// Where the values of the live appends of this name are in
+    /// [`NameIndex::appended`] (`NONE`: it never had an append).
+    appended: usize,
     /// Where the name is listed in the removals (`NONE`: not removed).
     removed_at: usize,
 }
@@ -442,7 +466,7 @@ impl Default for NameState {
         Self {
             first: NONE,
             last: NONE,
-            appended: None,
+            appended: NONE,
             removed_at: NONE,
         }
     }
@@ -468,6 +492,7 @@ fn name_of<'a>(
 struct Indexed<'a> {
     state: &'a mut NameState,
     prev: &'a mut Vec<usize>,
+    appended: &'a mut Vec<HashSet<Bytes>>,
     slots: &'a mut Vec<Option<HeaderWrite>>,
     live: &'a mut usize,
     removes: &'a mut Vec<String>,
@@ -488,7 +513,17 @@ impl Indexed<'_> {
         }
         self.state.first = NONE;
         self.state.last = NONE;
-        self.state.appended = None;
+        // Emptied, not dropped: the name keeps its set (and its allocation).
+        if let Some(set) = self.appended.get_mut(self.state.appended) {
+            set.clear();
+        }
+    }
+
+    /// True when a live append of the name has this value.
+    fn appended(&self, value: &Bytes) -> bool {
+        self.appended
+            .get(self.state.appended)
+            .is_some_and(|set| set.contains(value))
     }
 
     fn push(&mut self, w: HeaderWrite) {
@@ -499,13 +534,21 @@ impl Indexed<'_> {
         }
         self.state.last = at;
         if w.action == HeaderAction::Append {
-            self.state
-                .appended
-                .get_or_insert_with(HashSet::default)
-                .insert(w.value.clone());
+            note_append(self.state, self.appended, &w.value);
         }
         self.slots.push(Some(w));
         *self.live += 1;
+    }
+}
+
+/// Records a live append of `value` for the name of `state`.
+fn note_append(state: &mut NameState, appended: &mut Vec<HashSet<Bytes>>, value: &Bytes) {
+    if state.appended == NONE {
+        state.appended = appended.len();
+        appended.push(HashSet::default());
+    }
+    if let Some(set) = appended.get_mut(state.appended) {
+        set.insert(value.clone());
     }
 }
 
@@ -542,6 +585,34 @@ impl<'a> IntoIterator for Writes<'a> {
         self.slots.iter().flatten()
     }
 }
+
+/// The header writes of a [`Mutations`], moved out in order (see
+/// [`Mutations::into_header_changes`]).
+#[derive(Debug)]
+pub struct IntoWrites {
+    slots: std::vec::IntoIter<Option<HeaderWrite>>,
+    len: usize,
+}
+
+impl Iterator for IntoWrites {
+    type Item = HeaderWrite;
+
+    fn next(&mut self) -> Option<HeaderWrite> {
+        // Holes (cancelled writes) are skipped.
+        loop {
+            if let Some(w) = self.slots.next()? {
+                self.len -= 1;
+                return Some(w);
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.len, Some(self.len))
+    }
+}
+
+impl ExactSizeIterator for IntoWrites {}
 
 impl std::fmt::Debug for Writes<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -691,9 +762,9 @@ impl Mutations {
         let ix = self.index.as_deref_mut()?;
         let (slots, removes, hasher) = (&self.slots, &self.removes, &ix.hasher);
         let entry = ix.names.entry(
-            hasher.hash_one(name),
+            hash_name(hasher, name),
             |s| name_of(s, slots, removes) == name,
-            |s| hasher.hash_one(name_of(s, slots, removes)),
+            |s| hash_name(hasher, name_of(s, slots, removes)),
         );
         // A new entry gets its name (a write or a removal) before this operation ends.
         let state = match entry {
@@ -703,6 +774,7 @@ impl Mutations {
         Some(Indexed {
             state,
             prev: &mut ix.prev,
+            appended: &mut ix.appended,
             slots: &mut self.slots,
             live: &mut self.live,
             removes: &mut self.removes,
@@ -732,8 +804,7 @@ impl Mutations {
             action: HeaderAction::Append,
         };
         if let Some(mut ix) = self.indexed(&w.name) {
-            let seen = ix.state.appended.as_ref();
-            if !seen.is_some_and(|s| s.contains(&w.value)) {
+            if !ix.appended(&w.value) {
                 ix.push(w);
             }
         } else if !self
@@ -815,17 +886,19 @@ impl Mutations {
             hasher: RandomState::new(),
             names: HashTable::with_capacity(self.slots.len() + self.removes.len()),
             prev: Vec::with_capacity(self.slots.len()),
+            appended: Vec::new(),
         };
         let (slots, removes) = (&self.slots, &self.removes);
         let NameIndex {
             hasher,
             names,
             prev,
+            appended,
         } = &mut index;
-        let rehash = |s: &NameState| hasher.hash_one(name_of(s, slots, removes));
+        let rehash = |s: &NameState| hash_name(hasher, name_of(s, slots, removes));
         for (at, w) in slots.iter().flatten().enumerate() {
             let same = |s: &NameState| name_of(s, slots, removes) == w.name;
-            let state = match names.entry(hasher.hash_one(&w.name), same, rehash) {
+            let state = match names.entry(hash_name(hasher, &w.name), same, rehash) {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => e
                     .insert(NameState {
@@ -837,15 +910,12 @@ impl Mutations {
             prev.push(state.last);
             state.last = at;
             if w.action == HeaderAction::Append {
-                state
-                    .appended
-                    .get_or_insert_with(HashSet::default)
-                    .insert(w.value.clone());
+                note_append(state, appended, &w.value);
             }
         }
         for (i, name) in removes.iter().enumerate() {
             let same = |s: &NameState| name_of(s, slots, removes) == name;
-            match names.entry(hasher.hash_one(name), same, rehash) {
+            match names.entry(hash_name(hasher, name), same, rehash) {
                 Entry::Occupied(e) => e.into_mut().removed_at = i,
                 Entry::Vacant(e) => {
                     e.insert(NameState {
@@ -868,10 +938,18 @@ impl Mutations {
         let (slots, removes) = (&self.slots, &self.removes);
         if let Some(ix) = self.index.as_deref_mut() {
             let hasher = &ix.hasher;
-            ix.names
-                .reserve(additional, |s| hasher.hash_one(name_of(s, slots, removes)));
+            ix.names.reserve(additional, |s| {
+                hash_name(hasher, name_of(s, slots, removes))
+            });
             ix.prev.reserve(additional);
         }
+    }
+
+    /// Makes room in the list of removals for `additional` more (the index is sized
+    /// by [`Mutations::reserve`], which counts removals as changes): saves the
+    /// regrowth, a copy of the list each time, of a long list.
+    pub fn reserve_removals(&mut self, additional: usize) {
+        self.removes.reserve(additional);
     }
 
     /// The index entry of a header name as it may be spelled in a header list.
@@ -885,7 +963,7 @@ impl Mutations {
             name
         };
         let (slots, removes) = (&self.slots, &self.removes);
-        ix.names.find(ix.hasher.hash_one(name), |s| {
+        ix.names.find(hash_name(&ix.hasher, name), |s| {
             name_of(s, slots, removes) == name
         })
     }
@@ -949,6 +1027,16 @@ impl Mutations {
             slots: &self.slots,
             len: self.live,
         }
+    }
+
+    /// Moves the header changes out: the writes in order and the removals (the wire
+    /// encoding hands them to Envoy as they are, without a copy of each name).
+    pub fn into_header_changes(self) -> (IntoWrites, Vec<String>) {
+        let writes = IntoWrites {
+            slots: self.slots.into_iter(),
+            len: self.live,
+        };
+        (writes, self.removes)
     }
 
     /// Header names to remove.
@@ -1051,7 +1139,10 @@ impl Mutations {
         // the first write can be a `Set` (which drops the list's entries of the name)
         // or an `AddIfAbsent` (which adds only when the list has none left).
         let originals = std::mem::take(&mut headers.entries);
-        let mut out: Vec<(String, Bytes)> = Vec::with_capacity(originals.len() + self.live);
+        // With room for the few writes of the processors that follow, which would
+        // otherwise copy the whole list to grow it.
+        let mut out: Vec<(String, Bytes)> =
+            Vec::with_capacity(originals.len() + self.live + INDEX_FROM);
         for (name, value) in originals {
             let dropped = self.state_of(&name).is_some_and(|s| {
                 s.removed_at != NONE
@@ -1092,11 +1183,6 @@ impl Mutations {
             && !self.clear_route_cache
             && self.metadata.is_empty()
     }
-}
-
-fn lower(mut name: String) -> String {
-    name.make_ascii_lowercase();
-    name
 }
 
 /// A reply Envoy sends to the client in place of the upstream's response.

@@ -260,14 +260,18 @@ pub fn encode_immediate(r: &ImmediateResponse) -> ProcessingResponse {
     }
 }
 
-/// Encodes the chain's outcome as the response of the matching kind.
-pub fn encode(outcome: &PhaseOutcome, reply: &Reply) -> ProcessingResponse {
-    encode_parts(&outcome.phase, &outcome.flow, &outcome.mutations, reply)
+/// Encodes the chain's outcome as the response of the matching kind. The header
+/// changes are moved into the answer (`outcome.mutations` is left empty): a large
+/// answer holds thousands of names, and a copy of each would cost as much as the
+/// chain that wrote them.
+pub fn encode(outcome: &mut PhaseOutcome, reply: &Reply) -> ProcessingResponse {
+    let m = std::mem::take(&mut outcome.mutations);
+    encode_parts(&outcome.phase, &outcome.flow, m, reply)
 }
 
 /// Like [`encode`], with other mutations than the outcome's (a held full-duplex body
 /// whose header changes go with the headers' answer).
-pub fn encode_with(outcome: &PhaseOutcome, m: &Mutations, reply: &Reply) -> ProcessingResponse {
+pub fn encode_with(outcome: &PhaseOutcome, m: Mutations, reply: &Reply) -> ProcessingResponse {
     encode_parts(&outcome.phase, &outcome.flow, m, reply)
 }
 
@@ -277,22 +281,24 @@ pub fn encode_continue(phase: &Phase, modes: &BodyModes) -> ProcessingResponse {
         mode_override: None,
         modes: *modes,
     };
-    encode_parts(phase, &Flow::Continue, &Mutations::new(), &reply)
+    encode_parts(phase, &Flow::Continue, Mutations::new(), &reply)
 }
 
 /// The request headers' answer, sent late (after a held full-duplex body).
-pub fn encode_headers_answer(m: &Mutations, reply: &Reply) -> ProcessingResponse {
+pub fn encode_headers_answer(m: Mutations, reply: &Reply) -> ProcessingResponse {
     use processing_response::Response;
+    let dynamic_metadata = dynamic_metadata(&m);
     ProcessingResponse {
         response: Some(Response::RequestHeaders(headers_response(m))),
         mode_override: reply.mode_override,
-        dynamic_metadata: dynamic_metadata(m),
+        dynamic_metadata,
         ..Default::default()
     }
 }
 
-fn encode_parts(phase: &Phase, flow: &Flow, m: &Mutations, reply: &Reply) -> ProcessingResponse {
+fn encode_parts(phase: &Phase, flow: &Flow, m: Mutations, reply: &Reply) -> ProcessingResponse {
     use processing_response::Response;
+    let dynamic_metadata = dynamic_metadata(&m);
     let response = match flow {
         Flow::Respond(immediate) => Response::ImmediateResponse(immediate_response(immediate)),
         Flow::Continue => match phase {
@@ -314,7 +320,7 @@ fn encode_parts(phase: &Phase, flow: &Flow, m: &Mutations, reply: &Reply) -> Pro
             PhaseKind::RequestHeaders => reply.mode_override,
             _ => None,
         },
-        dynamic_metadata: dynamic_metadata(m),
+        dynamic_metadata,
         ..Default::default()
     }
 }
@@ -348,13 +354,13 @@ fn dynamic_metadata(m: &Mutations) -> Option<prost_types::Struct> {
     })
 }
 
-fn headers_response(m: &Mutations) -> HeadersResponse {
+fn headers_response(m: Mutations) -> HeadersResponse {
     HeadersResponse {
         response: Some(common(m, None)),
     }
 }
 
-fn body_response(m: &Mutations, body: &BodyPhase, mode: BodyMode) -> BodyResponse {
+fn body_response(m: Mutations, body: &BodyPhase, mode: BodyMode) -> BodyResponse {
     let body_mutation = if mode.answers_with_body() {
         // In full duplex (and GRPC) mode Envoy forwards only what the answer carries:
         // always send the chunk back (changed or not) with its end_of_stream.
@@ -392,46 +398,50 @@ fn body_response(m: &Mutations, body: &BodyPhase, mode: BodyMode) -> BodyRespons
     }
 }
 
-fn trailers_response(m: &Mutations) -> TrailersResponse {
+fn trailers_response(m: Mutations) -> TrailersResponse {
     TrailersResponse {
         header_mutation: header_mutation(m, None),
     }
 }
 
-fn common(m: &Mutations, content_length: Option<usize>) -> CommonResponse {
+fn common(m: Mutations, content_length: Option<usize>) -> CommonResponse {
     CommonResponse {
         status: common_response::ResponseStatus::Continue as i32,
+        clear_route_cache: m.route_cache_cleared(),
         header_mutation: header_mutation(m, content_length),
         body_mutation: None,
         trailers: None,
-        clear_route_cache: m.route_cache_cleared(),
     }
 }
 
-fn header_mutation(m: &Mutations, content_length: Option<usize>) -> Option<HeaderMutation> {
+/// The header writes and removals as Envoy's `HeaderMutation`, their names and values
+/// moved in (not copied).
+fn header_mutation(m: Mutations, content_length: Option<usize>) -> Option<HeaderMutation> {
     if m.writes().is_empty() && m.removes().is_empty() && content_length.is_none() {
         return None;
     }
-    let mut set_headers: Vec<HeaderValueOption> = m
-        .writes()
-        .iter()
-        .filter(|w| content_length.is_none() || w.name != "content-length")
-        .map(|w| option(&w.name, w.value.clone(), w.action))
-        .collect();
+    let (writes, remove_headers) = m.into_header_changes();
+    let mut set_headers: Vec<HeaderValueOption> =
+        Vec::with_capacity(writes.len() + usize::from(content_length.is_some()));
+    set_headers.extend(
+        writes
+            .filter(|w| content_length.is_none() || w.name != "content-length")
+            .map(|w| option(w.name, w.value, w.action)),
+    );
     if let Some(len) = content_length {
         set_headers.push(option(
-            "content-length",
+            "content-length".to_string(),
             Bytes::from(len.to_string()),
             HeaderAction::Set,
         ));
     }
     Some(HeaderMutation {
         set_headers,
-        remove_headers: m.removes().to_vec(),
+        remove_headers,
     })
 }
 
-fn option(name: &str, value: Bytes, action: HeaderAction) -> HeaderValueOption {
+fn option(name: String, value: Bytes, action: HeaderAction) -> HeaderValueOption {
     let append_action = match action {
         HeaderAction::Set => HeaderAppendAction::OverwriteIfExistsOrAdd,
         HeaderAction::Append => HeaderAppendAction::AppendIfExistsOrAdd,
@@ -439,7 +449,7 @@ fn option(name: &str, value: Bytes, action: HeaderAction) -> HeaderValueOption {
     };
     HeaderValueOption {
         header: Some(HeaderValue {
-            key: name.to_string(),
+            key: name,
             // Only raw_value: Envoy rejects a mutation that sets both.
             value: String::new(),
             raw_value: value,
@@ -459,7 +469,7 @@ pub fn immediate_response(r: &ImmediateResponse) -> crate::proto::ext_proc::Imme
             set_headers: r
                 .headers()
                 .iter()
-                .map(|(n, v)| option(n, v.clone(), HeaderAction::Append))
+                .map(|(n, v)| option(n.clone(), v.clone(), HeaderAction::Append))
                 .collect(),
             remove_headers: Vec::new(),
         })
@@ -525,7 +535,7 @@ mod tests {
     fn writes_only_raw_value() {
         let mut m = Mutations::new();
         m.set("x-a", "1");
-        let hm = header_mutation(&m, None).unwrap();
+        let hm = header_mutation(m, None).unwrap();
         let h = hm.set_headers[0].header.as_ref().unwrap();
         assert_eq!(h.value, "");
         assert_eq!(&h.raw_value[..], b"1");

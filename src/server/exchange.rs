@@ -303,7 +303,7 @@ impl Exchange {
             otel.name = %format_args!("phase {kind}"),
             phase = kind.as_str(),
         );
-        let outcome = active
+        let mut outcome = active
             .route
             .chain
             .run(PhaseRequest::new(phase, ctx))
@@ -334,7 +334,7 @@ impl Exchange {
         let handled = if observability {
             Handled::Silent
         } else {
-            respond(active, outcome.phase.kind(), &outcome, reply, responded)
+            respond(active, outcome.phase.kind(), &mut outcome, reply, responded)
         };
         if let (Some(m), Some(received)) = (&active.route.metrics, received) {
             m.message(kind, received.elapsed());
@@ -431,7 +431,7 @@ fn record_mismatch(route: &Route, reason: ModeMismatch) {
 fn respond(
     active: &mut Active,
     kind: crate::phase::PhaseKind,
-    outcome: &PhaseOutcome,
+    outcome: &mut PhaseOutcome,
     reply: Reply,
     responded: bool,
 ) -> Handled {
@@ -443,7 +443,7 @@ fn respond(
     }
     if kind == PhaseKind::RequestHeaders && active.flows.hold_request_headers() {
         active.held = Some(Held {
-            mutations: outcome.mutations.clone(),
+            mutations: std::mem::take(&mut outcome.mutations),
             reply,
             bodies: Vec::new(),
             bytes: 0,
@@ -456,11 +456,11 @@ fn respond(
     match &outcome.phase {
         Phase::RequestBody(b) => {
             // Header changes made while reading the body go with the headers' answer.
-            let mut body_outcome = outcome.mutations.clone();
+            let mut body_outcome = std::mem::take(&mut outcome.mutations);
             held.mutations.merge(body_outcome.take_header_changes());
             held.bytes += b.chunk.len();
             held.bodies
-                .push(wire::encode_with(outcome, &body_outcome, &reply));
+                .push(wire::encode_with(outcome, body_outcome, &reply));
             // The held chunk counts against the stream's and the server's budget; past
             // either, the headers are answered now and the body streams on.
             let within_budget = active
@@ -493,7 +493,7 @@ fn release(active: &mut Active, last: Option<ProcessingResponse>) -> Handled {
     };
     active.flows.released_request_headers();
     let mut out = Vec::with_capacity(held.bodies.len() + 2);
-    out.push(wire::encode_headers_answer(&held.mutations, &held.reply));
+    out.push(wire::encode_headers_answer(held.mutations, &held.reply));
     out.extend(held.bodies);
     out.extend(last);
     Handled::Replies(out)
