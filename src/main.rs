@@ -23,6 +23,10 @@ fn main() -> ExitCode {
         }
         Some(Command::CheckConfig { file }) => match check(&serve_args.log, &file) {
             Ok(config) => {
+                if let Err(e) = server::check_files(&config) {
+                    eprintln!("{}: {e}", file.display());
+                    return ExitCode::FAILURE;
+                }
                 println!("{}: ok", file.display());
                 match config.build_router() {
                     Ok(router) => {

@@ -376,3 +376,58 @@ fn a_processor_that_could_overwrite_verified_claims_is_refused_unless_allowed() 
         "warned once per load: {stderr}"
     );
 }
+
+#[test]
+fn check_config_reads_the_tls_and_admin_token_files_as_serving_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = "routes: [{name: a, processors: [trivial]}]\n";
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let empty = dir.path().join("empty-token");
+    std::fs::write(&empty, "").unwrap();
+    let cases = [
+        (
+            "server:\n  tls: {cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem}\n"
+                .to_string(),
+            "server.tls.cert_file /nonexistent/c.pem: cannot read",
+        ),
+        (
+            format!(
+                "server:\n  tls: {{cert_file: {g}, key_file: {g}}}\n",
+                g = garbage.display()
+            ),
+            "server.tls.cert_file",
+        ),
+        (
+            "server:\n  admin_token_file: /nonexistent/token\n".to_string(),
+            "server.admin_token_file /nonexistent/token: cannot read",
+        ),
+        (
+            format!("server:\n  admin_token_file: {}\n", empty.display()),
+            "the file is empty",
+        ),
+    ];
+    for (i, (server, expected)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("c{i}.yaml"));
+        std::fs::write(&file, format!("{server}{routes}")).unwrap();
+        let out = gateway().arg("check-config").arg(&file).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "case {i} passed: {server}");
+        assert!(stderr.contains(expected), "case {i}: {stderr}");
+    }
+    // The same files, readable and valid, pass.
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let file = dir.path().join("good.yaml");
+    std::fs::write(
+        &file,
+        format!("server:\n  admin_token_file: {}\n{routes}", token.display()),
+    )
+    .unwrap();
+    let out = gateway().arg("check-config").arg(&file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -125,12 +125,7 @@ async fn run(
 
     // Files named in the config are read before anything listens, so a bad one stops
     // the start with its name instead of a half-working gateway.
-    let tls = match &config.server.tls {
-        Some(t) => Some(tls::Tls::load(t).map_err(|e| anyhow::anyhow!("{e}"))?),
-        None => None,
-    };
-    let admin_token = crate::admin::AdminToken::from_config(&config.server)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (tls, admin_token) = load_files(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let config_tls = config.server.tls.clone();
 
     let grpc_listener =
@@ -288,6 +283,26 @@ async fn run(
         w.abort();
     }
     Ok(())
+}
+
+/// The files `config` names (TLS certificate, key and client CA; the admin token),
+/// read and parsed as serving does.
+fn load_files(
+    config: &GatewayConfig,
+) -> Result<(Option<tls::Tls>, Option<crate::admin::AdminToken>), String> {
+    let tls = match &config.server.tls {
+        Some(t) => Some(tls::Tls::load(t)?),
+        None => None,
+    };
+    let admin_token = crate::admin::AdminToken::from_config(&config.server)?;
+    Ok((tls, admin_token))
+}
+
+/// Reads the files `config` names exactly as serving would, so `check-config` finds a
+/// missing, unreadable or malformed certificate, key, client CA or admin token before
+/// a deploy does. The error names the setting and the file.
+pub fn check_files(config: &GatewayConfig) -> Result<(), String> {
+    load_files(config).map(|_| ())
 }
 
 /// How the gRPC listener secures connections, for the start-up log line.
