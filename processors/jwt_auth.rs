@@ -5,7 +5,8 @@
 //! the same name (`Decoded-Sub`, `decoded_sub`, `DECODED_sub`), so they cannot be
 //! spoofed; the config refuses a later processor that could write them (see
 //! [`crate::config`]). Claim names and values that a header cannot carry are encoded
-//! (see [`claim_value`]), never emitted raw. A missing or
+//! (non-string values and strings with a control character as compact JSON), never
+//! emitted raw. A missing or
 //! invalid token gets 401 with `www-authenticate` and a JSON reason that never repeats
 //! the token or the key; the upstream is not called.
 
