@@ -714,7 +714,7 @@ mod tests {
     }
 
     fn settings(yaml: &str) -> JwtSettings {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_saphyr::from_str(yaml).unwrap()
     }
 
     #[test]
