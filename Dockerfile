@@ -11,6 +11,8 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY . .
 # build.rs compiles the protos with protox (pure Rust): no protoc needed.
+# aws-lc-sys (jsonwebtoken's aws_lc_rs backend) compiles its C with the gcc that
+# the rust image ships, through the cc crate: no cmake needed.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin extproc-gateway \

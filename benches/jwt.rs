@@ -30,7 +30,7 @@ fn token() -> String {
 }
 
 fn chain(cache: usize) -> Chain {
-    let mut settings: JwtSettings = serde_yaml::from_str(&format!(
+    let mut settings: JwtSettings = serde_saphyr::from_str(&format!(
         "jwks_file: {}",
         root().join("examples/jwt/jwks.json").display()
     ))

@@ -14,8 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::HashMap;
-use std::sync::{Mutex, Weak};
+use std::sync::Weak;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
@@ -285,11 +284,17 @@ pub struct JwtAuth {
     store: Keys,
     algorithms: Vec<Algorithm>,
     settings: JwtSettings,
-    verified: Mutex<HashMap<[u8; 32], Verified>>,
+    /// Tokens verified recently, by SHA-256 of the token; `None` when
+    /// `verified_cache` is 0. A concurrent cache bounded to that many entries, which
+    /// evicts the least useful entries one by one (S3-FIFO) rather than starting
+    /// over when full; an entry is served only while its `exp` (plus leeway) has not
+    /// passed and its key set is in force, and is dropped when found stale.
+    verified: Option<quick_cache::sync::Cache<[u8; 32], Verified>>,
 }
 
 /// A token that passed verification: its claims, its expiry, and the key set that
 /// verified it (a refreshed key set invalidates it).
+#[derive(Clone)]
 struct Verified {
     claims: Arc<serde_json::Map<String, serde_json::Value>>,
     exp: Option<u64>,
@@ -327,11 +332,13 @@ impl JwtAuth {
     fn build(settings: JwtSettings, metrics: Option<JwksMetrics>) -> Result<Self, String> {
         settings.validate()?;
         let store = jwks::load(&settings.source()?, metrics)?;
+        let verified = (settings.verified_cache > 0)
+            .then(|| quick_cache::sync::Cache::new(settings.verified_cache));
         Ok(Self {
             store,
             algorithms: settings.parsed_algorithms()?,
             settings,
-            verified: Mutex::new(HashMap::new()),
+            verified,
         })
     }
 
@@ -341,26 +348,26 @@ impl JwtAuth {
         &self,
         token: &str,
     ) -> Result<Arc<serde_json::Map<String, serde_json::Value>>, Refusal> {
-        if self.settings.verified_cache == 0 {
+        let Some(cache) = &self.verified else {
             return self
                 .verify(token, self.store.get())
                 .map(|(claims, _)| Arc::new(claims));
-        }
+        };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let keys = self.store.get();
         let now = now_secs();
         let leeway = self.settings.leeway.as_secs();
-        if let Ok(cache) = self.verified.lock() {
-            if let Some(v) = cache.get(&digest) {
-                let same_keys = match (&keys, v.keys.upgrade()) {
-                    (Some(current), Some(then)) => Arc::ptr_eq(current, &then),
-                    _ => false,
-                };
-                let unexpired = v.exp.is_none_or(|exp| exp.saturating_add(leeway) >= now);
-                if same_keys && unexpired {
-                    return Ok(v.claims.clone());
-                }
+        if let Some(v) = cache.get(&digest) {
+            let same_keys = match (&keys, v.keys.upgrade()) {
+                (Some(current), Some(then)) => Arc::ptr_eq(current, &then),
+                _ => false,
+            };
+            let unexpired = v.exp.is_none_or(|exp| exp.saturating_add(leeway) >= now);
+            if same_keys && unexpired {
+                return Ok(v.claims);
             }
+            // Stale: never served again, whatever the verification below decides.
+            cache.remove(&digest);
         }
         // The key set read for the cache check is the one verified against.
         let (claims, keys) = self.verify(token, keys)?;
@@ -373,20 +380,14 @@ impl JwtAuth {
         let Some(exp) = exp else {
             return Ok(claims);
         };
-        if let Ok(mut cache) = self.verified.lock() {
-            if cache.len() >= self.settings.verified_cache {
-                // Simple bound: start over rather than track recency per entry.
-                cache.clear();
-            }
-            cache.insert(
-                digest,
-                Verified {
-                    claims: claims.clone(),
-                    exp,
-                    keys: Arc::downgrade(&keys),
-                },
-            );
-        }
+        cache.insert(
+            digest,
+            Verified {
+                claims: claims.clone(),
+                exp,
+                keys: Arc::downgrade(&keys),
+            },
+        );
         Ok(claims)
     }
 
@@ -715,7 +716,7 @@ mod tests {
     }
 
     fn settings(yaml: &str) -> JwtSettings {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_saphyr::from_str(yaml).unwrap()
     }
 
     #[test]

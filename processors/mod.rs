@@ -14,6 +14,7 @@ pub mod trivial;
 
 use std::fmt;
 
+use serde::de::value::{MapAccessDeserializer, MapDeserializer};
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -167,21 +168,21 @@ impl ProcessorSpec {
 /// config (`/config`) loads again.
 impl Serialize for ProcessorSpec {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::{Error, SerializeMap};
-        let settings = match self {
-            ProcessorSpec::Digest(s) => Some(serde_yaml::to_value(s)),
-            ProcessorSpec::JwtAuth(s) => Some(serde_yaml::to_value(s)),
-            ProcessorSpec::Headers(s) => Some(serde_yaml::to_value(s)),
-            _ => None,
-        };
-        match settings {
-            None => serializer.serialize_str(self.name()),
-            Some(value) => {
-                let value = value.map_err(S::Error::custom)?;
-                let mut map = serializer.serialize_map(Some(1))?;
-                map.serialize_entry(self.name(), &value)?;
-                map.end()
-            }
+        fn one<S: serde::Serializer, T: Serialize>(
+            serializer: S,
+            name: &str,
+            settings: &T,
+        ) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut map = serializer.serialize_map(Some(1))?;
+            map.serialize_entry(name, settings)?;
+            map.end()
+        }
+        match self {
+            ProcessorSpec::Digest(s) => one(serializer, self.name(), s),
+            ProcessorSpec::JwtAuth(s) => one(serializer, self.name(), s),
+            ProcessorSpec::Headers(s) => one(serializer, self.name(), s),
+            _ => serializer.serialize_str(self.name()),
         }
     }
 }
@@ -191,48 +192,55 @@ impl Serialize for ProcessorSpec {
 #[serde(deny_unknown_fields)]
 struct NoSettings {}
 
-fn by_name<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<ProcessorSpec, A::Error> {
-    Ok(match name {
-        "trivial" => {
-            map.next_value::<Option<NoSettings>>()?;
-            ProcessorSpec::Trivial
-        }
-        "timer" => {
-            map.next_value::<Option<NoSettings>>()?;
-            ProcessorSpec::Timer
-        }
-        "echo" => {
-            map.next_value::<Option<NoSettings>>()?;
-            ProcessorSpec::Echo
-        }
-        "digest" => ProcessorSpec::Digest(
-            map.next_value::<Option<DigestSettings>>()?
-                .unwrap_or_default(),
-        ),
-        "context_check" => {
-            map.next_value::<Option<NoSettings>>()?;
-            ProcessorSpec::ContextCheck
-        }
-        "instructions" => {
-            map.next_value::<Option<NoSettings>>()?;
-            ProcessorSpec::Instructions
-        }
-        "headers" => {
-            let s: HeadersSettings = map.next_value::<Option<_>>()?.unwrap_or_default();
-            StaticHeaders::new(s.clone()).map_err(de::Error::custom)?;
-            ProcessorSpec::Headers(s)
-        }
-        "jwt_auth" => {
-            let s: JwtSettings = map
-                .next_value::<Option<_>>()?
-                .ok_or_else(|| de::Error::custom("jwt_auth needs settings (a key source)"))?;
-            s.validate().map_err(de::Error::custom)?;
-            ProcessorSpec::JwtAuth(s)
-        }
-        other => return Err(de::Error::unknown_variant(other, NAMES)),
-    })
+/// One entry as written, read by serde's derive as an externally tagged enum: the
+/// singleton-map style, `{name: settings}`, the name choosing the variant (so an
+/// unknown name is serde's `unknown variant` error, listing the names). Settings
+/// are optional everywhere, so `- timer:`, `- echo: {}` and a bare `- digest`
+/// (read as `{digest: null}`) all parse; [`ProcessorSpec`]'s `TryFrom` validates.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[expect(
+    dead_code,
+    reason = "`NoSettings` is read only to refuse unknown fields"
+)]
+enum Entry {
+    Trivial(Option<NoSettings>),
+    Timer(Option<NoSettings>),
+    Digest(Option<DigestSettings>),
+    Echo(Option<NoSettings>),
+    JwtAuth(Option<JwtSettings>),
+    ContextCheck(Option<NoSettings>),
+    Headers(Option<HeadersSettings>),
+    Instructions(Option<NoSettings>),
 }
 
+impl TryFrom<Entry> for ProcessorSpec {
+    type Error = String;
+
+    fn try_from(entry: Entry) -> Result<Self, String> {
+        Ok(match entry {
+            Entry::Trivial(_) => ProcessorSpec::Trivial,
+            Entry::Timer(_) => ProcessorSpec::Timer,
+            Entry::Digest(s) => ProcessorSpec::Digest(s.unwrap_or_default()),
+            Entry::Echo(_) => ProcessorSpec::Echo,
+            Entry::ContextCheck(_) => ProcessorSpec::ContextCheck,
+            Entry::Instructions(_) => ProcessorSpec::Instructions,
+            Entry::Headers(s) => {
+                let s = s.unwrap_or_default();
+                StaticHeaders::new(s.clone())?;
+                ProcessorSpec::Headers(s)
+            }
+            Entry::JwtAuth(s) => {
+                let s = s.ok_or("jwt_auth needs settings (a key source)")?;
+                s.validate()?;
+                ProcessorSpec::JwtAuth(s)
+            }
+        })
+    }
+}
+
+/// A bare name is the one-key map `{name: null}`; a map must hold exactly one
+/// processor. Everything else is serde's derive on [`Entry`].
 impl<'de> Deserialize<'de> for ProcessorSpec {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct SpecVisitor;
@@ -249,22 +257,19 @@ impl<'de> Deserialize<'de> for ProcessorSpec {
             }
 
             fn visit_str<E: de::Error>(self, name: &str) -> Result<ProcessorSpec, E> {
-                let mut none = de::value::MapDeserializer::<_, E>::new(std::iter::once((name, ())));
-                let key: String = none.next_key()?.unwrap_or_default();
-                by_name(&key, &mut none)
+                let bare = MapDeserializer::<_, E>::new(std::iter::once((name, ())));
+                let entry = Entry::deserialize(MapAccessDeserializer::new(bare))?;
+                ProcessorSpec::try_from(entry).map_err(E::custom)
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ProcessorSpec, A::Error> {
-                let name: String = map
-                    .next_key()?
-                    .ok_or_else(|| de::Error::custom("empty processor entry"))?;
-                let spec = by_name(&name, &mut map)?;
+                let entry = Entry::deserialize(MapAccessDeserializer::new(&mut map))?;
                 if map.next_key::<IgnoredAny>()?.is_some() {
                     return Err(de::Error::custom(
                         "one processor per list entry (write each as its own `- name: {...}`)",
                     ));
                 }
-                Ok(spec)
+                ProcessorSpec::try_from(entry).map_err(de::Error::custom)
             }
         }
 
@@ -278,7 +283,7 @@ mod tests {
 
     #[test]
     fn bare_names_and_maps_parse() {
-        let specs: Vec<ProcessorSpec> = serde_yaml::from_str(
+        let specs: Vec<ProcessorSpec> = serde_saphyr::from_str(
             "- trivial\n- digest: {body_mode: streamed}\n- echo: {}\n- timer:\n",
         )
         .unwrap();
@@ -297,18 +302,37 @@ mod tests {
 
     #[test]
     fn unknown_names_and_settings_are_errors_with_a_line() {
-        let err = serde_yaml::from_str::<Vec<ProcessorSpec>>("- trivial\n- nope\n")
+        let err = serde_saphyr::from_str::<Vec<ProcessorSpec>>("- trivial\n- nope\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown variant `nope`"), "{err}");
         assert!(err.contains("line 2"), "{err}");
-        let err = serde_yaml::from_str::<Vec<ProcessorSpec>>("- digest: {mode: x}\n")
+        let err = serde_saphyr::from_str::<Vec<ProcessorSpec>>("- digest: {mode: x}\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `mode`"), "{err}");
-        let err = serde_yaml::from_str::<Vec<ProcessorSpec>>("- trivial: {x: 1}\n")
+        let err = serde_saphyr::from_str::<Vec<ProcessorSpec>>("- trivial: {x: 1}\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `x`"), "{err}");
+    }
+
+    #[test]
+    fn a_rendered_list_loads_again() {
+        let specs: Vec<ProcessorSpec> = serde_saphyr::from_str(
+            "- trivial\n- digest: {body_mode: streamed}\n- headers: {request: {set: {x-a: b}}}\n- echo: {}\n",
+        )
+        .unwrap();
+        let text = serde_saphyr::to_string(&specs).unwrap();
+        let again: Vec<ProcessorSpec> = serde_saphyr::from_str(&text).unwrap();
+        assert_eq!(again, specs, "{text}");
+        let err = serde_saphyr::from_str::<Vec<ProcessorSpec>>("- trivial: {}\n  echo: {}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("one processor per list entry"), "{err}");
+        let err = serde_saphyr::from_str::<Vec<ProcessorSpec>>("- jwt_auth\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("jwt_auth needs settings"), "{err}");
     }
 }

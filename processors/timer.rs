@@ -2,7 +2,7 @@
 //! UTC with microseconds) on the upstream request, and on the response adds the same
 //! stamp plus `x-duration-ns`, the nanoseconds from request headers to response.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::prelude::*;
 
@@ -61,39 +61,19 @@ impl Processor for Timer {
     }
 }
 
-/// Formats a time as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC).
+/// Formats a time as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC), with humantime. The
+/// clock is clamped to what RFC 3339 with four-digit years can write (1970 through
+/// 9999): humantime panics before the epoch and fails past 9999, and a badly set
+/// clock must not take the request down.
 pub fn rfc3339_micros(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let (y, m, day) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        d.subsec_micros()
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    // 9999-12-31T23:59:59.999999Z
+    let last = UNIX_EPOCH + Duration::new(253_402_300_799, 999_999_000);
+    humantime::format_rfc3339_micros(t.clamp(UNIX_EPOCH, last)).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn formats_known_instants() {
@@ -102,5 +82,9 @@ mod tests {
         assert_eq!(rfc3339_micros(t), "2024-02-29T12:34:56.123456Z");
         let t = UNIX_EPOCH + Duration::from_secs(4_102_444_799);
         assert_eq!(rfc3339_micros(t), "2099-12-31T23:59:59.000000Z");
+        let before = UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(rfc3339_micros(before), "1970-01-01T00:00:00.000000Z");
+        let after = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        assert_eq!(rfc3339_micros(after), "9999-12-31T23:59:59.999999Z");
     }
 }

@@ -225,14 +225,29 @@ impl KeySet {
     }
 }
 
-/// Whether an EC public key PEM is on P-384: its DER names the curve's OID
-/// (1.3.132.0.34); P-256 otherwise.
+/// Whether an EC public key PEM is on P-384, read from its SubjectPublicKeyInfo:
+/// `SEQUENCE { SEQUENCE { id-ecPublicKey, namedCurve }, BIT STRING }` whose named
+/// curve is secp384r1 (1.3.132.0.34); P-256 otherwise. Parsed rather than searched
+/// for the OID's bytes, which could also occur inside the key itself.
 fn ec_pem_is_p384(pem: &[u8]) -> bool {
-    SubjectPublicKeyInfoDer::from_pem_slice(pem).is_ok_and(|der| {
-        der.as_ref()
-            .windows(7)
-            .any(|w| w == [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22])
-    })
+    use simple_asn1::{oid, ASN1Block};
+    let Ok(der) = SubjectPublicKeyInfoDer::from_pem_slice(pem) else {
+        return false;
+    };
+    let Ok(blocks) = simple_asn1::from_der(der.as_ref()) else {
+        return false;
+    };
+    let [ASN1Block::Sequence(_, spki)] = blocks.as_slice() else {
+        return false;
+    };
+    let [ASN1Block::Sequence(_, algorithm), ASN1Block::BitString(..)] = spki.as_slice() else {
+        return false;
+    };
+    matches!(
+        algorithm.as_slice(),
+        [ASN1Block::ObjectIdentifier(_, alg), ASN1Block::ObjectIdentifier(_, curve)]
+            if *alg == oid!(1, 2, 840, 10045, 2, 1) && *curve == oid!(1, 3, 132, 0, 34)
+    )
 }
 
 /// Where keys come from.
@@ -982,6 +997,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_curve_of_an_ec_pem_is_read_from_its_key_info() {
+        let pem = |alg| {
+            rcgen::KeyPair::generate_for(alg)
+                .unwrap()
+                .public_key_pem()
+                .into_bytes()
+        };
+        assert!(ec_pem_is_p384(&pem(&rcgen::PKCS_ECDSA_P384_SHA384)));
+        assert!(!ec_pem_is_p384(&pem(&rcgen::PKCS_ECDSA_P256_SHA256)));
+        assert!(!ec_pem_is_p384(&pem(&rcgen::PKCS_ED25519)));
+        assert!(!ec_pem_is_p384(
+            b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+        ));
+    }
+
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {

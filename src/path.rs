@@ -602,7 +602,7 @@ mod tests {
 
     #[test]
     fn policy_yaml_uses_envoys_names_and_denies_unknown_fields() {
-        let p: PathPolicy = serde_yaml::from_str(
+        let p: PathPolicy = serde_saphyr::from_str(
             "{normalize: true, path_with_escaped_slashes_action: KEEP_UNCHANGED, forward_normalized: true}",
         )
         .unwrap();
@@ -611,10 +611,10 @@ mod tests {
             EscapedSlashesAction::KeepUnchanged
         );
         assert!(p.forward_normalized);
-        let p: PathPolicy = serde_yaml::from_str("{}").unwrap();
+        let p: PathPolicy = serde_saphyr::from_str("{}").unwrap();
         assert_eq!(p, PathPolicy::default());
-        assert!(serde_yaml::from_str::<PathPolicy>("{normalise: true}").is_err());
-        assert!(serde_yaml::from_str::<PathPolicy>(
+        assert!(serde_saphyr::from_str::<PathPolicy>("{normalise: true}").is_err());
+        assert!(serde_saphyr::from_str::<PathPolicy>(
             "{path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT}"
         )
         .is_err());

@@ -15,7 +15,8 @@ use common::*;
 use extproc_gateway::config::GatewayConfig;
 use extproc_gateway::proto::ext_proc::external_processor_client::ExternalProcessorClient;
 use extproc_gateway::proto::ext_proc::ProcessingRequest;
-use serde_yaml::Value;
+// Compose and Envoy files read into JSON values: their keys are all strings.
+use serde_json::Value;
 
 const SERVICES: [&str; 6] = [
     "envoy",
@@ -36,7 +37,7 @@ fn read(rel: &str) -> String {
 }
 
 fn yaml(rel: &str) -> Value {
-    serde_yaml::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel} is not YAML: {e}"))
+    serde_saphyr::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel} is not YAML: {e}"))
 }
 
 fn dashboard() -> serde_json::Value {
@@ -48,7 +49,7 @@ fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
     let mut cur = v;
     for k in path {
         cur = match k.parse::<usize>() {
-            Ok(i) if cur.is_sequence() => &cur[i],
+            Ok(i) if cur.is_array() => &cur[i],
             _ => &cur[*k],
         };
         assert!(!cur.is_null(), "missing {path:?} (at {k})");
@@ -71,7 +72,7 @@ fn port(v: &Value, path: &[&str]) -> u16 {
 
 fn strings(v: &Value) -> Vec<String> {
     match v {
-        Value::Sequence(s) => s
+        Value::Array(s) => s
             .iter()
             .map(|x| match x {
                 Value::String(s) => s.clone(),
@@ -92,7 +93,7 @@ fn service<'a>(compose: &'a Value, name: &str) -> &'a Value {
 /// A service's `environment`, as a map or a `K=V` list.
 fn environment(svc: &Value) -> BTreeMap<String, String> {
     match &svc["environment"] {
-        Value::Mapping(m) => m
+        Value::Object(m) => m
             .iter()
             .map(|(k, v)| {
                 let v = match v {
@@ -101,7 +102,7 @@ fn environment(svc: &Value) -> BTreeMap<String, String> {
                     Value::Bool(b) => b.to_string(),
                     other => panic!("environment value {other:?}"),
                 };
-                (k.as_str().expect("env key").to_string(), v)
+                (k.clone(), v)
             })
             .collect(),
         v => strings(v)
@@ -195,7 +196,7 @@ fn admin_override(compose: &Value) -> String {
 
 fn endpoint_of<'a>(envoy: &'a Value, cluster: &str) -> &'a Value {
     let clusters = at(envoy, &["static_resources", "clusters"])
-        .as_sequence()
+        .as_array()
         .expect("clusters");
     let c = clusters
         .iter()
@@ -220,10 +221,10 @@ fn endpoint_of<'a>(envoy: &'a Value, cluster: &str) -> &'a Value {
 fn compose_has_the_six_services_and_everything_it_mounts_or_builds_from_exists() {
     let compose = yaml("docker-compose.yaml");
     let names: BTreeSet<&str> = at(&compose, &["services"])
-        .as_mapping()
+        .as_object()
         .expect("services")
         .keys()
-        .filter_map(Value::as_str)
+        .map(String::as_str)
         .collect();
     assert_eq!(names, SERVICES.into_iter().collect(), "compose services");
 
@@ -462,7 +463,7 @@ fn ports_agree_across_envoy_yaml_compose_and_prometheus() {
     let cmd = strings(&envoy_svc["command"]);
     let config = flag_value(&cmd, "-c").expect("envoy -c");
     assert_eq!(config, mounted_at(envoy_svc, "envoy.yaml"));
-    let over: Value = serde_yaml::from_str(&admin_override(&compose)).expect("override YAML");
+    let over: Value = serde_saphyr::from_str(&admin_override(&compose)).expect("override YAML");
     assert_eq!(
         text(&over, &["admin", "address", "socket_address", "address"]),
         "0.0.0.0"
@@ -517,13 +518,13 @@ fn ports_agree_across_envoy_yaml_compose_and_prometheus() {
     );
     let prom = yaml("dashboards/prometheus/prometheus.yml");
     let jobs: BTreeMap<String, Vec<String>> = at(&prom, &["scrape_configs"])
-        .as_sequence()
+        .as_array()
         .expect("scrape_configs")
         .iter()
         .map(|j| {
             let path = j["metrics_path"].as_str().unwrap_or("/metrics").to_string();
             let targets = at(j, &["static_configs"])
-                .as_sequence()
+                .as_array()
                 .expect("static_configs")
                 .iter()
                 .flat_map(|s| strings(&s["targets"]))

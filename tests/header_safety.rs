@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 // The chains under test: each built-in alone, and all of them in one chain.
 
 fn jwt_auth() -> JwtAuth {
-    let settings: JwtSettings = serde_yaml::from_str(&format!(
+    let settings: JwtSettings = serde_saphyr::from_str(&format!(
         "{{jwks_file: '{}', algorithms: [HS256], require_exp: false}}",
         fixture("hmac-jwks.json").display()
     ))

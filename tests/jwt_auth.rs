@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 
 /// Settings from YAML (paths inside must be absolute).
 fn settings(yaml: &str) -> JwtSettings {
-    serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("bad settings {yaml}: {e}"))
+    serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("bad settings {yaml}: {e}"))
 }
 
 /// The example's settings: example JWKS, issuer and audience.

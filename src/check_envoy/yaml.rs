@@ -1,4 +1,4 @@
-//! YAML with line numbers. serde_yaml's `Value` forgets where a node was, and a finding
+//! YAML with line numbers. A serde `Value` forgets where a node was, and a finding
 //! about an Envoy config is only useful with the line to edit, so the Envoy file is
 //! read with saphyr's marked nodes and turned into this small owned tree.
 

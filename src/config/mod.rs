@@ -56,13 +56,14 @@ impl GatewayConfig {
 
     /// Parses and validates YAML text; `source_name` names it in errors.
     pub fn parse(text: &str, source_name: &str) -> Result<Self, ConfigError> {
-        let config: GatewayConfig = serde_yaml::from_str(text).map_err(|e| {
+        let config: GatewayConfig = serde_saphyr::from_str(text).map_err(|e| {
             let location = e
                 .location()
                 .map(|l| format!("line {} column {}", l.line(), l.column()))
                 .unwrap_or_else(|| "document".into());
-            // serde_yaml appends the position to its message; keep only the reason.
-            let message = e.to_string();
+            // The plain message (no source snippet) still ends with the position;
+            // keep only the reason, the location is reported on its own.
+            let message = e.without_snippet().to_string();
             let message = message
                 .split(" at line ")
                 .next()
@@ -273,7 +274,7 @@ impl GatewayConfig {
                 *p = p.redacted();
             }
         }
-        serde_yaml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        serde_saphyr::to_string(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }
 

@@ -248,7 +248,7 @@ mod tests {
     fn secrets_never_show() {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s:?}"), REDACTED);
-        assert_eq!(serde_yaml::to_string(&s).unwrap().trim(), REDACTED);
+        assert_eq!(serde_saphyr::to_string(&s).unwrap().trim(), REDACTED);
         assert_eq!(s.expose(), "hunter2");
     }
 }

@@ -1,36 +1,32 @@
 //! Config reload on SIGHUP: the new routes are built whole, then swapped in with one
 //! pointer write; open streams keep the routes they started with.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use super::{Reload, RouterHandle};
 use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
 
-/// The config in force, as `/config` shows it; replaced on reload.
+/// The config in force, as `/config` shows it; replaced on reload (an `ArcSwap`:
+/// readers never wait on a reload, nor a reload on them).
 #[derive(Clone)]
-pub struct ConfigHandle(Arc<RwLock<Arc<GatewayConfig>>>);
+pub struct ConfigHandle(Arc<ArcSwap<GatewayConfig>>);
 
 impl ConfigHandle {
     /// Holds `config`.
     pub fn new(config: GatewayConfig) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(config))))
+        Self(Arc::new(ArcSwap::from_pointee(config)))
     }
 
     /// The config in force.
     pub fn current(&self) -> Arc<GatewayConfig> {
-        match self.0.read() {
-            Ok(c) => c.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.0.load_full()
     }
 
     fn replace(&self, config: GatewayConfig) {
-        let new = Arc::new(config);
-        match self.0.write() {
-            Ok(mut c) => *c = new,
-            Err(p) => *p.into_inner() = new,
-        }
+        self.0.store(Arc::new(config));
     }
 }
 

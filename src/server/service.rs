@@ -1,7 +1,9 @@
 //! The tonic `ExternalProcessor` service: one [`Exchange`] per gRPC stream.
 
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use futures_util::{Stream, StreamExt};
 use tonic::Status;
@@ -15,31 +17,25 @@ use crate::proto::ext_proc::ProcessingResponse;
 use crate::router::Router;
 
 /// The routes in force. A reload swaps the inner `Arc`; streams already open keep the
-/// router they started with.
+/// router they started with. An `ArcSwap`: every new stream loads it, so the load
+/// takes no lock that streams (or a reload) would contend on.
 #[derive(Clone)]
-pub struct RouterHandle(Arc<RwLock<Arc<Router>>>);
+pub struct RouterHandle(Arc<ArcSwap<Router>>);
 
 impl RouterHandle {
     /// Serves `router` until replaced.
     pub fn new(router: Router) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(router))))
+        Self(Arc::new(ArcSwap::from_pointee(router)))
     }
 
     /// The router new streams use.
     pub fn current(&self) -> Arc<Router> {
-        match self.0.read() {
-            Ok(r) => r.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.0.load_full()
     }
 
     /// Replaces the router for new streams.
     pub fn replace(&self, router: Router) {
-        let new = Arc::new(router);
-        match self.0.write() {
-            Ok(mut r) => *r = new,
-            Err(poisoned) => *poisoned.into_inner() = new,
-        }
+        self.0.store(Arc::new(router));
     }
 }
 

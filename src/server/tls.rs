@@ -8,7 +8,9 @@
 //! start that stops the gateway, on a reload it is logged and counted.
 
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
@@ -23,29 +25,23 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::TlsConfig;
 use crate::metrics::Metrics;
 
-/// The TLS server config new connections use; replaced whole on a reload.
+/// The TLS server config new connections use; replaced whole on a reload. An
+/// `ArcSwap`: each accepted connection loads it without a lock to contend on.
 #[derive(Clone)]
-pub(crate) struct TlsHandle(Arc<RwLock<Arc<ServerConfig>>>);
+pub(crate) struct TlsHandle(Arc<ArcSwap<ServerConfig>>);
 
 impl TlsHandle {
     fn new(config: Arc<ServerConfig>) -> Self {
-        Self(Arc::new(RwLock::new(config)))
+        Self(Arc::new(ArcSwap::new(config)))
     }
 
     /// An acceptor with the config in force now.
     pub(crate) fn acceptor(&self) -> TlsAcceptor {
-        let config = match self.0.read() {
-            Ok(c) => c.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
-        TlsAcceptor::from(config)
+        TlsAcceptor::from(self.0.load_full())
     }
 
     fn replace(&self, config: Arc<ServerConfig>) {
-        match self.0.write() {
-            Ok(mut c) => *c = config,
-            Err(p) => *p.into_inner() = config,
-        }
+        self.0.store(config);
     }
 }
 
