@@ -240,7 +240,7 @@ impl TryFrom<Entry> for ProcessorSpec {
 }
 
 /// A bare name is the one-key map `{name: null}`; a map must hold exactly one
-/// processor. Everything else is serde's derive on [`Entry`].
+/// processor. Everything else is serde's derive on the (private) entry enum.
 impl<'de> Deserialize<'de> for ProcessorSpec {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct SpecVisitor;
