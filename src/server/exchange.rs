@@ -195,14 +195,17 @@ impl Exchange {
         if self.active.is_none() || self.observability || self.finished {
             return None;
         }
+        Some(self.refuse(503, "the gateway's body budget is in use; try again later"))
+    }
+
+    /// Ends the exchange with an immediate response of `status` and a JSON `reason`,
+    /// for a refusal by the server itself (a limit, the budget), before any processor.
+    fn refuse(&mut self, status: u16, reason: &str) -> Handled {
         self.finished = true;
         self.stopped = true;
         self.end(StreamOutcome::ImmediateResponse);
-        let reply = crate::phase::ImmediateResponse::json_error(
-            503,
-            "the gateway's body budget is in use; try again later",
-        );
-        Some(Handled::Reply(Box::new(wire::encode_immediate(&reply))))
+        let reply = crate::phase::ImmediateResponse::json_error(status, reason);
+        Handled::Reply(Box::new(wire::encode_immediate(&reply)))
     }
 
     /// Handles one message from Envoy.
@@ -229,19 +232,16 @@ impl Exchange {
                     request,
                     "headers over the server's limit"
                 );
-                self.finished = !observability;
-                self.stopped = true;
                 if observability {
+                    self.stopped = true;
                     return Ok(Handled::Silent);
                 }
-                self.end(StreamOutcome::ImmediateResponse);
                 let (status, what) = if request {
                     (431, "request headers exceed the gateway's limit")
                 } else {
                     (502, "response headers exceed the gateway's limit")
                 };
-                let reply = crate::phase::ImmediateResponse::json_error(status, what);
-                return Ok(Handled::Reply(Box::new(wire::encode_immediate(&reply))));
+                return Ok(self.refuse(status, what));
             }
         }
         let first = self.active.is_none();

@@ -103,9 +103,6 @@ impl From<ExchangeError> for Status {
 /// `None` when the peer simply went away.
 fn inbound_error(status: Status) -> Option<Status> {
     match status.code() {
-        tonic::Code::Internal if status.message().contains("decode") => Some(
-            Status::invalid_argument(format!("malformed ProcessingRequest: {}", status.message())),
-        ),
         tonic::Code::OutOfRange
         | tonic::Code::ResourceExhausted
         | tonic::Code::InvalidArgument
@@ -137,6 +134,8 @@ fn violation_of(status: &Status) -> Violation {
         tonic::Code::InvalidArgument if status.message().starts_with("malformed") => {
             Violation::Malformed
         }
+        // A compressed message: framing the gateway does not read.
+        tonic::Code::Unimplemented => Violation::Malformed,
         _ => Violation::EmptyMessage,
     }
 }
