@@ -23,8 +23,18 @@ pub use jwt_auth::{JwtAuth, JwtSettings};
 pub use timer::{Timer, TimerSettings};
 pub use trivial::{Trivial, TrivialSettings};
 
+impl Registry {
+    /// Every built-in processor, under its documented name. Defined with the
+    /// built-ins, so the registry itself knows none of them.
+    pub fn builtin() -> Self {
+        let mut registry = Self::empty();
+        register(&mut registry);
+        registry
+    }
+}
+
 /// Registers every built-in under its documented name, as any user's processor is
-/// registered ([`Registry::builtin`] calls this).
+/// registered.
 pub fn register(registry: &mut Registry) {
     let added: [Result<(), RegistryError>; 8] = [
         registry.register::<TrivialSettings>("trivial"),
@@ -47,11 +57,16 @@ pub fn register(registry: &mut Registry) {
 
 #[cfg(test)]
 mod tests {
-    use crate::registry::ProcessorSpec;
+    use crate::registry::{ProcessorSpec, Registry};
+
+    /// Reads YAML with the built-ins in scope.
+    fn read<T: serde::de::DeserializeOwned>(yaml: &str) -> Result<T, serde_saphyr::Error> {
+        Registry::builtin().scope(|| serde_saphyr::from_str(yaml))
+    }
 
     #[test]
     fn bare_names_and_maps_parse() {
-        let specs: Vec<ProcessorSpec> = serde_saphyr::from_str(
+        let specs: Vec<ProcessorSpec> = read(
             "- trivial\n- digest: {body_mode: streamed}\n- echo: {}\n- timer:\n",
         )
         .unwrap();
@@ -74,18 +89,18 @@ mod tests {
 
     #[test]
     fn unknown_names_and_settings_are_errors_with_a_line() {
-        let err = serde_saphyr::from_str::<Vec<ProcessorSpec>>("- trivial\n- nope\n")
+        let err = read::<Vec<ProcessorSpec>>("- trivial\n- nope\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown processor `nope`"), "{err}");
         assert!(err.contains("registered: context_check, digest"), "{err}");
         assert!(err.contains("line 2"), "{err}");
-        let err = serde_saphyr::from_str::<Vec<ProcessorSpec>>("- trivial\n- digest: {mode: x}\n")
+        let err = read::<Vec<ProcessorSpec>>("- trivial\n- digest: {mode: x}\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `mode`"), "{err}");
         assert!(err.contains("line 2"), "{err}");
-        let err = serde_saphyr::from_str::<Vec<ProcessorSpec>>("- trivial: {x: 1}\n")
+        let err = read::<Vec<ProcessorSpec>>("- trivial: {x: 1}\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `x`"), "{err}");
@@ -93,20 +108,20 @@ mod tests {
 
     #[test]
     fn a_rendered_list_loads_again() {
-        let specs: Vec<ProcessorSpec> = serde_saphyr::from_str(
+        let specs: Vec<ProcessorSpec> = read(
             "- trivial\n- digest: {body_mode: streamed}\n- headers: {request: {set: {x-a: b}}}\n- echo: {}\n- timer:\n  on_error: fail_open\n",
         )
         .unwrap();
         let text = serde_saphyr::to_string(&specs).unwrap();
-        let again: Vec<ProcessorSpec> = serde_saphyr::from_str(&text).unwrap();
+        let again: Vec<ProcessorSpec> = read(&text).unwrap();
         assert_eq!(again, specs, "{text}");
         assert!(text.contains("- trivial\n"), "{text}");
         assert!(text.contains("on_error: fail_open"), "{text}");
-        let err = serde_saphyr::from_str::<Vec<ProcessorSpec>>("- trivial: {}\n  echo: {}\n")
+        let err = read::<Vec<ProcessorSpec>>("- trivial: {}\n  echo: {}\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("one processor per list entry"), "{err}");
-        let err = serde_saphyr::from_str::<Vec<ProcessorSpec>>("- jwt_auth\n")
+        let err = read::<Vec<ProcessorSpec>>("- jwt_auth\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("set exactly one of jwks_file"), "{err}");

@@ -187,13 +187,6 @@ impl Registry {
         Self::default()
     }
 
-    /// Every built-in processor, under its documented name.
-    pub fn builtin() -> Self {
-        let mut registry = Self::empty();
-        crate::processors::register(&mut registry);
-        registry
-    }
-
     /// Adds a processor type under `name` (see [`Registry::register`]), for chaining.
     pub fn with<S: ProcessorSettings>(mut self, name: &str) -> Result<Self, RegistryError> {
         self.register::<S>(name)?;
@@ -248,11 +241,9 @@ thread_local! {
     static SCOPE: RefCell<Option<Registry>> = const { RefCell::new(None) };
 }
 
-/// The registry in scope on this thread, or the built-ins.
-fn in_scope() -> Registry {
-    SCOPE
-        .with(|s| s.borrow().clone())
-        .unwrap_or_else(Registry::builtin)
+/// The registry in scope on this thread, if any.
+fn in_scope() -> Option<Registry> {
+    SCOPE.with(|s| s.borrow().clone())
 }
 
 /// A registered processor type, with its settings type erased.
@@ -456,7 +447,12 @@ impl Serialize for ProcessorSpec {
 
 impl<'de> Deserialize<'de> for ProcessorSpec {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(EntryVisitor(in_scope()))
+        let registry = in_scope().ok_or_else(|| {
+            de::Error::custom(
+                "processor entries are read with a registry in scope (GatewayConfig::parse_with, or Registry::scope)",
+            )
+        })?;
+        deserializer.deserialize_any(EntryVisitor(registry))
     }
 }
 
