@@ -15,6 +15,8 @@ pub mod check_envoy;
 pub mod cli;
 pub mod config;
 pub mod jwks;
+pub mod limits;
+pub mod live;
 pub mod metrics;
 pub mod modes;
 pub mod path;

@@ -216,7 +216,7 @@ impl Metrics {
         for result in ["loaded", "failed"] {
             m.tls_reloads.with_label_values(&[result]);
         }
-        for limit in crate::server::limits::Limit::ALL {
+        for limit in crate::limits::Limit::ALL {
             m.limits.with_label_values(&[limit.as_str()]);
         }
         for reason in PathRefusal::ALL {
@@ -328,7 +328,7 @@ impl Metrics {
     }
 
     /// Counts a stream or message refused by a server limit.
-    pub fn limit_hit(&self, limit: crate::server::limits::Limit) {
+    pub fn limit_hit(&self, limit: crate::limits::Limit) {
         self.limits.with_label_values(&[limit.as_str()]).inc();
     }
 

@@ -93,7 +93,7 @@ pub struct Exchange {
     headers_only: bool,
     extender: Option<crate::processor::TimeoutExtender>,
     limits: Option<(
-        Arc<super::limits::StreamLimits>,
+        Arc<crate::limits::StreamLimits>,
         Arc<crate::metrics::Metrics>,
     )>,
     budget: Option<Arc<crate::budget::BodyBudget>>,
@@ -127,7 +127,7 @@ impl Exchange {
     /// request, 502 for a response), counting them in `metrics`.
     pub fn with_limits(
         mut self,
-        limits: Arc<super::limits::StreamLimits>,
+        limits: Arc<crate::limits::StreamLimits>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         self.limits = Some((limits, metrics));
@@ -224,7 +224,7 @@ impl Exchange {
         let mut phase = wire::decode(&mut message)
             .map_err(|e| ExchangeError::InvalidArgument(e.to_string()))?;
         if let Some((limits, metrics)) = &self.limits {
-            if let Some(limit) = super::limits::headers_over(&phase, limits) {
+            if let Some(limit) = crate::limits::headers_over(&phase, limits) {
                 metrics.limit_hit(limit);
                 let request = phase.kind().is_request();
                 tracing::debug!(

@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 
 use super::exchange::{Exchange, ExchangeError, Handled};
 use super::json::{JsonCodec, JsonError};
-use super::{Readiness, RouterHandle};
+use crate::live::{Readiness, RouterHandle};
 use crate::metrics::{HttpExchangeEvent, HttpResult, Metrics, StreamOutcome};
 use crate::modes::Violation;
 use crate::proto::ext_proc::{processing_request, ProcessingRequest, ProcessingResponse};

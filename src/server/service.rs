@@ -3,41 +3,16 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
 use futures_util::{Stream, StreamExt};
 use tonic::Status;
 
 use super::exchange::{Exchange, ExchangeError, Handled};
 use super::inbound::{Inbound, Incoming};
-use super::limits::{Limit, StreamLimits, StreamSlots};
+use crate::limits::{Limit, StreamLimits, StreamSlots};
+use crate::live::RouterHandle;
 use crate::metrics::{Metrics, StreamOutcome};
 use crate::modes::Violation;
 use crate::proto::ext_proc::ProcessingResponse;
-use crate::router::Router;
-
-/// The routes in force. A reload swaps the inner `Arc`; streams already open keep the
-/// router they started with. An `ArcSwap`: every new stream loads it, so the load
-/// takes no lock that streams (or a reload) would contend on.
-#[derive(Clone)]
-pub struct RouterHandle(Arc<ArcSwap<Router>>);
-
-impl RouterHandle {
-    /// Serves `router` until replaced.
-    pub fn new(router: Router) -> Self {
-        Self(Arc::new(ArcSwap::from_pointee(router)))
-    }
-
-    /// The router new streams use.
-    pub fn current(&self) -> Arc<Router> {
-        self.0.load_full()
-    }
-
-    /// Replaces the router for new streams.
-    pub fn replace(&self, router: Router) {
-        self.0.store(Arc::new(router));
-    }
-}
 
 /// The ext_proc gRPC service.
 #[derive(Clone)]
