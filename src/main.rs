@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use extproc_gateway::cli::{Cli, Command};
 use extproc_gateway::config::GatewayConfig;
-use extproc_gateway::{server, testing};
+use extproc_gateway::{server, upstream};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             tracing::info!(%addr, "echo upstream serving");
             tokio::select! {
-                r = testing::upstream::serve(listener) => r?,
+                r = upstream::serve(listener) => r?,
                 _ = server::shutdown_signal() => {}
             }
             Ok(())

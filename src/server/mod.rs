@@ -8,7 +8,6 @@ mod flows;
 mod grpc;
 mod http_service;
 mod inbound;
-mod json;
 mod listener;
 mod reload;
 mod service;
@@ -21,9 +20,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-pub use exchange::{Exchange, ExchangeError, Handled};
+pub use exchange::ExchangeError;
+// The per-stream state machine works on the protobuf boundary's types (`wire`), which
+// are not part of the API: public only for the project's own tests and benches.
+pub use crate::wire::JsonError;
+#[doc(hidden)]
+pub use exchange::{Exchange, Handled};
 pub use http_service::{HttpService, HttpSettings, STREAM_ID_HEADER};
-pub use json::{JsonCodec, JsonError};
 pub use service::ExtProcService;
 
 use crate::config::{GatewayConfig, ListenAddr};
