@@ -23,8 +23,8 @@
 //!     profile instructions_60k_worst_wire 10
 //! benches/mutations_cost.sh compares it with an older revision (interleaved rounds).
 //! It drives the exchange through `wire::decode` and `wire::encode`, so it builds only
-//! on revisions that have them (the exchange took protobuf messages itself before):
-//! for an older revision, run that revision's own copy of this file.
+//! on revisions that have them (the exchange took protobuf messages itself before);
+//! for older revisions the script uses the last copy written for that API (647755a).
 
 use std::sync::Arc;
 

@@ -3,10 +3,11 @@
 //! full-duplex request body is held for the headers' answer, several at once, still in
 //! Envoy's order).
 //!
-//! It knows nothing of tonic nor of protobuf: the transports decode Envoy's messages
-//! into [`wire::Inbound`] events and encode its [`wire::Outbound`] answers (the gRPC
-//! service, the HTTP service and the in-process test driver alike). What Envoy really sends is tracked in
-//! [`Flows`](super::flows): the gateway never assumes its `mode_override` took effect.
+//! It knows nothing of tonic nor of protobuf: the transports (the gRPC service, the
+//! HTTP service, the in-process test driver) decode Envoy's messages into
+//! [`wire::Inbound`] events and encode its [`wire::Outbound`] answers. What Envoy
+//! really sends is tracked in [`Flows`](super::flows): the gateway never assumes its
+//! `mode_override` took effect.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -236,7 +237,7 @@ impl Exchange {
             mut phase,
             observability_mode: observability,
             attributes,
-            metadata_context,
+            mut metadata_context,
             protocol,
         } = message;
         self.observability = observability;
@@ -262,8 +263,8 @@ impl Exchange {
             }
         }
         let first = self.active.is_none();
-        let mut metadata_context = metadata_context;
         if first {
+            // The first message's metadata starts the context; later ones update it.
             let metadata = metadata_context.take().unwrap_or_default();
             self.start(&phase, attributes, metadata, protocol, observability);
         }
