@@ -39,6 +39,7 @@ fn chain(cache: usize) -> Chain {
     Chain::builder()
         .processor(JwtAuth::new(settings).expect("jwt_auth"))
         .build()
+        .unwrap()
 }
 
 fn bench(c: &mut Criterion) {

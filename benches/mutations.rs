@@ -183,7 +183,8 @@ fn setup() -> Setup {
     let chain = Chain::builder()
         .processor(HeaderInstructions)
         .processor(Trivial)
-        .build();
+        .build()
+        .unwrap();
     let router = Arc::new(Router::new(vec![Route {
         name: Arc::from("bench"),
         matcher: RouteMatch::default(),

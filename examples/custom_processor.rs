@@ -25,6 +25,8 @@ pub struct RequireTenant {
 impl Processor for RequireTenant {
     type State = ();
 
+    fn new_state(&self) {}
+
     fn name(&self) -> &str {
         "require_tenant"
     }
@@ -39,12 +41,12 @@ impl Processor for RequireTenant {
         _: &mut (),
         h: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         let Some(tenant) = h.headers.get_str("x-tenant-id").filter(|t| !t.is_empty()) else {
-            return Flow::Respond(ImmediateResponse::json_error(
+            return Ok(Flow::Respond(ImmediateResponse::json_error(
                 400,
                 "x-tenant-id is required",
-            ));
+            )));
         };
         let tier = if self.premium.iter().any(|p| p == tenant) {
             "premium"
@@ -52,7 +54,7 @@ impl Processor for RequireTenant {
             "standard"
         };
         out.set("x-tenant-tier", tier);
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 }
 
@@ -65,7 +67,8 @@ pub fn routes(metrics: &Arc<Metrics>) -> Router {
         })
         .processor(Trivial)
         .processor(Timer)
-        .build();
+        .build()
+        .unwrap();
     Router::new(vec![Route {
         name: Arc::from("tenants"),
         matcher: RouteMatch::default(),

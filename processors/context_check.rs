@@ -47,8 +47,29 @@ impl ContextCheck {
     }
 }
 
+/// Settings of `context_check`: none (`- context_check` or `- context_check: {}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextCheckSettings {}
+
+impl ProcessorSettings for ContextCheckSettings {
+    type Processor = ContextCheck;
+
+    fn build(&self, _: &BuildContext<'_>) -> Result<ContextCheck, String> {
+        Ok(ContextCheck)
+    }
+
+    fn request_header_writes(&self) -> RequestHeaderWrites {
+        RequestHeaderWrites::Names(vec![HEADER.to_string()])
+    }
+}
+
 impl Processor for ContextCheck {
     type State = ContextState;
+
+    fn new_state(&self) -> ContextState {
+        ContextState::default()
+    }
 
     fn name(&self) -> &str {
         "context_check"
@@ -78,7 +99,7 @@ impl Processor for ContextCheck {
         state: &mut ContextState,
         h: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         let id = h
             .headers
             .get(HEADER)
@@ -88,7 +109,7 @@ impl Processor for ContextCheck {
         state.id = id;
         // A request without a body (a GET) has nothing to compare, as in the SDK's
         // example: only a body that arrives is checked.
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 
     async fn on_request_body(
@@ -97,9 +118,9 @@ impl Processor for ContextCheck {
         state: &mut ContextState,
         body: &BodyPhase,
         _: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         let Some(id) = state.id.as_deref() else {
-            return Flow::Continue;
+            return Ok(Flow::Continue);
         };
         // Keep at most one byte more than the id: enough to know it differs.
         let room = (id.len() + 1).saturating_sub(state.request_body.len());
@@ -110,10 +131,10 @@ impl Processor for ContextCheck {
         if body.end_of_stream {
             state.checked = true;
             if let Some(flow) = Self::check_request_body(state) {
-                return flow;
+                return Ok(flow);
             }
         }
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 
     async fn on_response_headers(
@@ -122,12 +143,12 @@ impl Processor for ContextCheck {
         state: &mut ContextState,
         h: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         if state.id.is_some() && ctx.request_body() == BodyReceipt::Partial && !state.checked {
             // Only a prefix of the request body arrived. One already longer than the
             // id proves the body differs; a shorter one proves nothing.
             if state.request_body.len() > state.id.as_deref().map_or(0, str::len) {
-                return mismatch("request body does not equal x-context-id");
+                return Ok(mismatch("request body does not equal x-context-id"));
             }
             ctx.withhold(Withheld::BodyPartial);
         }
@@ -137,7 +158,7 @@ impl Processor for ContextCheck {
                 out.set(HEADER, id.clone());
             }
         }
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 
     async fn on_response_body(
@@ -146,9 +167,9 @@ impl Processor for ContextCheck {
         state: &mut ContextState,
         body: &BodyPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         let Some(id) = state.id.clone() else {
-            return Flow::Continue;
+            return Ok(Flow::Continue);
         };
         if state.response_body.len() + body.chunk.len() > MAX_RESPONSE_BODY {
             // Not cross-talk, just too big to read: the id is not confirmed.
@@ -157,35 +178,35 @@ impl Processor for ContextCheck {
             }
             state.id = None;
             ctx.withhold(Withheld::BodyTooLarge);
-            return Flow::Continue;
+            return Ok(Flow::Continue);
         }
         if ctx.reserve_body_bytes(body.chunk.len()).is_err() {
             // Over the stream's share or the server's budget: not read, not confirmed.
             state.response_body = BytesMut::new();
             state.id = None;
             ctx.withhold(Withheld::BodyTooLarge);
-            return Flow::Continue;
+            return Ok(Flow::Continue);
         }
         if body.kind == BodyKind::Prefix && ctx.response_body() == BodyReceipt::Partial {
             // Only a prefix of the response: its `path` cannot be read for sure.
             state.id = None;
             ctx.withhold(Withheld::BodyPartial);
-            return Flow::Continue;
+            return Ok(Flow::Continue);
         }
         state.response_body.extend_from_slice(&body.chunk);
         if !body.end_of_stream {
-            return Flow::Continue;
+            return Ok(Flow::Continue);
         }
         let path = serde_json::from_slice::<serde_json::Value>(&state.response_body)
             .ok()
             .and_then(|v| v.get("path").and_then(|p| p.as_str()).map(str::to_string));
-        match path {
+        Ok(match path {
             Some(p) if p == state.path => {
                 out.set(HEADER, id);
                 Flow::Continue
             }
             Some(_) => mismatch("response body path does not equal the request path"),
             None => mismatch("response body is not JSON with a `path` field"),
-        }
+        })
     }
 }

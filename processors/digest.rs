@@ -70,8 +70,24 @@ impl DigestState {
     }
 }
 
+impl ProcessorSettings for DigestSettings {
+    type Processor = Digest;
+
+    fn build(&self, _: &BuildContext<'_>) -> Result<Digest, String> {
+        Ok(Digest::new(self.clone()))
+    }
+
+    fn request_header_writes(&self) -> RequestHeaderWrites {
+        RequestHeaderWrites::Names(vec![HEADER.to_string()])
+    }
+}
+
 impl Processor for Digest {
     type State = DigestState;
+
+    fn new_state(&self) -> DigestState {
+        DigestState::default()
+    }
 
     fn name(&self) -> &str {
         "digest"
@@ -93,7 +109,7 @@ impl Processor for Digest {
         state: &mut DigestState,
         h: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         let tenant = match h.headers.get("x-tenant-id") {
             Some(t) if !t.is_empty() => t.as_ref(),
             _ => b"unknown".as_slice(),
@@ -108,7 +124,7 @@ impl Processor for Digest {
                 out.set(HEADER, hex.to_string());
             }
         }
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 
     async fn on_request_body(
@@ -117,7 +133,7 @@ impl Processor for Digest {
         state: &mut DigestState,
         body: &BodyPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         if let Some(hasher) = state.hasher.as_mut() {
             hasher.update(&body.chunk);
         }
@@ -126,7 +142,7 @@ impl Processor for Digest {
                 out.set(HEADER, hex.to_string());
             }
         }
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 
     async fn on_response_headers(
@@ -135,7 +151,7 @@ impl Processor for Digest {
         state: &mut DigestState,
         _: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         if state.hex.is_none() {
             // The body did not end while the digest read it.
             if let Some(reason) = ctx.request_body().withheld_reason() {
@@ -143,12 +159,12 @@ impl Processor for Digest {
                 if ctx.request_body() != crate::processor::BodyReceipt::Unknown {
                     ctx.withhold(reason);
                 }
-                return Flow::Continue;
+                return Ok(Flow::Continue);
             }
         }
         if let Some(hex) = state.finish() {
             out.set(HEADER, hex.to_string());
         }
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 }

@@ -57,8 +57,30 @@ fn reply(headers: &Headers, body: Bytes) -> Flow {
     Flow::Respond(reply.body(body))
 }
 
+/// Settings of `echo`: none (`- echo` or `- echo: {}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EchoSettings {}
+
+impl ProcessorSettings for EchoSettings {
+    type Processor = Echo;
+
+    fn build(&self, _: &BuildContext<'_>) -> Result<Echo, String> {
+        Ok(Echo)
+    }
+
+    fn request_header_writes(&self) -> RequestHeaderWrites {
+        // Its reply goes to the client; it writes nothing upstream.
+        RequestHeaderWrites::Names(Vec::new())
+    }
+}
+
 impl Processor for Echo {
     type State = EchoState;
+
+    fn new_state(&self) -> EchoState {
+        EchoState::default()
+    }
 
     fn name(&self) -> &str {
         "echo"
@@ -89,15 +111,15 @@ impl Processor for Echo {
         state: &mut EchoState,
         h: &HeadersPhase,
         _: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         if !triggered(&h.headers) {
-            return Flow::Continue;
+            return Ok(Flow::Continue);
         }
         if h.end_of_stream {
-            return reply(&h.headers, Bytes::new());
+            return Ok(reply(&h.headers, Bytes::new()));
         }
         state.body = Some(BytesMut::new());
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 
     async fn on_request_body(
@@ -106,42 +128,45 @@ impl Processor for Echo {
         state: &mut EchoState,
         body: &BodyPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         let Some(buf) = state.body.as_mut() else {
-            return Flow::Continue;
+            return Ok(Flow::Continue);
         };
         if body.kind == BodyKind::Prefix {
             // Only the first bytes of a body over Envoy's buffer limit reach the
             // gateway: a truncated body is never echoed as the request's body.
             state.body = None;
             ctx.withhold(Withheld::BodyPartial);
-            return Flow::Respond(ImmediateResponse::json_error(
+            return Ok(Flow::Respond(ImmediateResponse::json_error(
                 413,
                 "body too large to echo: Envoy sent only its first bytes (BUFFERED_PARTIAL)",
-            ));
+            )));
         }
         if buf.len() + body.chunk.len() > MAX_BODY {
             state.body = None;
-            return Flow::Respond(ImmediateResponse::json_error(413, "body too large to echo"));
+            return Ok(Flow::Respond(ImmediateResponse::json_error(
+                413,
+                "body too large to echo",
+            )));
         }
         match ctx.reserve_body_bytes(body.chunk.len()) {
             Ok(()) => {}
             Err(OverBudget::Stream) => {
                 state.body = None;
-                return Flow::Respond(ImmediateResponse::json_error(
+                return Ok(Flow::Respond(ImmediateResponse::json_error(
                     413,
                     "body too large to echo (server.max_buffered_bytes_per_stream)",
-                ));
+                )));
             }
             Err(OverBudget::Global) => {
                 state.body = None;
-                return Flow::Respond(
+                return Ok(Flow::Respond(
                     ImmediateResponse::json_error(
                         503,
                         "the gateway holds as many bodies as it may; retry",
                     )
                     .header("retry-after", "1"),
-                );
+                ));
             }
         }
         if !body.end_of_stream {
@@ -149,7 +174,7 @@ impl Processor for Echo {
             // upstream, which never sees this request.
             buf.extend_from_slice(&body.chunk);
             out.clear_body();
-            return Flow::Continue;
+            return Ok(Flow::Continue);
         }
         let whole: Bytes = if buf.is_empty() {
             body.chunk.clone()
@@ -158,7 +183,7 @@ impl Processor for Echo {
             std::mem::take(buf).freeze()
         };
         state.body = None;
-        reply(ctx.request_headers(), whole)
+        Ok(reply(ctx.request_headers(), whole))
     }
 
     /// Trailers end a request whose body did not carry end_of_stream: answer now
@@ -169,11 +194,11 @@ impl Processor for Echo {
         state: &mut EchoState,
         _: &Headers,
         _: &mut Mutations,
-    ) -> Flow {
-        match state.body.take() {
+    ) -> HookResult {
+        Ok(match state.body.take() {
             Some(buf) => reply(ctx.request_headers(), buf.freeze()),
             None => Flow::Continue,
-        }
+        })
     }
 }
 

@@ -102,8 +102,33 @@ impl StaticHeaders {
     }
 }
 
+impl ProcessorSettings for HeadersSettings {
+    type Processor = StaticHeaders;
+
+    fn build(&self, _: &BuildContext<'_>) -> Result<StaticHeaders, String> {
+        StaticHeaders::new(self.clone())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        StaticHeaders::new(self.clone()).map(drop)
+    }
+
+    fn request_header_writes(&self) -> RequestHeaderWrites {
+        RequestHeaderWrites::Names(
+            self.request
+                .set
+                .keys()
+                .chain(self.request.append.keys())
+                .map(|n| n.to_ascii_lowercase())
+                .collect(),
+        )
+    }
+}
+
 impl Processor for StaticHeaders {
     type State = ();
+
+    fn new_state(&self) {}
 
     fn name(&self) -> &str {
         "headers"
@@ -123,9 +148,13 @@ impl Processor for StaticHeaders {
         _: &mut (),
         _: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
+        if self.settings.request.is_empty() {
+            // Nothing configured for this side: not asked for (see `needs`).
+            return unhandled();
+        }
         self.settings.request.apply(out);
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 
     async fn on_response_headers(
@@ -134,8 +163,11 @@ impl Processor for StaticHeaders {
         _: &mut (),
         _: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
+        if self.settings.response.is_empty() {
+            return unhandled();
+        }
         self.settings.response.apply(out);
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 }

@@ -225,8 +225,27 @@ fn bad(reason: String) -> Flow {
     Flow::Respond(ImmediateResponse::json_error(400, &reason).details("bad_instructions"))
 }
 
+/// Settings of `instructions`: none (`- instructions` or `- instructions: {}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstructionsSettings {}
+
+impl ProcessorSettings for InstructionsSettings {
+    type Processor = HeaderInstructions;
+
+    fn build(&self, _: &BuildContext<'_>) -> Result<HeaderInstructions, String> {
+        Ok(HeaderInstructions)
+    }
+
+    fn request_header_writes(&self) -> RequestHeaderWrites {
+        RequestHeaderWrites::ClientChosen
+    }
+}
+
 impl Processor for HeaderInstructions {
     type State = ();
+
+    fn new_state(&self) {}
 
     fn name(&self) -> &str {
         "instructions"
@@ -242,13 +261,13 @@ impl Processor for HeaderInstructions {
         _: &mut (),
         h: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         let Some(raw) = h.headers.get(HEADER) else {
-            return Flow::Continue;
+            return Ok(Flow::Continue);
         };
         let parsed = match parse(raw) {
             Ok(i) => i,
-            Err(e) => return bad(format!("invalid instructions header: {e}")),
+            Err(e) => return Ok(bad(format!("invalid instructions header: {e}"))),
         };
         // Every write is checked where it is made (the mutation builder): a name that
         // is not a header name, or a value Envoy would refuse, is the client's error,
@@ -257,7 +276,7 @@ impl Processor for HeaderInstructions {
         out.reserve_removals(parsed.remove_headers.len());
         for name in parsed.remove_headers {
             if let Err(e) = out.try_remove(name.0) {
-                return bad(format!("invalid instructions header: {e}"));
+                return Ok(bad(format!("invalid instructions header: {e}")));
             }
         }
         // The values share one buffer: one copy of them all, none per header.
@@ -270,10 +289,10 @@ impl Processor for HeaderInstructions {
         for (name, value) in parsed.add_headers {
             let value = values.split_to(value.0.len());
             if let Err(e) = out.try_set(name.0, value) {
-                return bad(format!("invalid instructions header: {e}"));
+                return Ok(bad(format!("invalid instructions header: {e}")));
             }
         }
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 }
 

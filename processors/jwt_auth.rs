@@ -567,8 +567,42 @@ fn claim_value(value: &serde_json::Value) -> String {
     }
 }
 
+impl ProcessorSettings for JwtSettings {
+    type Processor = JwtAuth;
+
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<JwtAuth, String> {
+        if !ctx.is_serving() {
+            return JwtAuth::unstarted(self.clone());
+        }
+        let metrics = ctx
+            .metrics()
+            .filter(|_| self.jwks_url.is_some())
+            .map(|m| m.jwks(ctx.route()));
+        JwtAuth::observed(self.clone(), metrics)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        JwtSettings::validate(self)
+    }
+
+    fn redacted(&self) -> Self {
+        JwtSettings::redacted(self)
+    }
+
+    fn request_header_writes(&self) -> RequestHeaderWrites {
+        // Writes only under its own prefix, having removed what was there.
+        RequestHeaderWrites::Names(Vec::new())
+    }
+
+    fn claim_header_prefix(&self) -> Option<&str> {
+        Some(&self.claim_header_prefix)
+    }
+}
+
 impl Processor for JwtAuth {
     type State = ();
+
+    fn new_state(&self) {}
 
     fn name(&self) -> &str {
         "jwt_auth"
@@ -584,14 +618,14 @@ impl Processor for JwtAuth {
         _: &mut (),
         h: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         let claims = match h.headers.get("authorization").and_then(|v| bearer(v)) {
             None => Err(Refusal::Missing),
             Some(token) => self.authenticate(ctx, token).await,
         };
         let claims = match claims {
             Ok(c) => c,
-            Err(refusal) => return Flow::Respond(refusal.response()),
+            Err(refusal) => return Ok(Flow::Respond(refusal.response())),
         };
         let prefix = &self.settings.claim_header_prefix;
         // No spoofing: whatever reached this point under the prefix, in any spelling
@@ -624,7 +658,7 @@ impl Processor for JwtAuth {
             );
         }
         out.clear_route_cache();
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 }
 

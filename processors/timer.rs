@@ -19,8 +19,29 @@ pub struct TimerState {
     started: Option<(Instant, String)>,
 }
 
+/// Settings of `timer`: none (`- timer` or `- timer: {}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimerSettings {}
+
+impl ProcessorSettings for TimerSettings {
+    type Processor = Timer;
+
+    fn build(&self, _: &BuildContext<'_>) -> Result<Timer, String> {
+        Ok(Timer)
+    }
+
+    fn request_header_writes(&self) -> RequestHeaderWrites {
+        RequestHeaderWrites::Names(vec![STARTED_HEADER.to_string()])
+    }
+}
+
 impl Processor for Timer {
     type State = TimerState;
+
+    fn new_state(&self) -> TimerState {
+        TimerState::default()
+    }
 
     fn name(&self) -> &str {
         "timer"
@@ -36,11 +57,11 @@ impl Processor for Timer {
         state: &mut TimerState,
         _: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         let stamp = rfc3339_micros(SystemTime::now());
         out.set(STARTED_HEADER, stamp.clone());
         state.started = Some((Instant::now(), stamp));
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 
     async fn on_response_headers(
@@ -49,7 +70,7 @@ impl Processor for Timer {
         state: &mut TimerState,
         _: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         // Without request headers (header mode SKIP) fall back to the stream's start.
         let (start, stamp) = match &state.started {
             Some((i, s)) => (*i, s.clone()),
@@ -57,7 +78,7 @@ impl Processor for Timer {
         };
         out.set(STARTED_HEADER, stamp);
         out.set("x-duration-ns", start.elapsed().as_nanos().to_string());
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 }
 

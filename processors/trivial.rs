@@ -10,8 +10,27 @@ pub struct Trivial;
 /// Header written on the upstream request and on the response.
 pub const HEADER: &str = "x-extra-request-id";
 
+/// Settings of `trivial`: none (`- trivial` or `- trivial: {}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrivialSettings {}
+
+impl ProcessorSettings for TrivialSettings {
+    type Processor = Trivial;
+
+    fn build(&self, _: &BuildContext<'_>) -> Result<Trivial, String> {
+        Ok(Trivial)
+    }
+
+    fn request_header_writes(&self) -> RequestHeaderWrites {
+        RequestHeaderWrites::Names(vec![HEADER.to_string()])
+    }
+}
+
 impl Processor for Trivial {
     type State = ();
+
+    fn new_state(&self) {}
 
     fn name(&self) -> &str {
         "trivial"
@@ -27,11 +46,11 @@ impl Processor for Trivial {
         _: &mut (),
         _: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         if !ctx.request_id.is_empty() {
             out.set(HEADER, ctx.request_id.clone());
         }
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 
     async fn on_response_headers(
@@ -40,10 +59,10 @@ impl Processor for Trivial {
         _: &mut (),
         _: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         if !ctx.request_id.is_empty() {
             out.set(HEADER, ctx.request_id.clone());
         }
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 }

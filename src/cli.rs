@@ -1,13 +1,19 @@
 //! The `extproc-gateway` command line. Every server setting comes from the config
 //! file, and can be overridden by an environment variable and then by a flag.
+//!
+//! [`run`] is the whole binary: a user's own binary registers its processors and
+//! calls it, so it gets the same subcommands, flags, reload and checks.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{ConfigError, GatewayConfig, ListenAddr, Secret};
+use crate::registry::Registry;
+use crate::server;
 
 /// One ext_proc server for Envoy that runs a chain of processors per route.
 #[derive(Debug, Parser)]
@@ -99,11 +105,18 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// Loads the config (file or embedded default) and applies the overrides.
+    /// Loads the config (file or embedded default) naming built-in processors only,
+    /// and applies the overrides.
     pub fn resolve(&self) -> Result<GatewayConfig, ConfigError> {
+        self.resolve_with(&Registry::builtin())
+    }
+
+    /// Loads the config (file or embedded default), its processors named by
+    /// `registry`, and applies the overrides.
+    pub fn resolve_with(&self, registry: &Registry) -> Result<GatewayConfig, ConfigError> {
         let mut config = match &self.config {
-            Some(path) => GatewayConfig::load(path)?,
-            None => GatewayConfig::embedded()?,
+            Some(path) => GatewayConfig::load_with(registry, path)?,
+            None => GatewayConfig::embedded_with(registry)?,
         };
         if let Some(a) = &self.grpc_addr {
             config.server.grpc_addr = a.clone();
@@ -130,4 +143,149 @@ impl ServeArgs {
         }
         Ok(config)
     }
+}
+
+/// Runs the command line (`extproc-gateway` and its subcommands) with the processors
+/// of `registry`: parses the arguments, then serves or checks, and returns the
+/// process's exit code.
+pub fn run(registry: Registry) -> ExitCode {
+    let cli = Cli::parse();
+    let serve_args = match &cli.command {
+        Some(Command::Serve(args)) => args.clone(),
+        _ => cli.serve.clone(),
+    };
+    match cli.command {
+        Some(Command::PrintConfig) => {
+            print!("{}", crate::config::DEFAULT_YAML);
+            ExitCode::SUCCESS
+        }
+        Some(Command::CheckEnvoy { envoy, config }) => {
+            crate::check_envoy::main(&registry, &envoy, config.as_deref())
+        }
+        Some(Command::CheckConfig { file }) => match check(&registry, &serve_args.log, &file) {
+            Ok(config) => {
+                if let Err(e) = server::check_files(&config) {
+                    eprintln!("{}: {e}", file.display());
+                    return ExitCode::FAILURE;
+                }
+                println!("{}: ok", file.display());
+                match config.build_router() {
+                    Ok(router) => {
+                        for r in router.routes() {
+                            let s = r.summary();
+                            println!(
+                                "route {}: {} -> [{}] (phases: {})",
+                                s.name,
+                                s.matcher,
+                                s.processors.join(", "),
+                                s.phases.join(", ")
+                            );
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err((field, msg)) => {
+                        eprintln!("{}: {field}: {msg}", file.display());
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::EchoUpstream { addr }) => run_async(&serve_args.log, async move {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            tracing::info!(%addr, "echo upstream serving");
+            tokio::select! {
+                r = crate::upstream::serve(listener) => r?,
+                _ = server::shutdown_signal() => {}
+            }
+            Ok(())
+        }),
+        None | Some(Command::Serve(_)) => {
+            let config = match serve_args.resolve_with(&registry) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            // SIGHUP loads the same sources again (file, environment, flags).
+            let args = serve_args.clone();
+            let reload: server::Reload =
+                Box::new(move || args.resolve_with(&registry).map_err(|e| e.to_string()));
+            let addresses_file = serve_args.addresses_file.clone();
+            run_async(
+                &serve_args.log,
+                server::serve_with_reload(config, reload, server::shutdown_signal(), move |b| {
+                    if let Some(path) = addresses_file {
+                        write_addresses(&path, &b);
+                    }
+                }),
+            )
+        }
+    }
+}
+
+/// Runs `fut` on a multi-threaded runtime with logging and (when the OTEL variables
+/// ask for it) trace export, flushed before returning.
+fn run_async(log: &str, fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let guard = crate::telemetry::init(log);
+        let result = fut.await;
+        // Flush spans while the runtime (and the exporter's channel) still runs.
+        let _ = tokio::task::spawn_blocking(move || drop(guard)).await;
+        result
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("extproc-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes the bound addresses for `--addresses-file` (whole file at once: written to
+/// a temporary name, then renamed, so a reader never sees half of it).
+fn write_addresses(path: &std::path::Path, bound: &server::Bound) {
+    let json = serde_json::json!({
+        "grpc": bound.grpc.to_string(),
+        "admin": bound.admin.to_string(),
+        "http": bound.http.map(|a| a.to_string()),
+    });
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::write(&tmp, json.to_string()).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::error!(path = %path.display(), error = %e, "cannot write the addresses file");
+    }
+}
+
+fn check(
+    registry: &Registry,
+    log: &str,
+    file: &std::path::Path,
+) -> Result<GatewayConfig, ConfigError> {
+    init_logging(log);
+    GatewayConfig::load_with(registry, file)
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -26,6 +26,7 @@ pub mod processor;
 pub mod processors;
 #[doc(hidden)]
 pub mod proto;
+pub mod registry;
 pub mod router;
 pub mod server;
 pub mod telemetry;
@@ -39,12 +40,14 @@ pub mod wire;
 /// The names a processor author needs, in one import.
 pub mod prelude {
     pub use crate::budget::OverBudget;
-    pub use crate::chain::{Chain, ChainBuilder};
+    pub use crate::chain::{Chain, ChainBuilder, ChainError, ProcessorOptions};
     pub use crate::phase::{
         BodyKind, BodyPhase, Flow, Headers, HeadersPhase, ImmediateResponse, Mutations, Phase,
         PhaseKind,
     };
     pub use crate::processor::{
-        BodyNeed, BodyReceipt, PhaseNeeds, Processor, RequestCtx, Withheld,
+        unhandled, BodyNeed, BodyReceipt, HookResult, OnError, PhaseNeeds, Processor,
+        ProcessorError, RequestCtx, Withheld,
     };
+    pub use crate::registry::{BuildContext, ProcessorSettings, RequestHeaderWrites};
 }

@@ -64,6 +64,7 @@ pub struct Metrics {
     streams: IntCounterVec,
     immediate: IntCounterVec,
     processor_errors: IntCounterVec,
+    processor_skipped: IntCounterVec,
     grpc_errors: IntCounterVec,
     violations: IntCounterVec,
     mismatches: IntCounterVec,
@@ -136,8 +137,13 @@ impl Metrics {
             ),
             processor_errors: counter(
                 "extproc_processor_errors_total",
-                "Processor failures (panic, timeout), by route, processor and kind",
+                "Processor failures (error, panic, timeout, condition), by route, processor and kind",
                 &["route", "processor", "kind"],
+            ),
+            processor_skipped: counter(
+                "extproc_processor_skipped_total",
+                "Requests a processor was left out of (when_false, failed_open), by route, processor and reason",
+                &["route", "processor", "reason"],
             ),
             grpc_errors: counter(
                 "extproc_grpc_stream_errors_total",
@@ -221,7 +227,7 @@ impl Metrics {
         for reason in PathRefusal::ALL {
             m.paths_refused.with_label_values(&[reason.as_str()]);
         }
-        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 23] = [
             Box::new(m.buffered.clone()),
             Box::new(m.tls_handshake_failures.clone()),
             Box::new(m.tls_reloads.clone()),
@@ -234,6 +240,7 @@ impl Metrics {
             Box::new(m.streams.clone()),
             Box::new(m.immediate.clone()),
             Box::new(m.processor_errors.clone()),
+            Box::new(m.processor_skipped.clone()),
             Box::new(m.grpc_errors.clone()),
             Box::new(m.violations.clone()),
             Box::new(m.mismatches.clone()),
@@ -287,12 +294,14 @@ impl Metrics {
                 self.processor
                     .with_label_values(&[route, processor, p.as_str()])
             }),
-            panics: self
-                .processor_errors
-                .with_label_values(&[route, processor, "panic"]),
-            timeouts: self
-                .processor_errors
-                .with_label_values(&[route, processor, "timeout"]),
+            failures: Failure::ALL.map(|f| {
+                self.processor_errors
+                    .with_label_values(&[route, processor, f.as_str()])
+            }),
+            skipped: Skipped::ALL.map(|r| {
+                self.processor_skipped
+                    .with_label_values(&[route, processor, r.as_str()])
+            }),
             withheld: Withheld::ALL.map(|w| {
                 self.withheld
                     .with_label_values(&[route, processor, w.as_str()])
@@ -675,12 +684,68 @@ impl JwksMetrics {
     }
 }
 
+/// How a processor failed (label `kind` of `extproc_processor_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A hook returned an error.
+    Error,
+    /// A hook panicked.
+    Panic,
+    /// A hook overran `server.processor_timeout`.
+    Timeout,
+    /// The `when:` condition could not be evaluated on the request.
+    Condition,
+}
+
+impl Failure {
+    /// Every kind, in index order, for zero-initialised series.
+    pub const ALL: [Failure; 4] = [
+        Failure::Error,
+        Failure::Panic,
+        Failure::Timeout,
+        Failure::Condition,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Error => "error",
+            Failure::Panic => "panic",
+            Failure::Timeout => "timeout",
+            Failure::Condition => "condition",
+        }
+    }
+}
+
+/// Why a processor was left out of a request (label `reason` of
+/// `extproc_processor_skipped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skipped {
+    /// Its `when:` condition was false.
+    WhenFalse,
+    /// It failed under `on_error: fail_open`.
+    FailedOpen,
+}
+
+impl Skipped {
+    /// Every reason, in index order.
+    pub const ALL: [Skipped; 2] = [Skipped::WhenFalse, Skipped::FailedOpen];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skipped::WhenFalse => "when_false",
+            Skipped::FailedOpen => "failed_open",
+        }
+    }
+}
+
 /// Pre-resolved handles of one processor on one route.
 #[derive(Clone)]
 pub struct ProcessorMetrics {
     durations: [Histogram; 6],
-    panics: IntCounter,
-    timeouts: IntCounter,
+    failures: [IntCounter; 4],
+    skipped: [IntCounter; 2],
     withheld: [IntCounter; 4],
     immediate: IntCounterVec,
     route: Arc<str>,
@@ -693,14 +758,14 @@ impl ProcessorMetrics {
         self.durations[phase_index(kind)].observe(took.as_secs_f64());
     }
 
-    /// The processor panicked.
-    pub fn panicked(&self) {
-        self.panics.inc();
+    /// A hook (or the processor's condition) failed.
+    pub fn failed(&self, kind: Failure) {
+        self.failures[kind as usize].inc();
     }
 
-    /// The processor exceeded its time limit.
-    pub fn timed_out(&self) {
-        self.timeouts.inc();
+    /// The processor was left out of a request.
+    pub fn skipped(&self, reason: Skipped) {
+        self.skipped[reason as usize].inc();
     }
 
     /// Counts a result the processor left out.

@@ -1,8 +1,11 @@
 //! The one trait a processor implements, and the per-request context it shares.
 //!
 //! The shape follows Pingora's `ProxyHttp`: a hook per phase that defaults to
-//! "continue", and a typed per-request state (`Processor::State`) instead of a
-//! string-keyed map, so cross-phase data is checked by the compiler.
+//! "continue", and a typed per-request state (`Processor::State`, made by the
+//! processor itself in [`Processor::new_state`]) instead of a string-keyed map, so
+//! cross-phase data is checked by the compiler. Hooks return a [`HookResult`]: an
+//! error goes through the processor's failure policy ([`OnError`]) instead of being
+//! turned into a response by hand.
 
 use std::any::Any;
 use std::future::{ready, Future};
@@ -66,6 +69,18 @@ impl PhaseNeeds {
         response_headers: true,
         ..PhaseNeeds::NONE
     };
+
+    /// What both allow: a request's narrowed needs never exceed what was declared.
+    pub fn intersect(self, other: PhaseNeeds) -> PhaseNeeds {
+        PhaseNeeds {
+            request_headers: self.request_headers && other.request_headers,
+            request_body: self.request_body.min(other.request_body),
+            request_trailers: self.request_trailers && other.request_trailers,
+            response_headers: self.response_headers && other.response_headers,
+            response_body: self.response_body.min(other.response_body),
+            response_trailers: self.response_trailers && other.response_trailers,
+        }
+    }
 
     /// What two processors together need.
     pub fn union(self, other: PhaseNeeds) -> PhaseNeeds {
@@ -366,12 +381,36 @@ impl RequestCtx {
         self.slots.get(index).is_some_and(|s| s.ran)
     }
 
-    pub(crate) fn take_state<S: Default + Send + 'static>(&mut self, index: usize) -> Box<S> {
-        self.slot(index)
-            .state
-            .take()
-            .and_then(|b| b.downcast::<S>().ok())
-            .unwrap_or_default()
+    /// Leaves the processor at chain position `index` out of the rest of this request
+    /// (its `when:` was false, or it failed under `on_error: fail_open`).
+    pub(crate) fn skip(&mut self, index: usize) {
+        let slot = self.slot(index);
+        slot.skipped = true;
+        slot.state = None;
+    }
+
+    /// Whether the processor at chain position `index` is left out of this request.
+    pub fn is_skipped(&self, index: usize) -> bool {
+        self.slots.get(index).is_some_and(|s| s.skipped)
+    }
+
+    /// The state of the processor at `index`, made with `new` on its first hook.
+    /// A slot holding another type is an error, never a silent fresh state: it would
+    /// mean two processors share a chain position.
+    pub(crate) fn take_state<S: Send + 'static>(
+        &mut self,
+        index: usize,
+        new: impl FnOnce() -> S,
+    ) -> Result<Box<S>, ProcessorError> {
+        match self.slot(index).state.take() {
+            None => Ok(Box::new(new())),
+            Some(held) => held.downcast::<S>().map_err(|_| {
+                ProcessorError::new(format!(
+                    "the per-request state at chain position {index} is not a {}",
+                    std::any::type_name::<S>()
+                ))
+            }),
+        }
     }
 
     pub(crate) fn put_state<S: Send + 'static>(&mut self, index: usize, state: Box<S>) {
@@ -383,7 +422,122 @@ impl RequestCtx {
 #[derive(Default)]
 struct Slot {
     ran: bool,
+    skipped: bool,
     state: Option<Box<dyn Any + Send>>,
+}
+
+/// What a hook returns: how the chain goes on, or an error for the processor's
+/// failure policy ([`OnError`]) to handle.
+pub type HookResult = Result<Flow, ProcessorError>;
+
+/// A hook that could not do its work: a policy service down, a cache that timed out,
+/// input it cannot handle. Any `std::error::Error` converts with `?`.
+///
+/// Under `on_error: fail_closed` (the default) the client gets a JSON error naming
+/// the processor: status 500, or 503 for [`ProcessorError::unavailable`]. The message
+/// itself goes to the log and the trace only, since it may name internal systems.
+/// Under `on_error: fail_open` the processor is skipped for the rest of the request.
+#[derive(Debug)]
+pub struct ProcessorError {
+    message: String,
+    status: u16,
+    not_overridden: bool,
+}
+
+impl ProcessorError {
+    /// An error answered with 500 under `fail_closed`.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            status: 500,
+            not_overridden: false,
+        }
+    }
+
+    /// A dependency the processor needs is unavailable: answered with 503 under
+    /// `fail_closed`, so clients and Envoy's retry policy can tell it from a bug.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            status: 503,
+            ..Self::new(message)
+        }
+    }
+
+    /// What went wrong (logged, not sent to the client).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The status `fail_closed` answers with.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// What the trait's default hooks return: the chain treats it as "continue", and
+    /// the chain builder uses it to find hooks overridden for phases `needs()` leaves
+    /// out. Private, so a processor cannot return it by accident.
+    fn not_overridden() -> Self {
+        Self {
+            not_overridden: true,
+            ..Self::new("hook not implemented")
+        }
+    }
+
+    /// True for the default hooks' answer (see [`ProcessorError::not_overridden`]).
+    pub(crate) fn is_not_overridden(&self) -> bool {
+        self.not_overridden
+    }
+}
+
+impl std::fmt::Display for ProcessorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// What a hook returns for a phase it does not handle, the same as not writing the
+/// hook at all: for a processor whose settings decide which phases it reads (static
+/// response headers configured or not), so the chain builder's check of hooks against
+/// [`Processor::needs`] agrees with it.
+pub fn unhandled() -> HookResult {
+    Err(ProcessorError::not_overridden())
+}
+
+/// Lets `?` turn any error into a [`ProcessorError`] answered with 500 (not itself an
+/// `Error`, as with `anyhow`, so this blanket conversion is coherent).
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for ProcessorError {
+    fn from(e: E) -> Self {
+        ProcessorError::new(e.to_string())
+    }
+}
+
+/// What the chain does when a processor's hook fails (returns an error, panics or
+/// overruns `server.processor_timeout`), or its `when:` condition cannot be
+/// evaluated. Set per processor entry (`on_error:`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Answer the client: 500 (error, panic), 503 (unavailable) or 504 (timeout),
+    /// with a JSON reason naming the processor. The default: a check that cannot run
+    /// must not let the request through.
+    #[default]
+    FailClosed,
+    /// Skip this processor for the rest of the request and continue the chain
+    /// (counted in `extproc_processor_skipped_total{reason="failed_open"}`). For
+    /// processors that only enrich a request.
+    FailOpen,
+}
+
+impl OnError {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnError::FailClosed => "fail_closed",
+            OnError::FailOpen => "fail_open",
+        }
+    }
 }
 
 impl std::fmt::Debug for RequestCtx {
@@ -405,6 +559,10 @@ impl std::fmt::Debug for RequestCtx {
 /// Envoy only for the phases some processor of the route needs. Hooks are async so a
 /// processor may call out (a cache, a policy service) without blocking the runtime.
 ///
+/// A hook overridden for a phase that [`Processor::needs`] leaves out would never be
+/// called: the chain builder finds such a hook and refuses the chain
+/// ([`ChainError::UndeclaredHook`](crate::chain::ChainError)).
+///
 /// ```
 /// use extproc_gateway::prelude::*;
 ///
@@ -414,24 +572,31 @@ impl std::fmt::Debug for RequestCtx {
 ///     type State = ();
 ///     fn name(&self) -> &str { "add_tenant" }
 ///     fn needs(&self) -> PhaseNeeds { PhaseNeeds { request_headers: true, ..PhaseNeeds::NONE } }
-///     async fn on_request_headers(&self, _: &mut RequestCtx, _: &mut (), h: &HeadersPhase, out: &mut Mutations) -> Flow {
+///     fn new_state(&self) {}
+///     async fn on_request_headers(&self, _: &mut RequestCtx, _: &mut (), h: &HeadersPhase, out: &mut Mutations) -> HookResult {
 ///         if h.headers.get("x-tenant-id").is_none() {
 ///             out.set("x-tenant-id", "public");
 ///         }
-///         Flow::Continue
+///         Ok(Flow::Continue)
 ///     }
 /// }
 /// ```
 pub trait Processor: Send + Sync + 'static {
     /// Per-request state the processor keeps across phases; `()` when it needs none.
-    type State: Default + Send + 'static;
+    type State: Send + 'static;
 
-    /// Name used in config, logs, metrics and `x-ext-procs-applied`.
+    /// Name used in logs, metrics and `x-ext-procs-applied` when the processor is
+    /// added in code (a processor built from config carries its registered name).
     fn name(&self) -> &str;
 
     /// The phases this processor may read: the route asks Envoy for no more than the
     /// union of these, and hooks of other phases are never called.
     fn needs(&self) -> PhaseNeeds;
+
+    /// A fresh state for one request, made before the first hook that runs for it.
+    /// It may start from the processor's settings (a limit, a key), which a `Default`
+    /// could not see.
+    fn new_state(&self) -> Self::State;
 
     /// The phases needed for one request, decided from its request headers as this
     /// processor sees them (sent to Envoy as that request's `mode_override`). Narrow it
@@ -448,8 +613,8 @@ pub trait Processor: Send + Sync + 'static {
         _state: &mut Self::State,
         _headers: &HeadersPhase,
         _out: &mut Mutations,
-    ) -> impl Future<Output = Flow> + Send {
-        ready(Flow::Continue)
+    ) -> impl Future<Output = HookResult> + Send {
+        ready(Err(ProcessorError::not_overridden()))
     }
 
     /// A request body message arrived.
@@ -459,8 +624,8 @@ pub trait Processor: Send + Sync + 'static {
         _state: &mut Self::State,
         _body: &BodyPhase,
         _out: &mut Mutations,
-    ) -> impl Future<Output = Flow> + Send {
-        ready(Flow::Continue)
+    ) -> impl Future<Output = HookResult> + Send {
+        ready(Err(ProcessorError::not_overridden()))
     }
 
     /// Request trailers arrived.
@@ -470,8 +635,8 @@ pub trait Processor: Send + Sync + 'static {
         _state: &mut Self::State,
         _trailers: &Headers,
         _out: &mut Mutations,
-    ) -> impl Future<Output = Flow> + Send {
-        ready(Flow::Continue)
+    ) -> impl Future<Output = HookResult> + Send {
+        ready(Err(ProcessorError::not_overridden()))
     }
 
     /// Response headers arrived.
@@ -481,8 +646,8 @@ pub trait Processor: Send + Sync + 'static {
         _state: &mut Self::State,
         _headers: &HeadersPhase,
         _out: &mut Mutations,
-    ) -> impl Future<Output = Flow> + Send {
-        ready(Flow::Continue)
+    ) -> impl Future<Output = HookResult> + Send {
+        ready(Err(ProcessorError::not_overridden()))
     }
 
     /// A response body message arrived.
@@ -492,8 +657,8 @@ pub trait Processor: Send + Sync + 'static {
         _state: &mut Self::State,
         _body: &BodyPhase,
         _out: &mut Mutations,
-    ) -> impl Future<Output = Flow> + Send {
-        ready(Flow::Continue)
+    ) -> impl Future<Output = HookResult> + Send {
+        ready(Err(ProcessorError::not_overridden()))
     }
 
     /// Response trailers arrived.
@@ -503,7 +668,7 @@ pub trait Processor: Send + Sync + 'static {
         _state: &mut Self::State,
         _trailers: &Headers,
         _out: &mut Mutations,
-    ) -> impl Future<Output = Flow> + Send {
-        ready(Flow::Continue)
+    ) -> impl Future<Output = HookResult> + Send {
+        ready(Err(ProcessorError::not_overridden()))
     }
 }

@@ -571,6 +571,8 @@ mod tests {
     impl crate::processor::Processor for SeenPath {
         type State = ();
 
+        fn new_state(&self) {}
+
         fn name(&self) -> &str {
             "seen_path"
         }
@@ -588,21 +590,22 @@ mod tests {
             _: &mut (),
             h: &crate::phase::HeadersPhase,
             out: &mut crate::phase::Mutations,
-        ) -> crate::phase::Flow {
+        ) -> crate::processor::HookResult {
             out.set("x-route", self.0);
             out.set(
                 "x-seen-path",
                 h.headers.get(":path").cloned().unwrap_or_default(),
             );
             out.set("x-ctx-path", ctx.path.clone());
-            crate::phase::Flow::Continue
+            Ok(crate::phase::Flow::Continue)
         }
     }
 
     /// The jwt example's shape: `/public` open, everything else authenticated (a
     /// recording processor stands in for jwt_auth).
     fn jwt_like(policy: PathPolicy, metrics: Option<&Arc<Metrics>>) -> Router {
-        let chain = |name: &'static str| Chain::builder().processor(SeenPath(name)).build();
+        let chain =
+            |name: &'static str| Chain::builder().processor(SeenPath(name)).build().unwrap();
         Router::new(vec![
             Route {
                 name: Arc::from("public"),

@@ -70,17 +70,24 @@ impl Custom {
         Self::new(name, needs, log, |_, _| Flow::Continue)
     }
 
-    fn run(&self, phase: Phase, out: &mut Mutations) -> Flow {
+    /// Runs the closure for a declared phase; an undeclared one is left unhandled,
+    /// so the chain builder's check of hooks against `needs()` agrees.
+    fn run(&self, phase: Phase, out: &mut Mutations) -> HookResult {
+        if !self.needs.wants(phase.kind()) {
+            return unhandled();
+        }
         self.log
             .lock()
             .unwrap()
             .push(format!("{}:{}", self.name, phase.kind()));
-        (self.hook)(&phase, out)
+        Ok((self.hook)(&phase, out))
     }
 }
 
 impl Processor for Custom {
     type State = ();
+
+    fn new_state(&self) {}
 
     fn name(&self) -> &str {
         self.name
@@ -96,7 +103,7 @@ impl Processor for Custom {
         _: &mut (),
         h: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         self.run(Phase::RequestHeaders(h.clone()), out)
     }
 
@@ -106,7 +113,7 @@ impl Processor for Custom {
         _: &mut (),
         b: &BodyPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         self.run(Phase::RequestBody(b.clone()), out)
     }
 
@@ -116,7 +123,7 @@ impl Processor for Custom {
         _: &mut (),
         t: &Headers,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         self.run(Phase::RequestTrailers(t.clone()), out)
     }
 
@@ -126,7 +133,7 @@ impl Processor for Custom {
         _: &mut (),
         h: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         self.run(Phase::ResponseHeaders(h.clone()), out)
     }
 
@@ -136,7 +143,7 @@ impl Processor for Custom {
         _: &mut (),
         b: &BodyPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         self.run(Phase::ResponseBody(b.clone()), out)
     }
 
@@ -146,7 +153,7 @@ impl Processor for Custom {
         _: &mut (),
         t: &Headers,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         self.run(Phase::ResponseTrailers(t.clone()), out)
     }
 }
@@ -160,15 +167,22 @@ struct Counter {
 }
 
 impl Counter {
-    fn bump(&self, state: &mut u32, out: &mut Mutations) -> Flow {
+    fn bump(&self, kind: PhaseKind, state: &mut u32, out: &mut Mutations) -> HookResult {
+        if !self.needs.wants(kind) {
+            return unhandled();
+        }
         *state += 1;
         out.set(self.header, state.to_string());
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 }
 
 impl Processor for Counter {
     type State = u32;
+
+    fn new_state(&self) -> u32 {
+        u32::default()
+    }
 
     fn name(&self) -> &str {
         self.name
@@ -184,8 +198,8 @@ impl Processor for Counter {
         state: &mut u32,
         _: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
-        self.bump(state, out)
+    ) -> HookResult {
+        self.bump(PhaseKind::RequestHeaders, state, out)
     }
 
     async fn on_request_body(
@@ -194,8 +208,8 @@ impl Processor for Counter {
         state: &mut u32,
         _: &BodyPhase,
         out: &mut Mutations,
-    ) -> Flow {
-        self.bump(state, out)
+    ) -> HookResult {
+        self.bump(PhaseKind::RequestBody, state, out)
     }
 
     async fn on_response_headers(
@@ -204,8 +218,8 @@ impl Processor for Counter {
         state: &mut u32,
         _: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
-        self.bump(state, out)
+    ) -> HookResult {
+        self.bump(PhaseKind::ResponseHeaders, state, out)
     }
 }
 
@@ -422,7 +436,8 @@ async fn mutations_of_several_processors_merge_in_chain_order() {
             out.remove("x-original");
             Flow::Continue
         }))
-        .build();
+        .build()
+        .unwrap();
     let mut envoy = Driver::new(chain);
     let answer = envoy
         .request_headers(
@@ -483,7 +498,8 @@ async fn set_after_an_earlier_remove_survives() {
             out.set("x-h", "new");
             Flow::Continue
         }))
-        .build();
+        .build()
+        .unwrap();
     let mut envoy = Driver::new(chain);
     let answer = envoy
         .request_headers(&[(":method", "GET"), (":path", "/"), ("x-h", "old")], true)
@@ -520,7 +536,8 @@ async fn immediate_response_stops_the_chain_and_lists_only_processors_that_ran()
             out.set("x-after", "1");
             Flow::Continue
         }))
-        .build();
+        .build()
+        .unwrap();
     let mut envoy = Driver::new(chain);
     assert!(!envoy.is_finished());
     let answer = envoy.request_headers(&GET, true).await.unwrap();
@@ -572,7 +589,8 @@ async fn immediate_response_in_a_later_phase_skips_later_processors_for_that_pha
             out.set("x-after", "1");
             Flow::Continue
         }))
-        .build();
+        .build()
+        .unwrap();
     let mut envoy = Driver::new(chain);
     let headers = envoy.request_headers(&GET, false).await.unwrap();
     assert_eq!(headers.header("x-after"), Some("1"));
@@ -614,6 +632,7 @@ fn applied_chain(builder: ChainBuilder, log: &Log) -> Chain {
             log,
         ))
         .build()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -689,11 +708,13 @@ async fn applied_header_alone_decides_whether_response_headers_are_asked_for() {
     let log = new_log();
     let on = Chain::builder()
         .processor(Custom::recorder("req-only", REQUEST_HEADERS_ONLY, &log))
-        .build();
+        .build()
+        .unwrap();
     let off = Chain::builder()
         .applied_header(None)
         .processor(Custom::recorder("req-only", REQUEST_HEADERS_ONLY, &log))
-        .build();
+        .build()
+        .unwrap();
     let sent = |a: Answer| a.mode_override.expect("mode_override").response_headers;
     let mut envoy = Driver::new(on);
     assert!(sent(envoy.request_headers(&GET, true).await.unwrap()));
@@ -725,7 +746,8 @@ async fn a_panicking_processor_gives_500_and_leaves_other_streams_alone() {
             },
         ))
         .processor(Custom::recorder("after", PhaseNeeds::HEADERS, &log))
-        .build();
+        .build()
+        .unwrap();
 
     let mut first = Driver::new(chain.clone());
     let answer = first
@@ -800,7 +822,8 @@ async fn a_panic_in_a_later_phase_answers_500_at_that_phase() {
                 Flow::Continue
             },
         ))
-        .build();
+        .build()
+        .unwrap();
     let mut envoy = Driver::new(chain);
     let answer = envoy.request_headers(&GET, true).await.unwrap();
     assert_eq!(answer.kind, Some(PhaseKind::RequestHeaders));
@@ -838,7 +861,8 @@ async fn typed_state_persists_across_phases_and_is_separate_per_stream() {
                 ..PhaseNeeds::NONE
             },
         })
-        .build();
+        .build()
+        .unwrap();
     let mut one = Driver::new(chain.clone());
     let mut two = Driver::new(chain);
 
@@ -899,7 +923,8 @@ async fn observability_mode_sends_nothing_but_processors_still_run() {
             out.set("x-rec", "1");
             Flow::Continue
         }))
-        .build();
+        .build()
+        .unwrap();
     let mut envoy = Driver::new(chain).observability_mode(true);
     let messages = [
         req_headers(&GET, false),
@@ -942,7 +967,8 @@ async fn observability_mode_after_an_immediate_response_runs_nothing_more() {
                 _ => Flow::Continue,
             },
         ))
-        .build();
+        .build()
+        .unwrap();
     let mut envoy = Driver::new(chain).observability_mode(true);
     let got = envoy.send(observed(req_headers(&GET, true))).await;
     assert!(matches!(got, Ok(None)), "{got:?}");
@@ -960,7 +986,7 @@ async fn observability_mode_after_an_immediate_response_runs_nothing_more() {
 // ---------------------------------------------------------------------------------
 
 fn trivial_chain() -> Chain {
-    Chain::builder().processor(Trivial).build()
+    Chain::builder().processor(Trivial).build().unwrap()
 }
 
 #[tokio::test]
@@ -988,7 +1014,10 @@ async fn response_headers_twice_is_out_of_order() {
 
 #[tokio::test]
 async fn end_of_stream_sent_twice_is_answered_and_not_hashed_again() {
-    let chain = Chain::builder().processor(Digest::default()).build();
+    let chain = Chain::builder()
+        .processor(Digest::default())
+        .build()
+        .unwrap();
     let mut envoy = Driver::new(chain);
     envoy.request_headers(&GET, false).await.unwrap();
     let first = envoy.request_body("all", true).await.unwrap();
@@ -1017,7 +1046,12 @@ async fn end_of_stream_sent_twice_is_answered_and_not_hashed_again() {
 
 #[tokio::test]
 async fn request_body_after_trailers_is_out_of_order() {
-    let mut envoy = Driver::new(Chain::builder().processor(Digest::default()).build());
+    let mut envoy = Driver::new(
+        Chain::builder()
+            .processor(Digest::default())
+            .build()
+            .unwrap(),
+    );
     envoy.request_headers(&GET, false).await.unwrap();
     envoy.request_trailers(&[("x-t", "1")]).await.unwrap();
     let err = envoy.request_body("late", false).await.unwrap_err();
@@ -1062,7 +1096,8 @@ async fn full_duplex_echoes_each_chunk_and_ignores_chunks_after_end_of_stream() 
             },
             &log,
         ))
-        .build();
+        .build()
+        .unwrap();
     let mut envoy = Driver::new(chain);
     let answer = envoy
         .send(with_protocol(req_headers(&GET, false), FDX, 0))
@@ -1147,7 +1182,8 @@ async fn full_duplex_carries_a_replaced_chunk() {
                 Flow::Continue
             },
         ))
-        .build();
+        .build()
+        .unwrap();
     let mut envoy = Driver::new(chain);
     envoy
         .send(with_protocol(req_headers(&GET, false), FDX, 0))
@@ -1190,7 +1226,8 @@ async fn buffered_body_replacement_sets_content_length() {
     let mut envoy = Driver::new(
         Chain::builder()
             .processor(replacer(BodyNeed::Buffered, &log))
-            .build(),
+            .build()
+            .unwrap(),
     );
     let answer = envoy
         .request_headers(
@@ -1226,7 +1263,8 @@ async fn buffered_body_clear_sets_content_length_zero() {
                 Flow::Continue
             },
         ))
-        .build();
+        .build()
+        .unwrap();
     let mut envoy = Driver::new(chain);
     envoy.request_headers(&GET, false).await.unwrap();
     let answer = envoy.request_body("abc", true).await.unwrap();
@@ -1252,7 +1290,8 @@ async fn streamed_body_replacement_leaves_content_length_alone() {
                 Flow::Continue
             },
         ))
-        .build();
+        .build()
+        .unwrap();
     let mut envoy = Driver::new(chain);
     let answer = envoy
         .request_headers(&[(":method", "POST"), (":path", "/")], false)
@@ -1298,7 +1337,12 @@ async fn mode_override_for_a_headers_only_chain() {
 
 #[tokio::test]
 async fn mode_override_follows_the_digest_body_mode() {
-    let mut envoy = Driver::new(Chain::builder().processor(Digest::default()).build());
+    let mut envoy = Driver::new(
+        Chain::builder()
+            .processor(Digest::default())
+            .build()
+            .unwrap(),
+    );
     let mode = envoy
         .request_headers(&GET, false)
         .await
@@ -1318,7 +1362,7 @@ async fn mode_override_follows_the_digest_body_mode() {
     let streamed = Digest::new(DigestSettings {
         body_mode: DigestBodyMode::Streamed,
     });
-    let mut envoy = Driver::new(Chain::builder().processor(streamed).build());
+    let mut envoy = Driver::new(Chain::builder().processor(streamed).build().unwrap());
     let mode = envoy
         .request_headers(&GET, false)
         .await
@@ -1336,7 +1380,8 @@ async fn mode_override_asks_for_trailers_when_needed() {
     let mut envoy = Driver::new(
         Chain::builder()
             .processor(Custom::recorder("all", ALL_PHASES, &log))
-            .build(),
+            .build()
+            .unwrap(),
     );
     let mode = envoy
         .request_headers(&GET, false)
@@ -1360,7 +1405,8 @@ async fn every_message_gets_one_answer_of_its_own_kind() {
     let mut envoy = Driver::new(
         Chain::builder()
             .processor(Custom::recorder("all", ALL_PHASES, &log))
-            .build(),
+            .build()
+            .unwrap(),
     );
     let steps = [
         (req_headers(&GET, false), PhaseKind::RequestHeaders),
@@ -1421,7 +1467,7 @@ async fn trivial_without_a_request_id_writes_nothing() {
 #[tokio::test]
 async fn timer_stamps_the_start_and_the_duration() {
     let stamp_re = regex::Regex::new(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$").unwrap();
-    let mut envoy = Driver::new(Chain::builder().processor(Timer).build());
+    let mut envoy = Driver::new(Chain::builder().processor(Timer).build().unwrap());
     let answer = envoy.request_headers(&GET, true).await.unwrap();
     let started = answer
         .header("x-request-started")
@@ -1447,7 +1493,12 @@ async fn timer_stamps_the_start_and_the_duration() {
 
 #[tokio::test]
 async fn digest_of_a_buffered_body() {
-    let mut envoy = Driver::new(Chain::builder().processor(Digest::default()).build());
+    let mut envoy = Driver::new(
+        Chain::builder()
+            .processor(Digest::default())
+            .build()
+            .unwrap(),
+    );
     let headers = [
         (":method", "POST"),
         (":path", "/items?x=1"),
@@ -1471,7 +1522,12 @@ async fn digest_tenant_is_unknown_when_absent_or_empty() {
         vec![(":method", "PUT"), (":path", "/t")],
         vec![(":method", "PUT"), (":path", "/t"), ("x-tenant-id", "")],
     ] {
-        let mut envoy = Driver::new(Chain::builder().processor(Digest::default()).build());
+        let mut envoy = Driver::new(
+            Chain::builder()
+                .processor(Digest::default())
+                .build()
+                .unwrap(),
+        );
         envoy.request_headers(&headers, false).await.unwrap();
         let answer = envoy.request_body("data", true).await.unwrap();
         let want = expected_digest("unknown", "PUT", "/t", "data");
@@ -1483,7 +1539,12 @@ async fn digest_tenant_is_unknown_when_absent_or_empty() {
 async fn digest_of_streamed_chunks_equals_digest_of_the_whole_body() {
     let headers = [(":method", "POST"), (":path", "/s"), ("x-tenant-id", "t1")];
 
-    let mut buffered = Driver::new(Chain::builder().processor(Digest::default()).build());
+    let mut buffered = Driver::new(
+        Chain::builder()
+            .processor(Digest::default())
+            .build()
+            .unwrap(),
+    );
     buffered.request_headers(&headers, false).await.unwrap();
     let whole = buffered
         .request_body("alpha-beta-gamma", true)
@@ -1496,7 +1557,7 @@ async fn digest_of_streamed_chunks_equals_digest_of_the_whole_body() {
     let digest = Digest::new(DigestSettings {
         body_mode: DigestBodyMode::Streamed,
     });
-    let mut streamed = Driver::new(Chain::builder().processor(digest).build());
+    let mut streamed = Driver::new(Chain::builder().processor(digest).build().unwrap());
     streamed.request_headers(&headers, false).await.unwrap();
     for chunk in ["alpha", "-beta"] {
         let answer = streamed.request_body(chunk, false).await.unwrap();
@@ -1517,7 +1578,12 @@ async fn digest_of_streamed_chunks_equals_digest_of_the_whole_body() {
 
 #[tokio::test]
 async fn digest_is_sent_with_the_headers_when_there_is_no_body() {
-    let mut envoy = Driver::new(Chain::builder().processor(Digest::default()).build());
+    let mut envoy = Driver::new(
+        Chain::builder()
+            .processor(Digest::default())
+            .build()
+            .unwrap(),
+    );
     let answer = envoy
         .request_headers(
             &[
@@ -1552,7 +1618,7 @@ fn echo_request(trigger: &str) -> Vec<(&str, &str)> {
 #[tokio::test]
 async fn echo_answers_truthy_requests_with_headers_and_body() {
     for trigger in ["t", "T", "true", "True", "y", "Y", "yes", "Yes"] {
-        let mut envoy = Driver::new(Chain::builder().processor(Echo).build());
+        let mut envoy = Driver::new(Chain::builder().processor(Echo).build().unwrap());
         let answer = envoy
             .request_headers(&echo_request(trigger), false)
             .await
@@ -1578,7 +1644,7 @@ async fn echo_answers_truthy_requests_with_headers_and_body() {
 
 #[tokio::test]
 async fn echo_without_a_body_answers_at_request_headers() {
-    let mut envoy = Driver::new(Chain::builder().processor(Echo).build());
+    let mut envoy = Driver::new(Chain::builder().processor(Echo).build().unwrap());
     let answer = envoy
         .request_headers(&echo_request("yes"), true)
         .await
@@ -1593,7 +1659,13 @@ async fn echo_without_a_body_answers_at_request_headers() {
 #[tokio::test]
 async fn echo_lets_other_values_pass_through() {
     for trigger in ["TRUE", "1", "no"] {
-        let mut envoy = Driver::new(Chain::builder().processor(Trivial).processor(Echo).build());
+        let mut envoy = Driver::new(
+            Chain::builder()
+                .processor(Trivial)
+                .processor(Echo)
+                .build()
+                .unwrap(),
+        );
         let answer = envoy
             .request_headers(&echo_request(trigger), false)
             .await
@@ -1620,7 +1692,8 @@ async fn echo_with_the_whole_default_chain_stops_before_later_processors() {
         .processor(Timer)
         .processor(Digest::default())
         .processor(Echo)
-        .build();
+        .build()
+        .unwrap();
     let mut envoy = Driver::new(chain);
     envoy
         .request_headers(&echo_request("y"), false)
@@ -1661,7 +1734,8 @@ async fn legacy_value_is_read_and_answers_write_only_raw_value() {
                 Flow::Continue
             },
         ))
-        .build();
+        .build()
+        .unwrap();
     let mut envoy = Driver::new(chain);
     let legacy = ProcessingRequest {
         request: Some(Request::RequestHeaders(HttpHeaders {
@@ -1726,7 +1800,7 @@ async fn legacy_value_is_read_and_answers_write_only_raw_value() {
 
 #[tokio::test]
 async fn immediate_response_headers_write_only_raw_value() {
-    let mut envoy = Driver::new(Chain::builder().processor(Echo).build());
+    let mut envoy = Driver::new(Chain::builder().processor(Echo).build().unwrap());
     let answer = envoy
         .request_headers(&echo_request("t"), true)
         .await
@@ -1743,7 +1817,7 @@ async fn immediate_response_headers_write_only_raw_value() {
 async fn echo_answers_a_request_whose_body_ends_with_trailers() {
     // In BUFFERED mode Envoy sends the whole body with end_of_stream=false when
     // trailers follow, then the trailers (only if the trailer mode is SEND).
-    let mut envoy = Driver::new(Chain::builder().processor(Echo).build());
+    let mut envoy = Driver::new(Chain::builder().processor(Echo).build().unwrap());
     let answer = envoy
         .request_headers(&echo_request("t"), false)
         .await
@@ -1765,7 +1839,12 @@ async fn echo_answers_a_request_whose_body_ends_with_trailers() {
 
 #[tokio::test]
 async fn body_or_trailers_after_end_of_stream_headers_is_out_of_order() {
-    let chain = || Chain::builder().processor(Digest::default()).build();
+    let chain = || {
+        Chain::builder()
+            .processor(Digest::default())
+            .build()
+            .unwrap()
+    };
     let mut envoy = Driver::new(chain());
     envoy.request_headers(&GET, true).await.unwrap();
     let err = envoy.request_body("x", true).await.unwrap_err();
@@ -1783,7 +1862,7 @@ async fn chains_longer_than_64_processors_list_every_processor() {
     for _ in 0..70 {
         builder = builder.processor(Trivial);
     }
-    let mut d = Driver::new(builder.build());
+    let mut d = Driver::new(builder.build().unwrap());
     d.request_headers(&[(":path", "/"), ("x-request-id", "r")], true)
         .await
         .unwrap();
@@ -1813,6 +1892,8 @@ struct Witness(Seen);
 
 impl Processor for Witness {
     type State = ();
+
+    fn new_state(&self) {}
     fn name(&self) -> &str {
         "witness"
     }
@@ -1828,12 +1909,12 @@ impl Processor for Witness {
         _: &mut (),
         b: &BodyPhase,
         _: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         self.0
             .lock()
             .unwrap()
             .push((b.kind, b.end_of_stream, ctx.request_body()));
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 }
 
@@ -1842,7 +1923,8 @@ fn digest_and_witness() -> (Chain, Seen) {
     let chain = Chain::builder()
         .processor(Witness(seen.clone()))
         .processor(Digest::default())
-        .build();
+        .build()
+        .unwrap();
     (chain, seen)
 }
 
@@ -1950,7 +2032,8 @@ async fn a_body_envoy_does_not_send_gets_no_digest_and_is_counted() {
     let chain = Chain::builder()
         .observe(&metrics, "r")
         .processor(Digest::default())
-        .build();
+        .build()
+        .unwrap();
     let router = extproc_gateway::router::Router::new(vec![extproc_gateway::router::Route {
         name: Arc::from("r"),
         matcher: Default::default(),
@@ -1988,7 +2071,7 @@ async fn a_body_envoy_does_not_send_gets_no_digest_and_is_counted() {
 
 #[tokio::test]
 async fn echo_refuses_a_partial_prefix_instead_of_echoing_it() {
-    let mut envoy = Driver::new(Chain::builder().processor(Echo).build());
+    let mut envoy = Driver::new(Chain::builder().processor(Echo).build().unwrap());
     // send_body_without_waiting_for_header_response: Envoy ignores every override,
     // so PARTIAL stays and a body without end_of_stream is a prefix.
     let mut first = with_protocol(req_headers(&echo_request("yes"), false), PARTIAL, NONE);
@@ -2007,7 +2090,10 @@ async fn echo_refuses_a_partial_prefix_instead_of_echoing_it() {
 
 #[tokio::test]
 async fn full_duplex_holds_the_headers_answer_until_the_body_is_read() {
-    let chain = Chain::builder().processor(Digest::default()).build();
+    let chain = Chain::builder()
+        .processor(Digest::default())
+        .build()
+        .unwrap();
     let mut envoy = Driver::new(chain);
     let held = envoy
         .send_all(with_protocol(req_headers(&GET, false), FDX, FDX))
@@ -2040,7 +2126,10 @@ async fn full_duplex_holds_the_headers_answer_until_the_body_is_read() {
 
 #[tokio::test]
 async fn empty_chunks_are_answered_and_hash_nothing() {
-    let chain = Chain::builder().processor(Digest::default()).build();
+    let chain = Chain::builder()
+        .processor(Digest::default())
+        .build()
+        .unwrap();
     let mut envoy = Driver::new(chain);
     envoy
         .send(with_protocol(req_headers(&GET, false), STREAMED, NONE))

@@ -61,25 +61,40 @@ fn chains() -> &'static [(&'static str, Chain)] {
     static CHAINS: OnceLock<Vec<(&'static str, Chain)>> = OnceLock::new();
     CHAINS.get_or_init(|| {
         vec![
-            ("trivial", Chain::builder().processor(Trivial).build()),
-            ("timer", Chain::builder().processor(Timer).build()),
+            (
+                "trivial",
+                Chain::builder().processor(Trivial).build().unwrap(),
+            ),
+            ("timer", Chain::builder().processor(Timer).build().unwrap()),
             (
                 "digest",
-                Chain::builder().processor(Digest::default()).build(),
+                Chain::builder()
+                    .processor(Digest::default())
+                    .build()
+                    .unwrap(),
             ),
-            ("jwt_auth", Chain::builder().processor(jwt_auth()).build()),
+            (
+                "jwt_auth",
+                Chain::builder().processor(jwt_auth()).build().unwrap(),
+            ),
             (
                 "context_check",
-                Chain::builder().processor(ContextCheck).build(),
+                Chain::builder().processor(ContextCheck).build().unwrap(),
             ),
-            ("echo", Chain::builder().processor(Echo).build()),
+            ("echo", Chain::builder().processor(Echo).build().unwrap()),
             (
                 "headers",
-                Chain::builder().processor(static_headers()).build(),
+                Chain::builder()
+                    .processor(static_headers())
+                    .build()
+                    .unwrap(),
             ),
             (
                 "instructions",
-                Chain::builder().processor(HeaderInstructions).build(),
+                Chain::builder()
+                    .processor(HeaderInstructions)
+                    .build()
+                    .unwrap(),
             ),
             (
                 "all, authenticated",
@@ -92,7 +107,8 @@ fn chains() -> &'static [(&'static str, Chain)] {
                     .processor(ContextCheck)
                     .processor(static_headers())
                     .processor(Echo)
-                    .build(),
+                    .build()
+                    .unwrap(),
             ),
             (
                 "all but jwt_auth",
@@ -104,7 +120,8 @@ fn chains() -> &'static [(&'static str, Chain)] {
                     .processor(ContextCheck)
                     .processor(static_headers())
                     .processor(Echo)
-                    .build(),
+                    .build()
+                    .unwrap(),
             ),
         ]
     })

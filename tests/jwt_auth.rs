@@ -21,7 +21,8 @@ use extproc_gateway::config::GatewayConfig;
 use extproc_gateway::metrics::Metrics;
 use extproc_gateway::phase::{is_valid_header_name, is_valid_header_value};
 use extproc_gateway::prelude::*;
-use extproc_gateway::processors::{JwtAuth, JwtSettings, ProcessorSpec, Trivial};
+use extproc_gateway::processors::{JwtAuth, JwtSettings, Trivial};
+use extproc_gateway::registry::{BuildContext, ProcessorSpec};
 use extproc_gateway::testing::{Answer, Driver, Immediate};
 use jwt_helpers::*;
 use serde_json::{json, Value};
@@ -45,7 +46,11 @@ fn example_settings() -> JwtSettings {
 /// `jwt_auth` followed by `trivial`, as the example config chains them.
 fn chain(settings: JwtSettings) -> Chain {
     let auth = JwtAuth::new(settings).expect("jwt_auth builds");
-    Chain::builder().processor(auth).processor(Trivial).build()
+    Chain::builder()
+        .processor(auth)
+        .processor(Trivial)
+        .build()
+        .unwrap()
 }
 
 /// Sends request headers (plus `extra`) through a fresh stream of `chain`.
@@ -326,7 +331,8 @@ async fn claim_headers_written_by_an_earlier_processor_are_removed_too() {
     let chain = Chain::builder()
         .processor(extproc_gateway::processors::HeaderInstructions)
         .processor(JwtAuth::new(example_settings()).unwrap())
-        .build();
+        .build()
+        .unwrap();
     let token = Signer::example_rsa().sign(&good_claims());
     let auth = format!("Bearer {token}");
     let instructions = r#"{"addHeaders": {"decoded_sub": "mallory", "Decoded-Role": "root"}}"#;
@@ -1092,11 +1098,15 @@ const UNKNOWN_KID: &str = "extproc_jwks_unknown_kid_total";
 /// fresh registry, so its JWKS counters can be read.
 fn observed_chain(settings: JwtSettings) -> (Chain, Arc<Metrics>) {
     let metrics = Metrics::new();
-    let chain = ProcessorSpec::JwtAuth(settings)
-        .add_to(Chain::builder().observe(&metrics, "api"))
+    let chain = ProcessorSpec::new("jwt_auth", settings)
+        .add_to(
+            Chain::builder().observe(&metrics, "api"),
+            &BuildContext::serving("api", Some(&metrics)),
+        )
         .expect("jwt_auth builds")
         .processor(Trivial)
-        .build();
+        .build()
+        .unwrap();
     (chain, metrics)
 }
 

@@ -60,6 +60,10 @@ struct Seen {
 impl Processor for RequireTenant {
     type State = Seen;
 
+    fn new_state(&self) -> Seen {
+        Seen::default()
+    }
+
     fn name(&self) -> &str {
         "require_tenant"
     }
@@ -74,9 +78,9 @@ impl Processor for RequireTenant {
         seen: &mut Seen,
         h: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         seen.phases += 1;
-        match h.headers.get_str("x-tenant-id") {
+        Ok(match h.headers.get_str("x-tenant-id") {
             Some(t) if !t.is_empty() => {
                 out.set("x-tenant-checked", t.to_string());
                 Flow::Continue
@@ -85,7 +89,7 @@ impl Processor for RequireTenant {
                 400,
                 "x-tenant-id is required",
             )),
-        }
+        })
     }
 
     async fn on_response_headers(
@@ -94,10 +98,10 @@ impl Processor for RequireTenant {
         seen: &mut Seen,
         _: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         seen.phases += 1;
         out.set("x-phases-seen", seen.phases.to_string());
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 }
 
@@ -109,7 +113,8 @@ async fn a_processor_of_your_own_served_through_envoy() {
         .observe(&metrics, "custom")
         .processor(RequireTenant)
         .processor(Trivial)
-        .build();
+        .build()
+        .unwrap();
     let router = Router::new(vec![Route {
         name: Arc::from("custom"),
         matcher: RouteMatch::default(),
@@ -181,6 +186,8 @@ struct Slow {
 impl Processor for Slow {
     type State = ();
 
+    fn new_state(&self) {}
+
     fn name(&self) -> &str {
         "slow"
     }
@@ -195,13 +202,13 @@ impl Processor for Slow {
         _: &mut (),
         _: &HeadersPhase,
         out: &mut Mutations,
-    ) -> Flow {
+    ) -> HookResult {
         if self.extend {
             let sent = ctx.extend_message_timeout(std::time::Duration::from_secs(3));
             out.set("x-extension-sent", sent.to_string());
         }
         tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 }
 
@@ -225,7 +232,8 @@ async fn a_processor_can_extend_envoys_message_timeout() {
         chain: Chain::builder()
             .observe(&metrics, name)
             .processor(Slow { extend })
-            .build(),
+            .build()
+            .unwrap(),
         metrics: Some(metrics.route(name)),
     };
     let router = Router::new(vec![

@@ -8,7 +8,7 @@ use extproc_gateway::processors::{
 use extproc_gateway::testing::Driver;
 
 fn driver<P: Processor>(p: P) -> Driver {
-    Driver::new(Chain::builder().processor(p).build())
+    Driver::new(Chain::builder().processor(p).build().unwrap())
 }
 
 const REQ: &[(&str, &str)] = &[(":method", "POST"), (":path", "/p?q=1")];

@@ -1099,7 +1099,7 @@ async fn the_driver_speaks_envoys_own_types() {
     use extproc_gateway::processors::Trivial;
     use extproc_gateway::testing::Driver;
 
-    let mut driver = Driver::new(Chain::builder().processor(Trivial).build());
+    let mut driver = Driver::new(Chain::builder().processor(Trivial).build().expect("chain"));
     let header = |key: &str, value: &str| envoy_core::HeaderValue {
         key: key.into(),
         raw_value: value.as_bytes().to_vec(),

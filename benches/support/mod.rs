@@ -31,7 +31,8 @@ pub fn router(metrics: Option<&Arc<Metrics>>) -> Router {
         .processor(Trivial)
         .processor(Timer)
         .processor(Digest::default())
-        .build();
+        .build()
+        .expect("the bench chain builds");
     Router::new(vec![Route {
         name: Arc::from("bench"),
         matcher: RouteMatch::default(),

@@ -4,6 +4,7 @@
 //! does not call the rest: the chain stops there. Mutations accumulate in chain order
 //! in the request as it travels inwards.
 
+mod probe;
 mod processor_layer;
 mod service;
 
@@ -18,61 +19,150 @@ pub use service::{PhaseFuture, PhaseOutcome, PhaseRequest, PhaseService};
 
 use crate::metrics::Metrics;
 use crate::phase::{Flow, HeadersPhase, Phase};
-use crate::processor::{PhaseNeeds, Processor, RequestCtx};
+use crate::processor::{OnError, PhaseNeeds, Processor, RequestCtx};
 
 /// Default name of the response header listing the processors that ran.
 pub const APPLIED_HEADER: &str = "x-ext-procs-applied";
 
 type Wrap = Box<dyn FnOnce(PhaseService) -> PhaseService + Send>;
 type Narrow = Arc<dyn Fn(&HeadersPhase) -> PhaseNeeds + Send + Sync>;
+/// Makes a processor's layer once the chain-wide options are known.
+type MakeLayer = Box<dyn FnOnce(&ChainOptions, usize) -> Wrap + Send>;
 
-/// Collects processors (and any other tower layers over phases) in chain order.
-#[derive(Default)]
-pub struct ChainBuilder {
-    wraps: Vec<Wrap>,
-    names: Vec<Arc<str>>,
-    needs: PhaseNeeds,
-    narrows: Vec<Narrow>,
-    applied_header: Option<String>,
+/// Options that apply to every processor of a chain, whenever they were set.
+struct ChainOptions {
     metrics: Option<(Arc<Metrics>, Arc<str>)>,
     timeout: Option<Duration>,
 }
 
+/// One step of the stack, in chain order.
+enum Step {
+    Processor(MakeLayer),
+    Layer(Wrap),
+}
+
+/// Per-processor settings of a chain entry (the fields of a config entry besides the
+/// processor's own settings).
+#[derive(Debug, Clone, Default)]
+pub struct ProcessorOptions {
+    name: Option<Arc<str>>,
+    on_error: OnError,
+}
+
+impl ProcessorOptions {
+    /// The defaults: the processor's own name, `on_error: fail_closed`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Names the processor in metrics, traces and `x-ext-procs-applied` instead of
+    /// [`Processor::name`] (config entries use their registered name).
+    pub fn named(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// What a failed hook does to the request.
+    pub fn on_error(mut self, on_error: OnError) -> Self {
+        self.on_error = on_error;
+        self
+    }
+}
+
+/// A chain that cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// A hook is written for a phase the processor's `needs()` leaves out, so the
+    /// gateway would never call it.
+    #[error("processor `{processor}` implements the {phase} hook, but its needs() does not declare {phase}: the hook would never be called")]
+    UndeclaredHook {
+        /// The processor.
+        processor: String,
+        /// The phase (`request_body`, ...).
+        phase: &'static str,
+    },
+}
+
+/// Collects processors (and any other tower layers over phases) in chain order.
+/// Chain-wide options ([`ChainBuilder::observe`], [`ChainBuilder::processor_timeout`])
+/// apply to every processor, whatever the order of the calls.
+pub struct ChainBuilder {
+    steps: Vec<Step>,
+    names: Vec<Arc<str>>,
+    needs: PhaseNeeds,
+    narrows: Vec<Narrow>,
+    applied_header: Option<String>,
+    options: ChainOptions,
+    problems: Vec<ChainError>,
+}
+
+impl Default for ChainBuilder {
+    fn default() -> Self {
+        Self {
+            steps: Vec::new(),
+            names: Vec::new(),
+            needs: PhaseNeeds::NONE,
+            narrows: Vec::new(),
+            applied_header: None,
+            options: ChainOptions {
+                metrics: None,
+                timeout: None,
+            },
+            problems: Vec::new(),
+        }
+    }
+}
+
 impl ChainBuilder {
-    /// Records metrics for the processors added after this call, labelled with
-    /// `route` (handles are resolved now, once).
+    /// Records metrics for every processor of the chain, labelled with `route`
+    /// (handles are resolved when the chain is built, once).
     pub fn observe(mut self, metrics: &Arc<Metrics>, route: &str) -> Self {
-        self.metrics = Some((metrics.clone(), Arc::from(route)));
+        self.options.metrics = Some((metrics.clone(), Arc::from(route)));
         self
     }
 
-    /// The metrics and route label set by [`ChainBuilder::observe`], for a processor
-    /// with counters of its own beyond its hooks (a JWKS URL's fetches).
-    pub fn observed(&self) -> Option<(&Arc<Metrics>, &str)> {
-        self.metrics.as_ref().map(|(m, route)| (m, &**route))
-    }
-
-    /// Bounds each hook of the processors added after this call.
+    /// Bounds each hook of every processor of the chain.
     pub fn processor_timeout(mut self, limit: Option<Duration>) -> Self {
-        self.timeout = limit;
+        self.options.timeout = limit;
         self
     }
 
-    /// Appends a processor to the chain.
-    pub fn processor<P: Processor>(mut self, processor: P) -> Self {
-        let index = self.names.len();
-        self.names.push(Arc::from(processor.name()));
+    /// Appends a processor to the chain, under its own name, failing closed.
+    pub fn processor<P: Processor>(self, processor: P) -> Self {
+        self.processor_with(processor, ProcessorOptions::default())
+    }
+
+    /// Appends a processor with per-entry options (name, failure policy).
+    pub fn processor_with<P: Processor>(mut self, processor: P, options: ProcessorOptions) -> Self {
+        let name = options
+            .name
+            .clone()
+            .unwrap_or_else(|| Arc::from(processor.name()));
+        for phase in probe::undeclared_hooks(&processor) {
+            self.problems.push(ChainError::UndeclaredHook {
+                processor: name.to_string(),
+                phase: phase.as_str(),
+            });
+        }
+        self.names.push(name.clone());
         self.needs = self.needs.union(processor.needs());
         let processor = Arc::new(processor);
         let narrow = processor.clone();
-        self.narrows
-            .push(Arc::new(move |h: &HeadersPhase| narrow.needs_for(h)));
-        let mut layer = ProcessorLayer::new(processor, index).with_timeout(self.timeout);
-        if let Some((metrics, route)) = &self.metrics {
-            layer = layer.with_metrics(metrics.processor(route, &self.names[index]));
-        }
-        self.wraps
-            .push(Box::new(move |inner| PhaseService::new(layer.layer(inner))));
+        let declared = narrow.needs();
+        self.narrows.push(Arc::new(move |h: &HeadersPhase| {
+            narrow.needs_for(h).intersect(declared)
+        }));
+        let make: MakeLayer = Box::new(move |chain: &ChainOptions, index: usize| {
+            let mut layer = ProcessorLayer::new(processor, index)
+                .with_name(name.clone())
+                .with_timeout(chain.timeout)
+                .with_on_error(options.on_error);
+            if let Some((metrics, route)) = &chain.metrics {
+                layer = layer.with_metrics(metrics.processor(route, &name));
+            }
+            Box::new(move |inner| PhaseService::new(layer.layer(inner)))
+        });
+        self.steps.push(Step::Processor(make));
         self
     }
 
@@ -88,8 +178,9 @@ impl ChainBuilder {
             + 'static,
         <L::Service as tower::Service<PhaseRequest>>::Future: Send + 'static,
     {
-        self.wraps
-            .push(Box::new(move |inner| PhaseService::new(layer.layer(inner))));
+        self.steps.push(Step::Layer(Box::new(move |inner| {
+            PhaseService::new(layer.layer(inner))
+        })));
         self
     }
 
@@ -100,23 +191,38 @@ impl ChainBuilder {
         self
     }
 
-    /// Stacks the layers: the first added is the outermost.
-    pub fn build(self) -> Chain {
+    /// Stacks the layers (the first added is the outermost), or says why the chain
+    /// cannot serve.
+    pub fn build(self) -> Result<Chain, ChainError> {
+        if let Some(problem) = self.problems.into_iter().next() {
+            return Err(problem);
+        }
+        let mut wraps = Vec::with_capacity(self.steps.len());
+        let mut index = 0;
+        for step in self.steps {
+            wraps.push(match step {
+                Step::Processor(make) => {
+                    index += 1;
+                    make(&self.options, index - 1)
+                }
+                Step::Layer(wrap) => wrap,
+            });
+        }
         let mut service = PhaseService::terminal();
-        for wrap in self.wraps.into_iter().rev() {
+        for wrap in wraps.into_iter().rev() {
             service = wrap(service);
         }
         let mut needs = self.needs;
         if self.applied_header.is_some() && !self.names.is_empty() {
             needs.response_headers = true;
         }
-        Chain {
+        Ok(Chain {
             service,
             names: self.names.into(),
             needs,
             narrows: self.narrows.into(),
             applied_header: self.applied_header,
-        }
+        })
     }
 }
 
@@ -147,7 +253,13 @@ impl Chain {
 
     /// A chain that changes nothing and asks Envoy for nothing beyond headers.
     pub fn empty() -> Chain {
-        ChainBuilder::default().build()
+        Chain {
+            service: PhaseService::terminal(),
+            names: Arc::from([]),
+            needs: PhaseNeeds::NONE,
+            narrows: Arc::from([]),
+            applied_header: None,
+        }
     }
 
     /// The same chain inside one more layer, outermost: it sees each phase before any

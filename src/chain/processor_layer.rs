@@ -2,9 +2,9 @@
 //! for the phase, then (unless it answered the client) calls the rest of the chain.
 //!
 //! Cross-cutting concerns of one processor live here too, resolved when the chain is
-//! built: its metrics handles, its time limit, its tracing span, and panic isolation
-//! (a processor that panics gets its request a 500; other requests and the process are
-//! untouched).
+//! built: its metrics handles, its time limit, its tracing span, its failure policy
+//! (`on_error`) and panic isolation (a processor that panics fails like one that
+//! returns an error; other requests and the process are untouched).
 
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
@@ -17,16 +17,18 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use super::service::{PhaseFuture, PhaseOutcome, PhaseRequest, PhaseService};
-use crate::metrics::ProcessorMetrics;
+use crate::metrics::{Failure, ProcessorMetrics, Skipped};
 use crate::phase::{Flow, ImmediateResponse, Mutations, Phase};
-use crate::processor::{PhaseNeeds, Processor};
+use crate::processor::{HookResult, OnError, PhaseNeeds, Processor, ProcessorError};
 
 /// Wraps the rest of a chain with one processor at chain position `index`.
 pub struct ProcessorLayer<P> {
     processor: Arc<P>,
+    name: Arc<str>,
     index: usize,
     metrics: Option<ProcessorMetrics>,
     timeout: Option<Duration>,
+    on_error: OnError,
 }
 
 impl<P: Processor> ProcessorLayer<P> {
@@ -34,11 +36,20 @@ impl<P: Processor> ProcessorLayer<P> {
     /// per-request state and its place in `x-ext-procs-applied`).
     pub fn new(processor: Arc<P>, index: usize) -> Self {
         Self {
+            name: Arc::from(processor.name()),
             processor,
             index,
             metrics: None,
             timeout: None,
+            on_error: OnError::default(),
         }
+    }
+
+    /// The name in logs, spans and the reason of a failure response (a processor
+    /// built from config goes by its registered name).
+    pub fn with_name(mut self, name: Arc<str>) -> Self {
+        self.name = name;
+        self
     }
 
     /// Records hook latency, immediate responses and failures into these handles.
@@ -47,10 +58,17 @@ impl<P: Processor> ProcessorLayer<P> {
         self
     }
 
-    /// Bounds each hook; one that runs longer answers 504 (Envoy's own
-    /// `message_timeout` would otherwise fail the request less clearly).
+    /// Bounds each hook; one that runs longer fails with kind `timeout` (answered 504
+    /// under `fail_closed`: Envoy's own `message_timeout` would otherwise fail the
+    /// request less clearly).
     pub fn with_timeout(mut self, limit: Option<Duration>) -> Self {
         self.timeout = limit;
+        self
+    }
+
+    /// What a failed hook does to the request.
+    pub fn with_on_error(mut self, on_error: OnError) -> Self {
+        self.on_error = on_error;
         self
     }
 }
@@ -59,9 +77,11 @@ impl<P> Clone for ProcessorLayer<P> {
     fn clone(&self) -> Self {
         Self {
             processor: self.processor.clone(),
+            name: self.name.clone(),
             index: self.index,
             metrics: self.metrics.clone(),
             timeout: self.timeout,
+            on_error: self.on_error,
         }
     }
 }
@@ -74,9 +94,11 @@ impl<P: Processor> Layer<PhaseService> for ProcessorLayer<P> {
             shared: Arc::new(Shared {
                 needs: self.processor.needs(),
                 processor: self.processor.clone(),
+                name: self.name.clone(),
                 index: self.index,
                 metrics: self.metrics.clone(),
                 timeout: self.timeout,
+                on_error: self.on_error,
             }),
             inner,
         }
@@ -85,10 +107,12 @@ impl<P: Processor> Layer<PhaseService> for ProcessorLayer<P> {
 
 struct Shared<P> {
     processor: Arc<P>,
+    name: Arc<str>,
     needs: PhaseNeeds,
     index: usize,
     metrics: Option<ProcessorMetrics>,
     timeout: Option<Duration>,
+    on_error: OnError,
 }
 
 /// The service a [`ProcessorLayer`] produces.
@@ -115,16 +139,19 @@ impl<P: Processor> Service<PhaseRequest> for ProcessorService<P> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: PhaseRequest) -> Self::Future {
-        if !self.shared.needs.wants(req.phase.kind()) {
-            let mut req = req;
+    fn call(&mut self, mut req: PhaseRequest) -> Self::Future {
+        let shared = &self.shared;
+        if req.ctx.is_skipped(shared.index) {
+            return self.inner.run(req);
+        }
+        if !shared.needs.wants(req.phase.kind()) {
             if let Phase::RequestHeaders(_) = req.phase {
                 // Its needs cannot depend on headers it does not read.
-                req.ctx.need(self.shared.needs);
+                req.ctx.need(shared.needs);
             }
             return self.inner.run(req);
         }
-        let shared = self.shared.clone();
+        let shared = shared.clone();
         let inner = self.inner.clone();
         Box::pin(async move {
             let mut req = req;
@@ -137,53 +164,50 @@ impl<P: Processor> Service<PhaseRequest> for ProcessorService<P> {
     }
 }
 
+/// Why a hook did not give a [`Flow`].
+enum Failed {
+    Error(ProcessorError),
+    Panic,
+    Timeout,
+}
+
 impl<P: Processor> Shared<P> {
-    /// Runs the hook with its span, time limit, panic guard and metrics.
+    /// Runs the hook with its span, time limit, panic guard, failure policy and metrics.
     async fn run(&self, req: &mut PhaseRequest) -> Flow {
         let kind = req.phase.kind();
         let span = tracing::debug_span!(
             "ext_proc.processor",
-            otel.name = %format_args!("processor {}", self.processor.name()),
-            processor = self.processor.name(),
+            otel.name = %format_args!("processor {}", self.name),
+            processor = &*self.name,
             phase = kind.as_str(),
             outcome = tracing::field::Empty,
+            error = tracing::field::Empty,
         );
         // The clock is read only when someone records the time.
         let started = self.metrics.as_ref().map(|_| Instant::now());
-        let guarded = AssertUnwindSafe(run_hook(&*self.processor, self.index, req)).catch_unwind();
+        let guarded = AssertUnwindSafe(run_hook(self, req)).catch_unwind();
         let result = match self.timeout {
             Some(limit) => tokio::time::timeout(limit, guarded.instrument(span.clone()))
                 .await
-                .map_err(|_| ()),
-            None => Ok(guarded.instrument(span.clone()).await),
+                .ok(),
+            None => Some(guarded.instrument(span.clone()).await),
         };
-        let name = self.processor.name();
+        let result = match result {
+            Some(Ok(Ok(flow))) => Ok(flow),
+            Some(Ok(Err(e))) => Err(Failed::Error(e)),
+            Some(Err(_panic)) => Err(Failed::Panic),
+            None => Err(Failed::Timeout),
+        };
         let flow = match result {
-            Ok(Ok(flow)) => flow,
-            Ok(Err(_panic)) => {
-                tracing::error!(processor = %name, "processor panicked; answering 500");
-                if let Some(m) = &self.metrics {
-                    m.panicked();
-                }
-                Flow::Respond(ImmediateResponse::json_error(
-                    500,
-                    &format!("processor {name} failed"),
-                ))
+            Ok(flow) => {
+                req.ctx.mark_ran(self.index);
+                flow
             }
-            Err(()) => {
-                tracing::error!(processor = %name, "processor timed out; answering 504");
-                if let Some(m) = &self.metrics {
-                    m.timed_out();
-                }
-                Flow::Respond(ImmediateResponse::json_error(
-                    504,
-                    &format!("processor {name} timed out"),
-                ))
-            }
+            Err(failed) => self.fail(req, failed, &span),
         };
         let withheld = req.ctx.take_withheld();
         if let Some(reason) = withheld {
-            tracing::debug!(processor = %name, reason = reason.as_str(), "processor withheld a result");
+            tracing::debug!(processor = %self.name, reason = reason.as_str(), "processor withheld a result");
         }
         if let (Some(m), Some(started)) = (&self.metrics, started) {
             m.hook(kind, started.elapsed());
@@ -195,26 +219,78 @@ impl<P: Processor> Shared<P> {
             }
         }
         match &flow {
+            Flow::Continue if req.ctx.is_skipped(self.index) => span.record("outcome", "skipped"),
             Flow::Continue => span.record("outcome", "continue"),
             Flow::Respond(r) => span.record("outcome", format_args!("respond {}", r.status)),
         };
         flow
     }
+
+    /// Applies the failure policy: answer the client (`fail_closed`) or leave the
+    /// processor out of the rest of the request (`fail_open`).
+    fn fail(&self, req: &mut PhaseRequest, failed: Failed, span: &tracing::Span) -> Flow {
+        let name = &*self.name;
+        let (kind, status, reason, message) = match &failed {
+            Failed::Error(e) => {
+                let reason = if e.status() == 503 {
+                    format!("processor {name} unavailable")
+                } else {
+                    format!("processor {name} failed")
+                };
+                (Failure::Error, e.status(), reason, e.message().to_string())
+            }
+            Failed::Panic => (
+                Failure::Panic,
+                500,
+                format!("processor {name} failed"),
+                "panicked".to_string(),
+            ),
+            Failed::Timeout => (
+                Failure::Timeout,
+                504,
+                format!("processor {name} timed out"),
+                "timed out".to_string(),
+            ),
+        };
+        span.record("error", message.as_str());
+        if let Some(m) = &self.metrics {
+            m.failed(kind);
+        }
+        match self.on_error {
+            OnError::FailClosed => {
+                tracing::error!(processor = %name, kind = kind.as_str(), error = %message, status, "processor failed; answering the client (on_error: fail_closed)");
+                req.ctx.mark_ran(self.index);
+                Flow::Respond(ImmediateResponse::json_error(status, &reason))
+            }
+            OnError::FailOpen => {
+                tracing::warn!(processor = %name, kind = kind.as_str(), error = %message, "processor failed; skipped for the rest of the request (on_error: fail_open)");
+                req.ctx.skip(self.index);
+                if let Some(m) = &self.metrics {
+                    m.skipped(Skipped::FailedOpen);
+                }
+                Flow::Continue
+            }
+        }
+    }
 }
 
-/// Runs the processor's hook for the phase, then applies and merges its changes.
-async fn run_hook<P: Processor>(processor: &P, index: usize, req: &mut PhaseRequest) -> Flow {
-    req.ctx.mark_ran(index);
-    let mut state = req.ctx.take_state::<P::State>(index);
+/// Runs the processor's hook for the phase, then applies and merges its changes. Its
+/// changes and its narrowed needs count only when the hook succeeds.
+async fn run_hook<P: Processor>(shared: &Shared<P>, req: &mut PhaseRequest) -> HookResult {
+    let processor = &*shared.processor;
+    let index = shared.index;
+    let mut state = req.ctx.take_state(index, || processor.new_state())?;
     // The processor writes its own changes; they are then applied to the event and
     // merged, so the next processor sees the message as the next Envoy filter would.
     let mut delta = Mutations::new();
     let out = &mut delta;
     let PhaseRequest { phase, ctx, .. } = req;
-    if let Phase::RequestHeaders(h) = &*phase {
-        ctx.need(processor.needs_for(h));
-    }
-    let flow = match phase {
+    // Decided from the headers as this processor sees them (before its own changes).
+    let narrowed = match &*phase {
+        Phase::RequestHeaders(h) => Some(processor.needs_for(h).intersect(shared.needs)),
+        _ => None,
+    };
+    let result = match phase {
         Phase::RequestHeaders(h) => processor.on_request_headers(ctx, &mut state, h, out).await,
         Phase::RequestBody(b) => processor.on_request_body(ctx, &mut state, b, out).await,
         Phase::RequestTrailers(t) => processor.on_request_trailers(ctx, &mut state, t, out).await,
@@ -227,6 +303,15 @@ async fn run_hook<P: Processor>(processor: &P, index: usize, req: &mut PhaseRequ
         }
     };
     req.ctx.put_state(index, state);
+    let flow = match result {
+        Ok(flow) => flow,
+        // A phase it declared but did not write a hook for.
+        Err(e) if e.is_not_overridden() => Flow::Continue,
+        Err(e) => return Err(e),
+    };
+    if let Some(needs) = narrowed {
+        req.ctx.need(needs);
+    }
     if flow == Flow::Continue && !delta.is_empty() {
         delta.apply_to(&mut req.phase);
         if let Phase::RequestBody(_) = req.phase {
@@ -235,5 +320,5 @@ async fn run_hook<P: Processor>(processor: &P, index: usize, req: &mut PhaseRequ
         }
         req.mutations.merge(delta);
     }
-    flow
+    Ok(flow)
 }

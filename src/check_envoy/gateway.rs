@@ -5,7 +5,7 @@ use crate::chain::Chain;
 use crate::config::GatewayConfig;
 use crate::phase::HeadersPhase;
 use crate::processor::{BodyNeed, PhaseNeeds};
-use crate::processors::ProcessorSpec;
+use crate::registry::BuildContext;
 
 use super::envoy::Part;
 
@@ -100,9 +100,12 @@ pub fn routes(config: &GatewayConfig) -> Result<Vec<GatewayRoute>, (String, Stri
         let mut processors = Vec::new();
         for p in &spec.processors {
             let one = p
-                .add_to(Chain::builder().applied_header(None))
-                .map_err(|e| (format!("route {}", spec.name), e))?
-                .build();
+                .add_to(
+                    Chain::builder().applied_header(None),
+                    &BuildContext::checking(&spec.name),
+                )
+                .and_then(|c| c.build().map_err(|e| e.to_string()))
+                .map_err(|e| (format!("route {}", spec.name), e))?;
             processors.push(ProcessorNeeds {
                 name: p.name().to_string(),
                 needs: one.needs(),
@@ -132,7 +135,7 @@ pub fn routes(config: &GatewayConfig) -> Result<Vec<GatewayRoute>, (String, Stri
             authenticates: spec
                 .processors
                 .iter()
-                .any(|p| matches!(p, ProcessorSpec::JwtAuth(_))),
+                .any(|p| p.claim_header_prefix().is_some()),
         });
     }
     Ok(out)

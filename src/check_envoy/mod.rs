@@ -24,6 +24,7 @@ use std::process::ExitCode;
 pub use findings::{Finding, Report, Severity};
 
 use crate::config::GatewayConfig;
+use crate::registry::Registry;
 
 /// Exit code when the input could not be checked at all (unreadable file, YAML
 /// syntax, invalid gateway config), as opposed to 1 for a config with errors.
@@ -70,13 +71,14 @@ pub fn check(text: &str, file: &str, gateway: &GatewayConfig) -> Result<Report, 
     Ok(checks::run(file, &boot, &routes, gateway, root.line))
 }
 
-/// The subcommand: loads both files, prints one line per finding and a summary, and
-/// returns 0 (no errors), 1 (errors) or 2 (could not check).
-pub fn main(envoy_file: &Path, config: Option<&Path>) -> ExitCode {
+/// The subcommand: loads both files (the gateway config's processors named by
+/// `registry`), prints one line per finding and a summary, and returns 0 (no errors),
+/// 1 (errors) or 2 (could not check).
+pub fn main(registry: &Registry, envoy_file: &Path, config: Option<&Path>) -> ExitCode {
     let name = envoy_file.display().to_string();
     let gateway = match config {
-        Some(path) => GatewayConfig::load(path),
-        None => GatewayConfig::embedded(),
+        Some(path) => GatewayConfig::load_with(registry, path),
+        None => GatewayConfig::embedded_with(registry),
     };
     let gateway = match gateway {
         Ok(g) => g,

@@ -17,6 +17,7 @@ pub use transport::{ListenAddr, Secret, SocketMode, TlsConfig, REDACTED};
 
 use crate::chain::Chain;
 use crate::metrics::Metrics;
+use crate::registry::{BuildContext, ProcessorSpec, Registry, RequestHeaderWrites};
 use crate::router::{PathMatch, Route, RouteMatch, Router, ValueMatch};
 
 /// The config served when no file is given.
@@ -43,20 +44,42 @@ impl GatewayConfig {
         Self::parse(DEFAULT_YAML, "<embedded default>")
     }
 
-    /// Reads and validates a YAML file.
+    /// The embedded default, read with `registry` (it names built-ins only, which a
+    /// registry may have replaced).
+    pub fn embedded_with(registry: &Registry) -> Result<Self, ConfigError> {
+        Self::parse_with(registry, DEFAULT_YAML, "<embedded default>")
+    }
+
+    /// Reads and validates a YAML file naming built-in processors only.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(&Registry::builtin(), path)
+    }
+
+    /// Reads and validates a YAML file whose processors `registry` names.
+    pub fn load_with(registry: &Registry, path: &Path) -> Result<Self, ConfigError> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             source_name: name.clone(),
             location: "file".into(),
             message: format!("cannot read: {e}"),
         })?;
-        Self::parse(&text, &name)
+        Self::parse_with(registry, &text, &name)
     }
 
-    /// Parses and validates YAML text; `source_name` names it in errors.
+    /// Parses and validates YAML text naming built-in processors only;
+    /// `source_name` names it in errors.
     pub fn parse(text: &str, source_name: &str) -> Result<Self, ConfigError> {
-        let config: GatewayConfig = serde_saphyr::from_str(text).map_err(|e| {
+        Self::parse_with(&Registry::builtin(), text, source_name)
+    }
+
+    /// Parses and validates YAML text whose processors `registry` names.
+    pub fn parse_with(
+        registry: &Registry,
+        text: &str,
+        source_name: &str,
+    ) -> Result<Self, ConfigError> {
+        let parsed = registry.scope(|| serde_saphyr::from_str::<GatewayConfig>(text));
+        let config: GatewayConfig = parsed.map_err(|e| {
             let location = e
                 .location()
                 .map(|l| format!("line {} column {}", l.line(), l.column()))
@@ -237,19 +260,23 @@ impl GatewayConfig {
             if let Some(m) = metrics {
                 chain = chain.observe(m, &r.name);
             }
+            let ctx = if start {
+                BuildContext::serving(&r.name, metrics)
+            } else {
+                BuildContext::checking(&r.name)
+            };
             for (j, p) in r.processors.iter().enumerate() {
-                let added = if start {
-                    p.add_to(chain)
-                } else {
-                    p.add_unstarted(chain)
-                };
-                chain =
-                    added.map_err(|msg| (at(&format!("processors[{j}] ({})", p.name())), msg))?;
+                chain = p
+                    .add_to(chain, &ctx)
+                    .map_err(|msg| (at(&format!("processors[{j}] ({})", p.name())), msg))?;
             }
+            let chain = chain
+                .build()
+                .map_err(|e| (at("processors"), e.to_string()))?;
             routes.push(Route {
                 name: r.name.as_str().into(),
                 matcher,
-                chain: chain.build(),
+                chain,
                 metrics: metrics.map(|m| m.route(&r.name)),
             });
         }
@@ -284,7 +311,7 @@ impl GatewayConfig {
 struct ClaimOverwrite {
     /// Chain position and name of the processor that writes.
     writer: usize,
-    writer_name: &'static str,
+    writer_name: String,
     /// Chain position of the `jwt_auth` whose claims it can overwrite.
     auth: usize,
     prefix: String,
@@ -294,7 +321,7 @@ struct ClaimOverwrite {
 
 impl ClaimOverwrite {
     fn describe(&self, route: &str) -> String {
-        let (w, name, a, prefix) = (self.writer, self.writer_name, self.auth, &self.prefix);
+        let (w, name, a, prefix) = (self.writer, &self.writer_name, self.auth, &self.prefix);
         let what = match &self.header {
             None => format!(
                 "writes whatever headers the client names, so a client could overwrite the verified claim headers (`{prefix}*`) and forge claims. Put `{name}` before `jwt_auth`"
@@ -311,9 +338,8 @@ impl ClaimOverwrite {
 
 /// Every processor that comes after a `jwt_auth` of the chain and can write under
 /// its claim header prefix (in any spelling that `jwt_auth` strips from clients).
-fn claim_overwrites(chain: &[crate::processors::ProcessorSpec]) -> Vec<ClaimOverwrite> {
+fn claim_overwrites(chain: &[ProcessorSpec]) -> Vec<ClaimOverwrite> {
     use crate::processors::jwt_auth::is_claim_header;
-    use crate::processors::RequestHeaderWrites;
     let mut found = Vec::new();
     for (auth, spec) in chain.iter().enumerate() {
         let Some(prefix) = spec.claim_header_prefix() else {
@@ -331,7 +357,7 @@ fn claim_overwrites(chain: &[crate::processors::ProcessorSpec]) -> Vec<ClaimOver
             };
             found.push(ClaimOverwrite {
                 writer,
-                writer_name: later.name(),
+                writer_name: later.name().to_string(),
                 auth,
                 prefix: prefix.to_ascii_lowercase(),
                 header,
@@ -464,7 +490,7 @@ mod tests {
 
         let e = err("routes:\n  - name: a\n    processors: [trivial, bogus]\n");
         assert!(e.contains("line 3"), "{e}");
-        assert!(e.contains("unknown variant `bogus`"), "{e}");
+        assert!(e.contains("unknown processor `bogus`; registered: "), "{e}");
 
         let e = err("routes:\n  - name: a\n    match: {path_regex: '('}\n    processors: []\n");
         assert!(e.contains("routes[0].match.path_regex"), "{e}");

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::transport::{ListenAddr, Secret, SocketMode, TlsConfig};
 use crate::path::PathPolicy;
-use crate::processors::ProcessorSpec;
+use crate::registry::ProcessorSpec;
 
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tower::{Layer, Service};
 
 use super::{Route, RouteMatch, PATH_REFUSED};
-use crate::chain::{ChainBuilder, PhaseFuture, PhaseOutcome, PhaseRequest, PhaseService};
+use crate::chain::{Chain, PhaseFuture, PhaseOutcome, PhaseRequest, PhaseService};
 use crate::metrics::{Metrics, PathRefusalMetrics};
 use crate::path::{PathPolicy, PathRefusal};
 use crate::phase::{Flow, ImmediateResponse, Mutations, Phase};
@@ -33,7 +33,7 @@ impl PathGuard {
             Arc::new(Route {
                 name: Arc::from(PATH_REFUSED),
                 matcher: RouteMatch::default(),
-                chain: ChainBuilder::default().layer(RefuseLayer(reason)).build(),
+                chain: Chain::empty().wrapped(RefuseLayer(reason)),
                 metrics: metrics.map(|m| m.route(PATH_REFUSED)),
             })
         });

@@ -13,7 +13,7 @@
 //! use extproc_gateway::processors::Trivial;
 //! use extproc_gateway::testing::Driver;
 //!
-//! let mut envoy = Driver::new(Chain::builder().processor(Trivial).build());
+//! let mut envoy = Driver::new(Chain::builder().processor(Trivial).build().unwrap());
 //! let answer = envoy
 //!     .request_headers(&[(":method", "GET"), (":path", "/"), ("x-request-id", "abc")], true)
 //!     .await

@@ -1,0 +1,542 @@
+//! One registry for every processor a config can name: built-ins and a user's own go
+//! in the same way (a name, a settings type, a constructor), so config loading,
+//! `check-config`, `/config`, `/routes`, metrics, traces and reload never special-case
+//! a built-in.
+//!
+//! A user's binary registers its processors and runs the same command line:
+//!
+//! ```no_run
+//! use extproc_gateway::prelude::*;
+//! use extproc_gateway::registry::{BuildContext, ProcessorSettings, Registry, RegistryError};
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// `- require_tenant: {header: x-tenant-id}`
+//! #[derive(Debug, Clone, Serialize, Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct RequireTenant {
+//!     header: String,
+//! }
+//!
+//! impl Processor for RequireTenant {
+//!     type State = ();
+//!     fn name(&self) -> &str { "require_tenant" }
+//!     fn needs(&self) -> PhaseNeeds { PhaseNeeds::REQUEST_HEADERS }
+//!     fn new_state(&self) {}
+//!     async fn on_request_headers(&self, _: &mut RequestCtx, _: &mut (), h: &HeadersPhase, _: &mut Mutations) -> HookResult {
+//!         Ok(match h.headers.get(&self.header) {
+//!             Some(_) => Flow::Continue,
+//!             None => Flow::Respond(ImmediateResponse::json_error(400, "a tenant is required")),
+//!         })
+//!     }
+//! }
+//!
+//! impl ProcessorSettings for RequireTenant {
+//!     type Processor = RequireTenant;
+//!     fn build(&self, _: &BuildContext<'_>) -> Result<RequireTenant, String> {
+//!         Ok(self.clone())
+//!     }
+//! }
+//!
+//! fn main() -> Result<std::process::ExitCode, RegistryError> {
+//!     let registry = Registry::builtin().with::<RequireTenant>("require_tenant")?;
+//!     Ok(extproc_gateway::cli::run(registry))
+//! }
+//! ```
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::de::value::MapDeserializer;
+use serde::de::{self, DeserializeOwned, DeserializeSeed, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::chain::{ChainBuilder, ProcessorOptions};
+use crate::metrics::Metrics;
+use crate::processor::{OnError, Processor};
+
+/// A processor's settings as written in config, and how to build the processor from
+/// them. The settings type is what YAML holds under the processor's name; `serde`
+/// reads it (prefer `#[serde(deny_unknown_fields)]`, so a typo is a config error with
+/// its line) and writes it back for `/config`.
+pub trait ProcessorSettings:
+    Serialize + DeserializeOwned + Clone + fmt::Debug + Send + Sync + 'static
+{
+    /// The processor these settings build.
+    type Processor: Processor;
+
+    /// Builds the processor for one route (once per config load, never per request).
+    /// Fails when a resource it names cannot be loaded (a key file, say); the error
+    /// names the route and the entry.
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Self::Processor, String>;
+
+    /// Checks settings that parse but cannot work, while the config is read, so the
+    /// error carries the entry's line. Default: nothing to check.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The settings as `/config` shows them: secrets replaced. Default: unchanged.
+    fn redacted(&self) -> Self {
+        self.clone()
+    }
+
+    /// The request headers the processor may write upstream. A route refuses a
+    /// processor after `jwt_auth` whose writes fall under the claim header prefix,
+    /// since the upstream could no longer tell verified claims from forged ones.
+    /// Default: none declared.
+    fn request_header_writes(&self) -> RequestHeaderWrites {
+        RequestHeaderWrites::Names(Vec::new())
+    }
+
+    /// A prefix of request headers this processor vouches for (`jwt_auth`'s verified
+    /// claims): later processors of the route may not write under it. Default: none.
+    fn claim_header_prefix(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// Which request headers a processor may write upstream
+/// ([`ProcessorSettings::request_header_writes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestHeaderWrites {
+    /// These names (lower case), whatever the request says.
+    Names(Vec<String>),
+    /// Names the client chooses (`instructions`): any header at all.
+    ClientChosen,
+}
+
+/// What a processor may learn about where it is built.
+#[derive(Clone, Copy)]
+pub struct BuildContext<'a> {
+    route: &'a str,
+    metrics: Option<&'a Arc<Metrics>>,
+    serving: bool,
+}
+
+impl<'a> BuildContext<'a> {
+    /// For a chain that will serve on `route`, observed by `metrics` when given.
+    pub fn serving(route: &'a str, metrics: Option<&'a Arc<Metrics>>) -> Self {
+        Self {
+            route,
+            metrics,
+            serving: true,
+        }
+    }
+
+    /// For a chain that is only checked (`check-config`, `check-envoy`, a reload's
+    /// validation): load and validate everything, start nothing in the background.
+    pub fn checking(route: &'a str) -> Self {
+        Self {
+            route,
+            metrics: None,
+            serving: false,
+        }
+    }
+
+    /// The route's name.
+    pub fn route(&self) -> &str {
+        self.route
+    }
+
+    /// The gateway's metrics, for a processor with counters of its own beyond its
+    /// hooks (which the chain already measures). `None` when not observed.
+    pub fn metrics(&self) -> Option<&'a Arc<Metrics>> {
+        self.metrics
+    }
+
+    /// False when the chain will never serve: a processor must not start background
+    /// work (fetching a JWKS URL, opening connections) for it.
+    pub fn is_serving(&self) -> bool {
+        self.serving
+    }
+}
+
+/// A registration the registry refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// Two processors under one name.
+    #[error("a processor named `{0}` is already registered")]
+    Duplicate(String),
+    /// Not a name YAML can hold as a processor entry's key.
+    #[error("`{0}` cannot name a processor: use lower-case letters, digits and `_`, starting with a letter, and not `when` or `on_error`")]
+    BadName(String),
+}
+
+/// Keys of a processor entry that are not processor names.
+const ENTRY_KEYS: [&str; 2] = ["when", "on_error"];
+
+/// The processors a config can name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: BTreeMap<String, Arc<dyn Kind>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.kinds.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// No processors at all.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Every built-in processor, under its documented name.
+    pub fn builtin() -> Self {
+        let mut registry = Self::empty();
+        crate::processors::register(&mut registry);
+        registry
+    }
+
+    /// Adds a processor type under `name` (see [`Registry::register`]), for chaining.
+    pub fn with<S: ProcessorSettings>(mut self, name: &str) -> Result<Self, RegistryError> {
+        self.register::<S>(name)?;
+        Ok(self)
+    }
+
+    /// Adds a processor type: config entries named `name` are read as `S` and build
+    /// `S::Processor`.
+    pub fn register<S: ProcessorSettings>(&mut self, name: &str) -> Result<(), RegistryError> {
+        let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !ENTRY_KEYS.contains(&name);
+        if !valid {
+            return Err(RegistryError::BadName(name.to_string()));
+        }
+        if self.kinds.contains_key(name) {
+            return Err(RegistryError::Duplicate(name.to_string()));
+        }
+        self.kinds
+            .insert(name.to_string(), Arc::new(KindOf::<S>(PhantomData)));
+        Ok(())
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.kinds.keys().map(String::as_str)
+    }
+
+    /// Runs `read` with this registry naming the processors of any config it reads on
+    /// this thread (serde gives a `Deserialize` impl no context of its own).
+    pub fn scope<T>(&self, read: impl FnOnce() -> T) -> T {
+        struct Restore(Option<Registry>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let previous = self.0.take();
+                SCOPE.with(|s| *s.borrow_mut() = previous);
+            }
+        }
+        let previous = SCOPE.with(|s| s.borrow_mut().replace(self.clone()));
+        let _restore = Restore(previous);
+        read()
+    }
+
+    fn listed(&self) -> String {
+        self.names().collect::<Vec<_>>().join(", ")
+    }
+}
+
+thread_local! {
+    static SCOPE: RefCell<Option<Registry>> = const { RefCell::new(None) };
+}
+
+/// The registry in scope on this thread, or the built-ins.
+fn in_scope() -> Registry {
+    SCOPE
+        .with(|s| s.borrow().clone())
+        .unwrap_or_else(Registry::builtin)
+}
+
+/// A registered processor type, with its settings type erased.
+trait Kind: Send + Sync {
+    fn read(
+        &self,
+        settings: &mut dyn erased_serde::Deserializer<'_>,
+    ) -> Result<Arc<dyn Configured>, erased_serde::Error>;
+}
+
+struct KindOf<S>(PhantomData<fn() -> S>);
+
+impl<S: ProcessorSettings> Kind for KindOf<S> {
+    fn read(
+        &self,
+        settings: &mut dyn erased_serde::Deserializer<'_>,
+    ) -> Result<Arc<dyn Configured>, erased_serde::Error> {
+        let s: S = erased_serde::deserialize(settings)?;
+        s.validate().map_err(de::Error::custom)?;
+        Ok(Arc::new(s))
+    }
+}
+
+/// Settings read from config, with their type erased.
+trait Configured: erased_serde::Serialize + fmt::Debug + Send + Sync {
+    fn add_to(
+        &self,
+        chain: ChainBuilder,
+        options: ProcessorOptions,
+        ctx: &BuildContext<'_>,
+    ) -> Result<ChainBuilder, String>;
+    fn redacted(&self) -> Arc<dyn Configured>;
+    fn request_header_writes(&self) -> RequestHeaderWrites;
+    fn claim_header_prefix(&self) -> Option<&str>;
+}
+
+erased_serde::serialize_trait_object!(Configured);
+
+impl<S: ProcessorSettings> Configured for S {
+    fn add_to(
+        &self,
+        chain: ChainBuilder,
+        options: ProcessorOptions,
+        ctx: &BuildContext<'_>,
+    ) -> Result<ChainBuilder, String> {
+        Ok(chain.processor_with(self.build(ctx)?, options))
+    }
+
+    fn redacted(&self) -> Arc<dyn Configured> {
+        Arc::new(ProcessorSettings::redacted(self))
+    }
+
+    fn request_header_writes(&self) -> RequestHeaderWrites {
+        ProcessorSettings::request_header_writes(self)
+    }
+
+    fn claim_header_prefix(&self) -> Option<&str> {
+        ProcessorSettings::claim_header_prefix(self)
+    }
+}
+
+/// One entry of a route's `processors:` list: a registered processor with its
+/// settings, and the entry's own keys (`on_error:`). Written as a bare name
+/// (`- trivial`), or a map of the name to its settings plus the entry keys:
+///
+/// ```yaml
+/// - jwt_auth: {jwks_url: "https://issuer/jwks"}
+///   on_error: fail_closed
+/// ```
+#[derive(Clone)]
+pub struct ProcessorSpec {
+    name: Arc<str>,
+    settings: Arc<dyn Configured>,
+    on_error: OnError,
+}
+
+impl fmt::Debug for ProcessorSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessorSpec")
+            .field("name", &self.name)
+            .field("settings", &self.settings)
+            .field("on_error", &self.on_error)
+            .finish()
+    }
+}
+
+/// Equal when the names, entry keys and settings (as written) are.
+impl PartialEq for ProcessorSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.on_error == other.on_error
+            && settings_value(&*self.settings).ok() == settings_value(&*other.settings).ok()
+    }
+}
+
+fn settings_value(settings: &dyn Configured) -> Result<serde_json::Value, serde_json::Error> {
+    serde_json::to_value(settings)
+}
+
+impl ProcessorSpec {
+    /// An entry built in code: `settings` under `name` (which should be the name the
+    /// type is registered under, for the config it renders to load again).
+    pub fn new<S: ProcessorSettings>(name: &str, settings: S) -> Self {
+        Self {
+            name: Arc::from(name),
+            settings: Arc::new(settings),
+            on_error: OnError::default(),
+        }
+    }
+
+    /// The same entry with another failure policy.
+    pub fn with_on_error(mut self, on_error: OnError) -> Self {
+        self.on_error = on_error;
+        self
+    }
+
+    /// The registered name (config, metrics, traces, `x-ext-procs-applied`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The entry's failure policy.
+    pub fn on_error(&self) -> OnError {
+        self.on_error
+    }
+
+    /// Builds the processor and appends it to a chain.
+    pub fn add_to(
+        &self,
+        chain: ChainBuilder,
+        ctx: &BuildContext<'_>,
+    ) -> Result<ChainBuilder, String> {
+        let options = ProcessorOptions::new()
+            .named(self.name.clone())
+            .on_error(self.on_error);
+        self.settings.add_to(chain, options, ctx)
+    }
+
+    /// See [`ProcessorSettings::request_header_writes`].
+    pub fn request_header_writes(&self) -> RequestHeaderWrites {
+        self.settings.request_header_writes()
+    }
+
+    /// See [`ProcessorSettings::claim_header_prefix`].
+    pub fn claim_header_prefix(&self) -> Option<&str> {
+        self.settings.claim_header_prefix()
+    }
+
+    /// The entry as `/config` shows it: secrets hidden.
+    pub fn redacted(&self) -> ProcessorSpec {
+        ProcessorSpec {
+            settings: self.settings.redacted(),
+            ..self.clone()
+        }
+    }
+}
+
+/// Written the way it is read: a bare name when there is nothing else to say, else a
+/// map, so a rendered config (`/config`) loads again.
+impl Serialize for ProcessorSpec {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap};
+        let settings = settings_value(&*self.settings).map_err(S::Error::custom)?;
+        let no_settings =
+            matches!(&settings, serde_json::Value::Object(m) if m.is_empty()) || settings.is_null();
+        let default_on_error = self.on_error == OnError::default();
+        if no_settings && default_on_error {
+            return serializer.serialize_str(&self.name);
+        }
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry(&*self.name, &settings)?;
+        if !default_on_error {
+            map.serialize_entry("on_error", &self.on_error)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ProcessorSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(EntryVisitor(in_scope()))
+    }
+}
+
+struct EntryVisitor(Registry);
+
+impl EntryVisitor {
+    fn kind<E: de::Error>(&self, name: &str) -> Result<Arc<dyn Kind>, E> {
+        self.0.kinds.get(name).cloned().ok_or_else(|| {
+            E::custom(format!(
+                "unknown processor `{name}`; registered: {}",
+                self.0.listed()
+            ))
+        })
+    }
+}
+
+impl<'de> Visitor<'de> for EntryVisitor {
+    type Value = ProcessorSpec;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a processor name ({}) or a map of one name to its settings",
+            self.0.listed()
+        )
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<ProcessorSpec, E> {
+        let kind = self.kind(name)?;
+        Ok(ProcessorSpec {
+            name: Arc::from(name),
+            settings: no_settings(&*kind).map_err(E::custom)?,
+            on_error: OnError::default(),
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ProcessorSpec, A::Error> {
+        let mut processor: Option<(Arc<str>, Arc<dyn Configured>)> = None;
+        let mut on_error = None;
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "on_error" => on_error = Some(map.next_value::<OnError>()?),
+                name => {
+                    if let Some((first, _)) = &processor {
+                        return Err(de::Error::custom(format!(
+                            "one processor per list entry: `{first}` and `{name}` (write each as its own `- name: {{...}}`)"
+                        )));
+                    }
+                    let kind = self.kind(name)?;
+                    let settings = map.next_value_seed(SettingsSeed(kind))?;
+                    processor = Some((Arc::from(name), settings));
+                }
+            }
+        }
+        let (name, settings) = processor.ok_or_else(|| {
+            de::Error::custom(format!(
+                "the entry names no processor (one of: {})",
+                self.0.listed()
+            ))
+        })?;
+        Ok(ProcessorSpec {
+            name,
+            settings,
+            on_error: on_error.unwrap_or_default(),
+        })
+    }
+}
+
+/// The settings of a bare name or of `name:` with nothing after it: an empty map, so
+/// a settings type with every field defaulted reads, and one that needs a field says
+/// which.
+fn no_settings(kind: &dyn Kind) -> Result<Arc<dyn Configured>, erased_serde::Error> {
+    let empty = MapDeserializer::<_, erased_serde::Error>::new(std::iter::empty::<((), ())>());
+    kind.read(&mut <dyn erased_serde::Deserializer>::erase(empty))
+}
+
+struct SettingsSeed(Arc<dyn Kind>);
+
+impl<'de> DeserializeSeed<'de> for SettingsSeed {
+    type Value = Arc<dyn Configured>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SettingsSeed {
+    type Value = Arc<dyn Configured>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the processor's settings")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        no_settings(&*self.0).map_err(E::custom)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        no_settings(&*self.0).map_err(E::custom)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        self.0
+            .read(&mut <dyn erased_serde::Deserializer>::erase(deserializer))
+            .map_err(de::Error::custom)
+    }
+}
