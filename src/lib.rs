@@ -13,6 +13,9 @@ pub mod budget;
 pub mod chain;
 pub mod check_envoy;
 pub mod cli;
+/// `when:` conditions: CEL expressions that decide per request whether a processor
+/// entry runs.
+pub mod condition;
 pub mod config;
 pub mod jwks;
 pub mod limits;

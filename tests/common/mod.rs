@@ -194,6 +194,12 @@ impl Gateway {
         Self::launch(None, &[], &[]).await
     }
 
+    /// Another binary running the same command line (a user's gateway with its own
+    /// processors), with only these arguments, on free ports.
+    pub async fn start_binary(bin: &Path, extra: &[&str]) -> Gateway {
+        Self::launch_bin(bin, None, "127.0.0.1:0", extra, &[]).await
+    }
+
     async fn launch(config_yaml: Option<&str>, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
         Self::launch_at(config_yaml, "127.0.0.1:0", extra, env).await
     }
@@ -204,9 +210,20 @@ impl Gateway {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Gateway {
+        let bin = Path::new(env!("CARGO_BIN_EXE_extproc-gateway"));
+        Self::launch_bin(bin, config_yaml, grpc_addr, extra, env).await
+    }
+
+    async fn launch_bin(
+        bin: &Path,
+        config_yaml: Option<&str>,
+        grpc_addr: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let addresses = dir.path().join("addresses.json");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_extproc-gateway"));
+        let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .env_remove("EXTPROC_CONFIG")
             .env_remove("EXTPROC_ADMIN_TOKEN")
