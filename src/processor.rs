@@ -389,6 +389,12 @@ impl RequestCtx {
         slot.state = None;
     }
 
+    /// True the first time it is asked for the processor at `index` on this request:
+    /// its `when:` is decided once, at the first phase it sees.
+    pub(crate) fn first_look(&mut self, index: usize) -> bool {
+        !std::mem::replace(&mut self.slot(index).looked, true)
+    }
+
     /// Whether the processor at chain position `index` is left out of this request.
     pub fn is_skipped(&self, index: usize) -> bool {
         self.slots.get(index).is_some_and(|s| s.skipped)
@@ -423,6 +429,7 @@ impl RequestCtx {
 struct Slot {
     ran: bool,
     skipped: bool,
+    looked: bool,
     state: Option<Box<dyn Any + Send>>,
 }
 

@@ -54,6 +54,7 @@ use serde::de::{self, DeserializeOwned, DeserializeSeed, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::chain::{ChainBuilder, ProcessorOptions};
+use crate::condition::Condition;
 use crate::metrics::Metrics;
 use crate::processor::{OnError, Processor};
 
@@ -314,17 +315,19 @@ impl<S: ProcessorSettings> Configured for S {
 }
 
 /// One entry of a route's `processors:` list: a registered processor with its
-/// settings, and the entry's own keys (`on_error:`). Written as a bare name
+/// settings, and the entry's own keys (`when:`, `on_error:`). Written as a bare name
 /// (`- trivial`), or a map of the name to its settings plus the entry keys:
 ///
 /// ```yaml
 /// - jwt_auth: {jwks_url: "https://issuer/jwks"}
+///   when: request.method != "OPTIONS"   # CEL; false: skipped, its phases not asked for
 ///   on_error: fail_closed
 /// ```
 #[derive(Clone)]
 pub struct ProcessorSpec {
     name: Arc<str>,
     settings: Arc<dyn Configured>,
+    when: Option<Condition>,
     on_error: OnError,
 }
 
@@ -333,6 +336,7 @@ impl fmt::Debug for ProcessorSpec {
         f.debug_struct("ProcessorSpec")
             .field("name", &self.name)
             .field("settings", &self.settings)
+            .field("when", &self.when.as_ref().map(Condition::source))
             .field("on_error", &self.on_error)
             .finish()
     }
@@ -343,6 +347,8 @@ impl PartialEq for ProcessorSpec {
     fn eq(&self, other: &Self) -> bool {
         self.name == other.name
             && self.on_error == other.on_error
+            && self.when.as_ref().map(Condition::source)
+                == other.when.as_ref().map(Condition::source)
             && settings_value(&*self.settings).ok() == settings_value(&*other.settings).ok()
     }
 }
@@ -358,8 +364,15 @@ impl ProcessorSpec {
         Self {
             name: Arc::from(name),
             settings: Arc::new(settings),
+            when: None,
             on_error: OnError::default(),
         }
+    }
+
+    /// The same entry, run only for requests `when` holds for.
+    pub fn with_when(mut self, when: Condition) -> Self {
+        self.when = Some(when);
+        self
     }
 
     /// The same entry with another failure policy.
@@ -378,15 +391,23 @@ impl ProcessorSpec {
         self.on_error
     }
 
+    /// The entry's condition, when it has one.
+    pub fn when(&self) -> Option<&Condition> {
+        self.when.as_ref()
+    }
+
     /// Builds the processor and appends it to a chain.
     pub fn add_to(
         &self,
         chain: ChainBuilder,
         ctx: &BuildContext<'_>,
     ) -> Result<ChainBuilder, String> {
-        let options = ProcessorOptions::new()
+        let mut options = ProcessorOptions::new()
             .named(self.name.clone())
             .on_error(self.on_error);
+        if let Some(when) = &self.when {
+            options = options.when(when.clone());
+        }
         self.settings.add_to(chain, options, ctx)
     }
 
@@ -418,11 +439,14 @@ impl Serialize for ProcessorSpec {
         let no_settings =
             matches!(&settings, serde_json::Value::Object(m) if m.is_empty()) || settings.is_null();
         let default_on_error = self.on_error == OnError::default();
-        if no_settings && default_on_error {
+        if no_settings && default_on_error && self.when.is_none() {
             return serializer.serialize_str(&self.name);
         }
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry(&*self.name, &settings)?;
+        if let Some(when) = &self.when {
+            map.serialize_entry("when", when.source())?;
+        }
         if !default_on_error {
             map.serialize_entry("on_error", &self.on_error)?;
         }
@@ -465,6 +489,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
         Ok(ProcessorSpec {
             name: Arc::from(name),
             settings: no_settings(&*kind).map_err(E::custom)?,
+            when: None,
             on_error: OnError::default(),
         })
     }
@@ -472,9 +497,12 @@ impl<'de> Visitor<'de> for EntryVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ProcessorSpec, A::Error> {
         let mut processor: Option<(Arc<str>, Arc<dyn Configured>)> = None;
         let mut on_error = None;
+        let mut when = None;
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "on_error" => on_error = Some(map.next_value::<OnError>()?),
+                // Compiled now, so a bad expression is an error at its line.
+                "when" => when = Some(map.next_value_seed(ConditionSeed)?),
                 name => {
                     if let Some((first, _)) = &processor {
                         return Err(de::Error::custom(format!(
@@ -496,6 +524,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
         Ok(ProcessorSpec {
             name,
             settings,
+            when,
             on_error: on_error.unwrap_or_default(),
         })
     }
@@ -507,6 +536,19 @@ impl<'de> Visitor<'de> for EntryVisitor {
 fn no_settings(kind: &dyn Kind) -> Result<Arc<dyn Configured>, erased_serde::Error> {
     let empty = MapDeserializer::<_, erased_serde::Error>::new(std::iter::empty::<((), ())>());
     kind.read(&mut <dyn erased_serde::Deserializer>::erase(empty))
+}
+
+/// Reads and compiles a `when:` inside the value's own deserializer, so an error
+/// carries the line of the expression rather than of the entry.
+struct ConditionSeed;
+
+impl<'de> DeserializeSeed<'de> for ConditionSeed {
+    type Value = Condition;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Condition, D::Error> {
+        let source = String::deserialize(deserializer)?;
+        Condition::compile(&source).map_err(de::Error::custom)
+    }
 }
 
 struct SettingsSeed(Arc<dyn Kind>);

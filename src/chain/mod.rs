@@ -17,6 +17,7 @@ use tower::Layer;
 pub use processor_layer::{ProcessorLayer, ProcessorService};
 pub use service::{PhaseFuture, PhaseOutcome, PhaseRequest, PhaseService};
 
+use crate::condition::Condition;
 use crate::metrics::Metrics;
 use crate::phase::{Flow, HeadersPhase, Phase};
 use crate::processor::{OnError, PhaseNeeds, Processor, RequestCtx};
@@ -47,6 +48,7 @@ enum Step {
 pub struct ProcessorOptions {
     name: Option<Arc<str>>,
     on_error: OnError,
+    when: Option<Condition>,
 }
 
 impl ProcessorOptions {
@@ -62,9 +64,18 @@ impl ProcessorOptions {
         self
     }
 
-    /// What a failed hook does to the request.
+    /// What a failed hook (or a condition that cannot be evaluated) does to the
+    /// request.
     pub fn on_error(mut self, on_error: OnError) -> Self {
         self.on_error = on_error;
+        self
+    }
+
+    /// Runs the processor only for requests `when` holds for, decided once per
+    /// request at its request headers: otherwise it neither runs nor asks Envoy for
+    /// its phases.
+    pub fn when(mut self, when: Condition) -> Self {
+        self.when = Some(when);
         self
     }
 }
@@ -156,7 +167,8 @@ impl ChainBuilder {
             let mut layer = ProcessorLayer::new(processor, index)
                 .with_name(name.clone())
                 .with_timeout(chain.timeout)
-                .with_on_error(options.on_error);
+                .with_on_error(options.on_error)
+                .with_when(options.when);
             if let Some((metrics, route)) = &chain.metrics {
                 layer = layer.with_metrics(metrics.processor(route, &name));
             }

@@ -17,6 +17,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use super::service::{PhaseFuture, PhaseOutcome, PhaseRequest, PhaseService};
+use crate::condition::Condition;
 use crate::metrics::{Failure, ProcessorMetrics, Skipped};
 use crate::phase::{Flow, ImmediateResponse, Mutations, Phase};
 use crate::processor::{HookResult, OnError, PhaseNeeds, Processor, ProcessorError};
@@ -29,6 +30,7 @@ pub struct ProcessorLayer<P> {
     metrics: Option<ProcessorMetrics>,
     timeout: Option<Duration>,
     on_error: OnError,
+    when: Option<Condition>,
 }
 
 impl<P: Processor> ProcessorLayer<P> {
@@ -42,6 +44,7 @@ impl<P: Processor> ProcessorLayer<P> {
             metrics: None,
             timeout: None,
             on_error: OnError::default(),
+            when: None,
         }
     }
 
@@ -71,6 +74,12 @@ impl<P: Processor> ProcessorLayer<P> {
         self.on_error = on_error;
         self
     }
+
+    /// Runs the processor only for requests `when` holds for.
+    pub fn with_when(mut self, when: Option<Condition>) -> Self {
+        self.when = when;
+        self
+    }
 }
 
 impl<P> Clone for ProcessorLayer<P> {
@@ -82,6 +91,7 @@ impl<P> Clone for ProcessorLayer<P> {
             metrics: self.metrics.clone(),
             timeout: self.timeout,
             on_error: self.on_error,
+            when: self.when.clone(),
         }
     }
 }
@@ -99,6 +109,7 @@ impl<P: Processor> Layer<PhaseService> for ProcessorLayer<P> {
                 metrics: self.metrics.clone(),
                 timeout: self.timeout,
                 on_error: self.on_error,
+                when: self.when.clone(),
             }),
             inner,
         }
@@ -113,6 +124,7 @@ struct Shared<P> {
     metrics: Option<ProcessorMetrics>,
     timeout: Option<Duration>,
     on_error: OnError,
+    when: Option<Condition>,
 }
 
 /// The service a [`ProcessorLayer`] produces.
@@ -144,6 +156,15 @@ impl<P: Processor> Service<PhaseRequest> for ProcessorService<P> {
         if req.ctx.is_skipped(shared.index) {
             return self.inner.run(req);
         }
+        if shared.when.is_some() && req.ctx.first_look(shared.index) {
+            match shared.decide(&mut req) {
+                Decided::Run => {}
+                Decided::Skip => return self.inner.run(req),
+                Decided::Respond(flow) => {
+                    return Box::pin(std::future::ready(Ok(req.finish(flow))))
+                }
+            }
+        }
         if !shared.needs.wants(req.phase.kind()) {
             if let Phase::RequestHeaders(_) = req.phase {
                 // Its needs cannot depend on headers it does not read.
@@ -169,9 +190,64 @@ enum Failed {
     Error(ProcessorError),
     Panic,
     Timeout,
+    Condition(String),
+}
+
+/// What the processor's `when:` decided for a request.
+enum Decided {
+    Run,
+    Skip,
+    Respond(Flow),
 }
 
 impl<P: Processor> Shared<P> {
+    /// Evaluates `when:` on the first phase the processor sees (the request headers,
+    /// as this processor sees them, unless Envoy skipped them). False leaves it out of
+    /// the request before it adds its needs, so Envoy is not asked for its phases.
+    fn decide(&self, req: &mut PhaseRequest) -> Decided {
+        let Some(when) = &self.when else {
+            return Decided::Run;
+        };
+        let held;
+        let headers = match &req.phase {
+            Phase::RequestHeaders(h) => &h.headers,
+            _ => {
+                held = req.ctx.request_headers().clone();
+                &held
+            }
+        };
+        match when.evaluate(&req.ctx, headers) {
+            Ok(true) => Decided::Run,
+            Ok(false) => {
+                req.ctx.skip(self.index);
+                if let Some(m) = &self.metrics {
+                    m.skipped(Skipped::WhenFalse);
+                }
+                Decided::Skip
+            }
+            Err(e) => {
+                let span = tracing::debug_span!(
+                    "ext_proc.processor",
+                    otel.name = %format_args!("processor {}", self.name),
+                    processor = &*self.name,
+                    phase = req.phase.kind().as_str(),
+                    outcome = tracing::field::Empty,
+                    error = tracing::field::Empty,
+                );
+                match self.fail(req, Failed::Condition(e.to_string()), &span) {
+                    Flow::Continue => Decided::Skip,
+                    Flow::Respond(r) => {
+                        span.record("outcome", format_args!("respond {}", r.status));
+                        if let Some(m) = &self.metrics {
+                            m.responded(r.status);
+                        }
+                        Decided::Respond(Flow::Respond(r))
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs the hook with its span, time limit, panic guard, failure policy and metrics.
     async fn run(&self, req: &mut PhaseRequest) -> Flow {
         let kind = req.phase.kind();
@@ -250,6 +326,12 @@ impl<P: Processor> Shared<P> {
                 504,
                 format!("processor {name} timed out"),
                 "timed out".to_string(),
+            ),
+            Failed::Condition(message) => (
+                Failure::Condition,
+                500,
+                format!("condition of processor {name} failed"),
+                message.clone(),
             ),
         };
         span.record("error", message.as_str());

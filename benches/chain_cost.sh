@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Old vs new cost of one stream through the chain bench (benches/chain.rs: request
+# headers and response headers through the exchange, trivial + timer + digest and the
+# protobuf encoding, in process), without and with metrics: each side's own bench
+# built from its own revision (an older revision exported with `git archive`), run
+# interleaved (old, new, old, new, ...); each round's median, then the median of the
+# round medians and the ratio.
+#   benches/chain_cost.sh ROUNDS OLD_REV
+# Both builds share CARGO_TARGET_DIR (default ./target), so dependencies build once.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ $# -ne 2 ]; then
+    echo "usage: $0 ROUNDS OLD_REV" >&2
+    exit 2
+fi
+rounds="$1"
+old_rev="$2"
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+export CARGO_TARGET_DIR="$target"
+old_dir="$(mktemp -d)"
+trap 'rm -rf "$old_dir"' EXIT
+git archive "$old_rev" | tar -x -C "$old_dir"
+# Another package name, so the old build's artifacts do not share names (and cargo's
+# freshness checks) with the new one's in the shared target directory.
+sed -i '0,/^name = "extproc-gateway"/s//name = "extproc-gateway-old"/' "$old_dir/Cargo.toml"
+echo "old: $(git rev-parse --short "$old_rev"), new: working tree; building both" >&2
+(cd "$old_dir" && cargo bench --bench chain --no-run) >/dev/null 2>&1
+cargo bench --bench chain --no-run >/dev/null 2>&1
+benches=(no_metrics metrics)
+median() {
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["median"]["point_estimate"])' \
+        "$target/criterion/two_messages/$1/new/estimates.json"
+}
+results="$(mktemp)"
+for i in $(seq 1 "$rounds"); do
+    for side in old new; do
+        dir="$PWD"
+        [ "$side" = old ] && dir="$old_dir"
+        (cd "$dir" && cargo bench --bench chain -- --warm-up-time 1 --measurement-time 3 'two_messages/') >/dev/null 2>&1
+        for b in "${benches[@]}"; do
+            m="$(median "$b")"
+            echo "$b $side $m" >>"$results"
+            printf 'round %d: %-12s %s %10.0f ns\n' "$i" "$b" "$side" "$m"
+        done
+    done
+done
+python3 - "$results" <<'PY'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+for bench in dict.fromkeys(r[0] for r in rows):
+    old = [float(r[2]) for r in rows if r[0] == bench and r[1] == "old"]
+    new = [float(r[2]) for r in rows if r[0] == bench and r[1] == "new"]
+    mo, mn = statistics.median(old), statistics.median(new)
+    print(f"{bench}: median of {len(old)} interleaved rounds: old {mo:,.0f} ns, new {mn:,.0f} ns, new/old {mn / mo:.3f}")
+PY
+rm -f "$results"
