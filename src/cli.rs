@@ -198,7 +198,7 @@ pub fn run(registry: Registry) -> ExitCode {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             tracing::info!(%addr, "echo upstream serving");
             tokio::select! {
-                r = crate::testing::upstream::serve(listener) => r?,
+                r = crate::upstream::serve(listener) => r?,
                 _ = server::shutdown_signal() => {}
             }
             Ok(())

@@ -24,7 +24,7 @@ use rustls_pki_types::{CertificateDer, SubjectPublicKeyInfoDer};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
-use crate::metrics::JwksMetrics;
+use crate::metrics::{FetchResult, JwksMetrics, UnknownKid};
 
 /// What kind of key this is, which decides the algorithms it may verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -472,77 +472,6 @@ fn remember(source: &UrlSource, keys: &Arc<KeySet>) {
         source.ca_file.clone(),
         Arc::downgrade(keys),
     ));
-}
-
-/// How one JWKS fetch ended (label `result` of `extproc_jwks_fetches_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchResult {
-    /// A usable JWKS arrived (new or the same as before).
-    Ok,
-    /// No complete answer before the fetch deadline (connect, headers or body).
-    Timeout,
-    /// The body is larger than `max_jwks_bytes`.
-    TooLarge,
-    /// The server answered with a status other than 2xx.
-    HttpStatus,
-    /// Connecting, TLS or HTTP failed.
-    Transport,
-    /// The body is not JSON, not a JWKS, or holds no usable key.
-    Invalid,
-}
-
-impl FetchResult {
-    /// Every value, for exporting each series at 0 from the start.
-    pub const ALL: [FetchResult; 6] = [
-        FetchResult::Ok,
-        FetchResult::Timeout,
-        FetchResult::TooLarge,
-        FetchResult::HttpStatus,
-        FetchResult::Transport,
-        FetchResult::Invalid,
-    ];
-
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FetchResult::Ok => "ok",
-            FetchResult::Timeout => "timeout",
-            FetchResult::TooLarge => "too_large",
-            FetchResult::HttpStatus => "http_status",
-            FetchResult::Transport => "transport",
-            FetchResult::Invalid => "invalid",
-        }
-    }
-}
-
-/// What became of a token naming a `kid` the keys lack (label `outcome` of
-/// `extproc_jwks_unknown_kid_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnknownKid {
-    /// It started a fetch and waited for it.
-    Refetched,
-    /// A fetch was already under way: refused without waiting.
-    InFlight,
-    /// The last refetch started less than `min_refetch_interval` ago: refused.
-    RateLimited,
-}
-
-impl UnknownKid {
-    /// Every value, for exporting each series at 0 from the start.
-    pub const ALL: [UnknownKid; 3] = [
-        UnknownKid::Refetched,
-        UnknownKid::InFlight,
-        UnknownKid::RateLimited,
-    ];
-
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UnknownKid::Refetched => "refetched",
-            UnknownKid::InFlight => "in_flight",
-            UnknownKid::RateLimited => "rate_limited",
-        }
-    }
 }
 
 /// A failed fetch: its metric label and a description that never quotes the body.

@@ -4,7 +4,7 @@
 //! The crate is both the `extproc-gateway` binary and a library: implement
 //! [`Processor`](processor::Processor) for your own logic, stack it with the built-in
 //! [`processors`] in a [`Chain`](chain::Chain), and test it with the in-process
-//! [`testing::Driver`] that plays Envoy's side of the stream.
+//! [`testing::Driver`] that plays Envoy's side of the stream (feature `testing`).
 
 #![warn(missing_docs)]
 
@@ -18,6 +18,8 @@ pub mod cli;
 pub mod condition;
 pub mod config;
 pub mod jwks;
+pub mod limits;
+pub mod live;
 pub mod metrics;
 pub mod modes;
 pub mod path;
@@ -25,12 +27,17 @@ pub mod phase;
 pub mod processor;
 #[path = "../processors/mod.rs"]
 pub mod processors;
+#[doc(hidden)]
 pub mod proto;
 pub mod registry;
 pub mod router;
 pub mod server;
 pub mod telemetry;
+// Documented whatever the features, so the docs show the test driver.
+#[cfg(any(test, doc, feature = "testing"))]
 pub mod testing;
+pub mod upstream;
+#[doc(hidden)]
 pub mod wire;
 
 /// The names a processor author needs, in one import.

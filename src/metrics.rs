@@ -11,7 +11,6 @@ use prometheus::{
 };
 use serde::Serialize;
 
-use crate::jwks::{FetchResult, UnknownKid};
 use crate::modes::{ModeMismatch, Violation};
 use crate::path::PathRefusal;
 use crate::phase::PhaseKind;
@@ -222,7 +221,7 @@ impl Metrics {
         for result in ["loaded", "failed"] {
             m.tls_reloads.with_label_values(&[result]);
         }
-        for limit in crate::server::limits::Limit::ALL {
+        for limit in crate::limits::Limit::ALL {
             m.limits.with_label_values(&[limit.as_str()]);
         }
         for reason in PathRefusal::ALL {
@@ -337,7 +336,7 @@ impl Metrics {
     }
 
     /// Counts a stream or message refused by a server limit.
-    pub fn limit_hit(&self, limit: crate::server::limits::Limit) {
+    pub fn limit_hit(&self, limit: crate::limits::Limit) {
         self.limits.with_label_values(&[limit.as_str()]).inc();
     }
 
@@ -582,6 +581,77 @@ impl PathRefusalMetrics {
     pub fn refused(&self, reason: PathRefusal) {
         if let Some(c) = self.0.get(reason.index()) {
             c.inc();
+        }
+    }
+}
+
+/// How one JWKS fetch ended (label `result` of `extproc_jwks_fetches_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchResult {
+    /// A usable JWKS arrived (new or the same as before).
+    Ok,
+    /// No complete answer before the fetch deadline (connect, headers or body).
+    Timeout,
+    /// The body is larger than `max_jwks_bytes`.
+    TooLarge,
+    /// The server answered with a status other than 2xx.
+    HttpStatus,
+    /// Connecting, TLS or HTTP failed.
+    Transport,
+    /// The body is not JSON, not a JWKS, or holds no usable key.
+    Invalid,
+}
+
+impl FetchResult {
+    /// Every value, for exporting each series at 0 from the start.
+    pub const ALL: [FetchResult; 6] = [
+        FetchResult::Ok,
+        FetchResult::Timeout,
+        FetchResult::TooLarge,
+        FetchResult::HttpStatus,
+        FetchResult::Transport,
+        FetchResult::Invalid,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FetchResult::Ok => "ok",
+            FetchResult::Timeout => "timeout",
+            FetchResult::TooLarge => "too_large",
+            FetchResult::HttpStatus => "http_status",
+            FetchResult::Transport => "transport",
+            FetchResult::Invalid => "invalid",
+        }
+    }
+}
+
+/// What became of a token naming a `kid` the keys lack (label `outcome` of
+/// `extproc_jwks_unknown_kid_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownKid {
+    /// It started a fetch and waited for it.
+    Refetched,
+    /// A fetch was already under way: refused without waiting.
+    InFlight,
+    /// The last refetch started less than `min_refetch_interval` ago: refused.
+    RateLimited,
+}
+
+impl UnknownKid {
+    /// Every value, for exporting each series at 0 from the start.
+    pub const ALL: [UnknownKid; 3] = [
+        UnknownKid::Refetched,
+        UnknownKid::InFlight,
+        UnknownKid::RateLimited,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnknownKid::Refetched => "refetched",
+            UnknownKid::InFlight => "in_flight",
+            UnknownKid::RateLimited => "rate_limited",
         }
     }
 }

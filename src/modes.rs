@@ -7,7 +7,7 @@
 //! FULL_DUPLEX_STREAMED), so the gateway plans with what it asked for but believes
 //! only what arrives.
 
-use crate::processor::BodyNeed;
+use crate::processor::{BodyNeed, PhaseNeeds};
 
 /// One of Envoy's `ProcessingMode.BodySendMode` values.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -43,7 +43,7 @@ impl BodyMode {
     }
 
     /// The protobuf enum value.
-    pub fn as_i32(self) -> i32 {
+    pub const fn as_i32(self) -> i32 {
         match self {
             BodyMode::None => 0,
             BodyMode::Streamed => 1,
@@ -64,6 +64,20 @@ impl BodyMode {
             BodyMode::FullDuplexStreamed => "FULL_DUPLEX_STREAMED",
             BodyMode::Grpc => "GRPC",
         }
+    }
+
+    /// From Envoy's name, as its config writes it (`None` for a name Envoy does not
+    /// know).
+    pub fn from_name(name: &str) -> Option<BodyMode> {
+        Some(match name {
+            "NONE" => BodyMode::None,
+            "STREAMED" => BodyMode::Streamed,
+            "BUFFERED" => BodyMode::Buffered,
+            "BUFFERED_PARTIAL" => BodyMode::BufferedPartial,
+            "FULL_DUPLEX_STREAMED" => BodyMode::FullDuplexStreamed,
+            "GRPC" => BodyMode::Grpc,
+            _ => return None,
+        })
     }
 
     /// A mode a `mode_override` cannot switch out of (Envoy ignores every override
@@ -94,6 +108,75 @@ impl BodyMode {
             (BodyNeed::Streamed, current) => current,
             (BodyNeed::Buffered, BodyMode::BufferedPartial) => BodyMode::Streamed,
             (BodyNeed::Buffered, _) => BodyMode::Buffered,
+        }
+    }
+}
+
+/// The body modes of one stream, one per direction: what the filter is configured
+/// with, or what is in force once an override was sent. The shape of a body answer
+/// depends on it (full duplex echoes the chunk, BUFFERED fixes `content-length`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BodyModes {
+    /// Request body.
+    pub request: BodyMode,
+    /// Response body.
+    pub response: BodyMode,
+}
+
+impl BodyModes {
+    /// The mode of one direction.
+    pub fn get(&self, request: bool) -> BodyMode {
+        if request {
+            self.request
+        } else {
+            self.response
+        }
+    }
+}
+
+/// What the gateway asks Envoy to send for the rest of one request: the
+/// `mode_override` of its request-headers answer, in the terms of [`PhaseNeeds`].
+/// Headers and trailers are sent (`true`, Envoy's SEND) or skipped (SKIP); bodies come
+/// in a [`BodyMode`]. The request headers are always asked for (they are what is being
+/// answered), so they have no field.
+///
+/// Envoy may ignore it (see the module docs): the gateway remembers what it asked
+/// for, and believes only what arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModeOverride {
+    /// Whether the response headers are sent.
+    pub response_headers: bool,
+    /// How the request body is sent.
+    pub request_body: BodyMode,
+    /// How the response body is sent.
+    pub response_body: BodyMode,
+    /// Whether the request trailers are sent.
+    pub request_trailers: bool,
+    /// Whether the response trailers are sent.
+    pub response_trailers: bool,
+}
+
+impl ModeOverride {
+    /// Exactly what a chain that `needs` these phases must be sent, within what Envoy
+    /// can switch to from the filter's `configured` body modes (see
+    /// [`BodyMode::ask_for`]): a route that never reads a body is never sent one.
+    pub fn for_needs(needs: PhaseNeeds, configured: BodyModes) -> ModeOverride {
+        let request_body = configured.request.ask_for(needs.request_body);
+        let response_body = configured.response.ask_for(needs.response_body);
+        ModeOverride {
+            response_headers: needs.response_headers,
+            request_body,
+            response_body,
+            // Trailers end a body that comes without end_of_stream (a streamed one, or
+            // a buffered one followed by trailers): a chain that reads a body also
+            // hears them, so it knows the body is over. FULL_DUPLEX_STREAMED requires
+            // them.
+            request_trailers: needs.request_trailers
+                || configured.request.is_fixed()
+                || request_body != BodyMode::None,
+            response_trailers: needs.response_trailers
+                || configured.response.is_fixed()
+                || response_body != BodyMode::None,
         }
     }
 }
@@ -239,6 +322,47 @@ mod tests {
         );
         assert_eq!(Grpc.ask_for(BodyNeed::Buffered), Buffered);
         assert_eq!(Grpc.ask_for(BodyNeed::None), None);
+    }
+
+    #[test]
+    fn override_asks_only_for_needed_phases() {
+        let m = ModeOverride::for_needs(PhaseNeeds::HEADERS, BodyModes::default());
+        assert_eq!(m.request_body, BodyMode::None);
+        assert_eq!(m.response_body, BodyMode::None);
+        assert!(m.response_headers);
+        assert!(!m.request_trailers);
+        let needs = PhaseNeeds {
+            request_body: BodyNeed::Buffered,
+            response_body: BodyNeed::Streamed,
+            ..PhaseNeeds::HEADERS
+        };
+        let m = ModeOverride::for_needs(needs, BodyModes::default());
+        assert_eq!(m.request_body, BodyMode::Buffered);
+        assert_eq!(m.response_body, BodyMode::Streamed);
+        let duplex = BodyModes {
+            request: BodyMode::FullDuplexStreamed,
+            response: BodyMode::Buffered,
+        };
+        let m = ModeOverride::for_needs(needs, duplex);
+        assert_eq!(m.request_body, BodyMode::FullDuplexStreamed);
+        assert_eq!(m.response_body, BodyMode::Buffered);
+        let partial = BodyModes {
+            request: BodyMode::BufferedPartial,
+            response: BodyMode::BufferedPartial,
+        };
+        let m = ModeOverride::for_needs(needs, partial);
+        assert_eq!(m.request_body, BodyMode::Streamed);
+        assert_eq!(m.response_body, BodyMode::Streamed);
+        assert!(m.request_trailers);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for v in 0..6 {
+            let mode = BodyMode::from_i32(v);
+            assert_eq!(BodyMode::from_name(mode.as_str()), Some(mode));
+        }
+        assert_eq!(BodyMode::from_name("SOMETIMES"), None);
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! Code generated from `proto/` (the ext_proc v3 API, wire-compatible with Envoy's).
-//! Only the wire module and the server use it; processors never see these types.
+//! Only `wire` reads or writes the messages' fields; the gRPC and HTTP transports name
+//! the messages only to move them whole. Hidden from the docs and not part of the
+//! library's API (the project's tests use it to speak protobuf to the gateway);
+//! processors never see these types.
 #![allow(missing_docs, clippy::all)]
 
 /// Envoy's API packages, nested as their protobuf package names.

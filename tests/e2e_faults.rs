@@ -163,8 +163,7 @@ fn classify(id: &str, method: &str, path: &str, body: &[u8], r: &Result<Resp, St
     if r.status != 200 {
         return Seen::Wrong;
     }
-    let Ok(echoed) = serde_json::from_slice::<extproc_gateway::testing::upstream::Echoed>(&r.body)
-    else {
+    let Ok(echoed) = serde_json::from_slice::<extproc_gateway::upstream::Echoed>(&r.body) else {
         return Seen::Wrong;
     };
     if echoed.path != path

@@ -358,7 +358,7 @@ impl Planned {
                 Err(format!("{what}: {got:?}, want {want:?}"))
             }
         };
-        let up: extproc_gateway::testing::upstream::Echoed =
+        let up: extproc_gateway::upstream::Echoed =
             serde_json::from_slice(&r.body).map_err(|e| format!("not an upstream echo: {e}"))?;
         let uh = |k: &str| up.headers.get(k).map(String::as_str);
         eq("upstream path", Some(&up.path), &self.path)?;

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use extproc_gateway::modes::BodyMode;
 use extproc_gateway::prelude::*;
 use extproc_gateway::processors::digest::DigestBodyMode;
 use extproc_gateway::processors::*;
@@ -15,10 +16,12 @@ use extproc_gateway::proto::core::header_value_option::HeaderAppendAction;
 use extproc_gateway::proto::core::{HeaderMap, HeaderValue, HeaderValueOption};
 use extproc_gateway::proto::ext_proc::{
     body_mutation, processing_request::Request, processing_response::Response as R, HttpBody,
-    HttpHeaders, HttpTrailers, ProcessingRequest, ProtocolConfiguration, StreamedBodyResponse,
+    HttpHeaders, HttpTrailers, ProcessingRequest, ProcessingResponse, ProtocolConfiguration,
+    StreamedBodyResponse,
 };
 use extproc_gateway::server::ExchangeError;
 use extproc_gateway::testing::{Answer, Driver};
+use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 
 // ---------------------------------------------------------------------------------
@@ -338,9 +341,15 @@ fn values<'a>(answer: &'a Answer, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The answer as Envoy receives it: the protobuf message, decoded from its bytes.
+fn raw(answer: &Answer) -> ProcessingResponse {
+    ProcessingResponse::decode(&answer.encoded()[..]).expect("a ProcessingResponse")
+}
+
 /// The raw header options of any answer (immediate responses included).
 fn raw_set_headers(answer: &Answer) -> Vec<HeaderValueOption> {
-    let mutation = match &answer.raw.response {
+    let raw = raw(answer);
+    let mutation = match &raw.response {
         Some(R::RequestHeaders(h)) | Some(R::ResponseHeaders(h)) => {
             h.response.as_ref().and_then(|c| c.header_mutation.as_ref())
         }
@@ -364,7 +373,8 @@ fn append_action(answer: &Answer, name: &str) -> Vec<i32> {
 
 /// The full-duplex body carried by a body answer.
 fn streamed(answer: &Answer) -> Option<StreamedBodyResponse> {
-    let common = match &answer.raw.response {
+    let raw = raw(answer);
+    let common = match &raw.response {
         Some(R::RequestBody(b)) | Some(R::ResponseBody(b)) => b.response.as_ref()?,
         _ => return None,
     };
@@ -705,11 +715,11 @@ async fn applied_header_alone_decides_whether_response_headers_are_asked_for() {
         .processor(Custom::recorder("req-only", REQUEST_HEADERS_ONLY, &log))
         .build()
         .unwrap();
-    let mode = |a: Answer| a.mode_override.expect("mode_override").response_header_mode;
+    let sent = |a: Answer| a.mode_override.expect("mode_override").response_headers;
     let mut envoy = Driver::new(on);
-    assert_eq!(mode(envoy.request_headers(&GET, true).await.unwrap()), 1);
+    assert!(sent(envoy.request_headers(&GET, true).await.unwrap()));
     let mut envoy = Driver::new(off);
-    assert_eq!(mode(envoy.request_headers(&GET, true).await.unwrap()), 2);
+    assert!(!sent(envoy.request_headers(&GET, true).await.unwrap()));
 }
 
 // ---------------------------------------------------------------------------------
@@ -1095,7 +1105,7 @@ async fn full_duplex_echoes_each_chunk_and_ignores_chunks_after_end_of_stream() 
         .unwrap()
         .expect("answer");
     let mode = answer.mode_override.expect("mode_override");
-    assert_eq!(mode.request_body_mode, FDX);
+    assert_eq!(mode.request_body, BodyMode::FullDuplexStreamed);
 
     let answer = envoy.request_body("hello ", false).await.unwrap();
     assert_eq!(answer.kind, Some(PhaseKind::RequestBody));
@@ -1139,8 +1149,8 @@ async fn full_duplex_is_kept_even_when_no_processor_reads_the_body() {
         .unwrap()
         .expect("answer");
     let mode = answer.mode_override.expect("mode_override");
-    assert_eq!(mode.request_body_mode, FDX);
-    assert_eq!(mode.response_body_mode, FDX);
+    assert_eq!(mode.request_body, BodyMode::FullDuplexStreamed);
+    assert_eq!(mode.response_body, BodyMode::FullDuplexStreamed);
     let answer = envoy.request_body("x", true).await.unwrap();
     assert_eq!(answer.body.as_deref(), Some(&b"x"[..]));
     assert!(streamed(&answer).expect("streamed").end_of_stream);
@@ -1226,7 +1236,10 @@ async fn buffered_body_replacement_sets_content_length() {
         )
         .await
         .unwrap();
-    assert_eq!(answer.mode_override.unwrap().request_body_mode, 2);
+    assert_eq!(
+        answer.mode_override.unwrap().request_body,
+        BodyMode::Buffered
+    );
     let answer = envoy.request_body("abc", true).await.unwrap();
     assert_eq!(answer.body.as_deref(), Some(&b"a much longer body"[..]));
     assert_eq!(values(&answer, "content-length"), ["18"]);
@@ -1284,7 +1297,10 @@ async fn streamed_body_replacement_leaves_content_length_alone() {
         .request_headers(&[(":method", "POST"), (":path", "/")], false)
         .await
         .unwrap();
-    assert_eq!(answer.mode_override.unwrap().request_body_mode, 1);
+    assert_eq!(
+        answer.mode_override.unwrap().request_body,
+        BodyMode::Streamed
+    );
     let answer = envoy.request_body("abc", true).await.unwrap();
     assert_eq!(answer.body.as_deref(), Some(&b"a much longer body"[..]));
     assert!(values(&answer, "content-length").is_empty());
@@ -1299,18 +1315,24 @@ async fn mode_override_for_a_headers_only_chain() {
     let mut envoy = Driver::new(trivial_chain());
     let answer = envoy.request_headers(&GET, false).await.unwrap();
     let mode = answer.mode_override.expect("mode_override");
-    assert_eq!(mode.request_header_mode, 1);
-    assert_eq!(mode.response_header_mode, 1);
-    assert_eq!(mode.request_body_mode, 0);
-    assert_eq!(mode.response_body_mode, 0);
-    assert_eq!(mode.request_trailer_mode, 2);
-    assert_eq!(mode.response_trailer_mode, 2);
+    assert!(mode.response_headers);
+    assert_eq!(mode.request_body, BodyMode::None);
+    assert_eq!(mode.response_body, BodyMode::None);
+    assert!(!mode.request_trailers);
+    assert!(!mode.response_trailers);
+    // On the wire: SEND (1) for the request headers, SKIP (2) rather than DEFAULT for
+    // what is not needed.
+    let wire = raw(&answer).mode_override.expect("mode_override");
+    assert_eq!(wire.request_header_mode, 1);
+    assert_eq!(wire.response_header_mode, 1);
+    assert_eq!(wire.request_trailer_mode, 2);
+    assert_eq!(wire.response_trailer_mode, 2);
     let answer = envoy
         .response_headers(&[(":status", "200")], true)
         .await
         .unwrap();
     assert!(answer.mode_override.is_none());
-    assert!(answer.raw.mode_override.is_none());
+    assert!(raw(&answer).mode_override.is_none());
 }
 
 #[tokio::test]
@@ -1327,15 +1349,15 @@ async fn mode_override_follows_the_digest_body_mode() {
         .unwrap()
         .mode_override
         .expect("mode_override");
-    assert_eq!(mode.request_body_mode, 2);
-    assert_eq!(mode.response_body_mode, 0);
+    assert_eq!(mode.request_body, BodyMode::Buffered);
+    assert_eq!(mode.response_body, BodyMode::None);
     let answer = envoy.request_body("b", true).await.unwrap();
-    assert!(answer.raw.mode_override.is_none());
+    assert!(raw(&answer).mode_override.is_none());
     let answer = envoy
         .response_headers(&[(":status", "200")], true)
         .await
         .unwrap();
-    assert!(answer.raw.mode_override.is_none());
+    assert!(raw(&answer).mode_override.is_none());
 
     let streamed = Digest::new(DigestSettings {
         body_mode: DigestBodyMode::Streamed,
@@ -1347,9 +1369,9 @@ async fn mode_override_follows_the_digest_body_mode() {
         .unwrap()
         .mode_override
         .expect("mode_override");
-    assert_eq!(mode.request_body_mode, 1);
+    assert_eq!(mode.request_body, BodyMode::Streamed);
     let answer = envoy.request_body("b", false).await.unwrap();
-    assert!(answer.raw.mode_override.is_none());
+    assert!(raw(&answer).mode_override.is_none());
 }
 
 #[tokio::test]
@@ -1367,10 +1389,10 @@ async fn mode_override_asks_for_trailers_when_needed() {
         .unwrap()
         .mode_override
         .expect("mode_override");
-    assert_eq!(mode.request_trailer_mode, 1);
-    assert_eq!(mode.response_trailer_mode, 1);
-    assert_eq!(mode.request_body_mode, 1);
-    assert_eq!(mode.response_body_mode, 1);
+    assert!(mode.request_trailers);
+    assert!(mode.response_trailers);
+    assert_eq!(mode.request_body, BodyMode::Streamed);
+    assert_eq!(mode.response_body, BodyMode::Streamed);
 }
 
 // ---------------------------------------------------------------------------------
@@ -1801,8 +1823,8 @@ async fn echo_answers_a_request_whose_body_ends_with_trailers() {
         .await
         .unwrap();
     let mode = answer.mode_override.expect("mode_override");
-    assert_eq!(
-        mode.request_trailer_mode, 1,
+    assert!(
+        mode.request_trailers,
         "echo must ask for request trailers to learn that the body ended"
     );
     envoy.request_body("hello", false).await.unwrap();
@@ -1917,10 +1939,11 @@ async fn partial_is_never_upgraded_and_a_lone_chunk_before_trailers_is_not_prese
         .unwrap();
     let mode = a.mode_override.expect("mode_override");
     assert_eq!(
-        mode.request_body_mode, STREAMED,
+        mode.request_body,
+        BodyMode::Streamed,
         "PARTIAL is asked as STREAMED, never BUFFERED"
     );
-    assert_eq!(mode.request_trailer_mode, 1, "trailers end a streamed body");
+    assert!(mode.request_trailers, "trailers end a streamed body");
     // One chunk without end_of_stream: a STREAMED chunk, or a PARTIAL prefix if Envoy
     // kept its mode. Trailers follow either way.
     envoy.send(message(req_body("first", false))).await.unwrap();
@@ -2023,7 +2046,7 @@ async fn a_body_envoy_does_not_send_gets_no_digest_and_is_counted() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(a.mode_override.unwrap().request_body_mode, BUFFERED);
+    assert_eq!(a.mode_override.unwrap().request_body, BodyMode::Buffered);
     // allow_mode_override off: Envoy sends no body, the response comes next.
     let resp = envoy
         .send(message(resp_headers(&[(":status", "200")], true)))

@@ -13,7 +13,6 @@ use extproc_gateway::proto::ext_proc::{
     processing_request::Request as Req, processing_response::Response as Resp, HttpBody,
     HttpHeaders, HttpTrailers, ProcessingRequest, ProcessingResponse,
 };
-use extproc_gateway::testing::header_map;
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

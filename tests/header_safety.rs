@@ -15,6 +15,7 @@ use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use extproc_gateway::modes::BodyMode;
 use extproc_gateway::prelude::*;
 use extproc_gateway::processors::{
     ContextCheck, Digest, Echo, HeaderEdits, HeaderInstructions, HeadersSettings, JwtAuth,
@@ -25,9 +26,10 @@ use extproc_gateway::proto::ext_proc::{
     processing_request, processing_response, HeaderMutation, HttpBody, HttpHeaders,
     ProcessingRequest, ProcessingResponse,
 };
-use extproc_gateway::testing::Driver;
+use extproc_gateway::testing::{Answer, Driver};
 use jwt_helpers::*;
 use proptest::prelude::*;
+use prost::Message as _;
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------
@@ -327,8 +329,10 @@ fn check_mutation(m: &HeaderMutation, at: &str) -> Result<(), TestCaseError> {
 
 /// The answer is of the message's kind (or an immediate response), and every header
 /// it sets or removes is valid. Returns whether the exchange is over.
-fn check_answer(answer: &ProcessingResponse, expected: &str) -> Result<bool, TestCaseError> {
+fn check_answer(answer: &Answer, expected: &str) -> Result<bool, TestCaseError> {
     use processing_response::Response as R;
+    let answer = ProcessingResponse::decode(&answer.encoded()[..])
+        .map_err(|e| TestCaseError::fail(format!("{expected}: undecodable answer: {e}")))?;
     let response = answer
         .response
         .as_ref()
@@ -416,12 +420,15 @@ async fn exchange(case: &Case) -> Result<(), TestCaseError> {
         .await
         .map_err(|e| TestCaseError::fail(format!("{name}: request headers refused: {e}")))?
         .ok_or_else(|| TestCaseError::fail(format!("{name}: no answer to request headers")))?;
-    if check_answer(&answer.raw, "request_headers")? {
+    if check_answer(&answer, "request_headers")? {
         return Ok(());
     }
     // Envoy sends what the gateway asked for (allow_mode_override: true).
-    let mode = answer.mode_override.unwrap_or_default();
-    if let (Some(body), false) = (&case.request_body, mode.request_body_mode == 0) {
+    let mode = answer.mode_override;
+    let sent = |body: fn(&extproc_gateway::modes::ModeOverride) -> BodyMode| {
+        mode.as_ref().is_some_and(|m| body(m) != BodyMode::None)
+    };
+    if let (Some(body), true) = (&case.request_body, sent(|m| m.request_body)) {
         let answer = d
             .send(message(processing_request::Request::RequestBody(
                 HttpBody {
@@ -433,12 +440,12 @@ async fn exchange(case: &Case) -> Result<(), TestCaseError> {
             .await
             .map_err(|e| TestCaseError::fail(format!("{name}: request body refused: {e}")))?
             .ok_or_else(|| TestCaseError::fail(format!("{name}: no answer to request body")))?;
-        if check_answer(&answer.raw, "request_body")? {
+        if check_answer(&answer, "request_body")? {
             return Ok(());
         }
     }
-    // response_header_mode SKIP (2): Envoy sends no response headers.
-    if mode.response_header_mode == 2 {
+    // response_header_mode SKIP: Envoy sends no response headers.
+    if mode.is_some_and(|m| !m.response_headers) {
         return Ok(());
     }
     let mut response: Vec<(String, Vec<u8>)> = vec![(":status".into(), b"200".to_vec())];
@@ -454,10 +461,10 @@ async fn exchange(case: &Case) -> Result<(), TestCaseError> {
         .await
         .map_err(|e| TestCaseError::fail(format!("{name}: response headers refused: {e}")))?
         .ok_or_else(|| TestCaseError::fail(format!("{name}: no answer to response headers")))?;
-    if check_answer(&answer.raw, "response_headers")? {
+    if check_answer(&answer, "response_headers")? {
         return Ok(());
     }
-    if let (Some(body), false) = (&case.response_body, mode.response_body_mode == 0) {
+    if let (Some(body), true) = (&case.response_body, sent(|m| m.response_body)) {
         let answer = d
             .send(message(processing_request::Request::ResponseBody(
                 HttpBody {
@@ -469,7 +476,7 @@ async fn exchange(case: &Case) -> Result<(), TestCaseError> {
             .await
             .map_err(|e| TestCaseError::fail(format!("{name}: response body refused: {e}")))?
             .ok_or_else(|| TestCaseError::fail(format!("{name}: no answer to response body")))?;
-        check_answer(&answer.raw, "response_body")?;
+        check_answer(&answer, "response_body")?;
     }
     Ok(())
 }

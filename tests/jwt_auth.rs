@@ -388,7 +388,10 @@ async fn claims_a_header_cannot_carry_are_encoded() {
 /// The header writes of an answer, with their raw bytes.
 fn raw_writes(a: &Answer) -> Vec<(String, Vec<u8>)> {
     use extproc_gateway::proto::ext_proc::processing_response::Response;
-    let Some(Response::RequestHeaders(h)) = &a.raw.response else {
+    use extproc_gateway::proto::ext_proc::ProcessingResponse;
+    use prost::Message as _;
+    let raw = ProcessingResponse::decode(&a.encoded()[..]).expect("a ProcessingResponse");
+    let Some(Response::RequestHeaders(h)) = &raw.response else {
         return Vec::new();
     };
     h.response

@@ -1,5 +1,6 @@
 //! `context_check`, `headers` and `instructions` through the in-process Driver.
 
+use extproc_gateway::modes::BodyMode;
 use extproc_gateway::prelude::*;
 use extproc_gateway::processors::{
     ContextCheck, HeaderEdits, HeaderInstructions, HeadersSettings, StaticHeaders,
@@ -25,8 +26,16 @@ async fn context_check_passes_matching_request_and_response() {
         .unwrap();
     assert_eq!(a.header("x-context-id"), Some("id-7"));
     let mode = a.mode_override.expect("mode override");
-    assert_eq!(mode.request_body_mode, 2, "buffered request body");
-    assert_eq!(mode.response_body_mode, 2, "buffered response body");
+    assert_eq!(
+        mode.request_body,
+        BodyMode::Buffered,
+        "buffered request body"
+    );
+    assert_eq!(
+        mode.response_body,
+        BodyMode::Buffered,
+        "buffered response body"
+    );
     let a = d.request_body("id-7", true).await.unwrap();
     assert!(a.immediate.is_none());
     d.response_headers(&[(":status", "200")], false)
@@ -116,8 +125,12 @@ async fn context_check_without_id_only_forwards_an_empty_header() {
     let a = d.request_headers(REQ, false).await.unwrap();
     assert_eq!(a.header("x-context-id"), Some(""));
     let mode = a.mode_override.expect("mode override");
-    assert_eq!(mode.request_body_mode, 0, "no body read without an id");
-    assert_eq!(mode.response_body_mode, 0);
+    assert_eq!(
+        mode.request_body,
+        BodyMode::None,
+        "no body read without an id"
+    );
+    assert_eq!(mode.response_body, BodyMode::None);
 }
 
 #[tokio::test]

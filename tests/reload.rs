@@ -17,7 +17,6 @@ use extproc_gateway::proto::ext_proc::{
     processing_request::Request as Req, processing_response::Response as Resp, HttpHeaders,
     ProcessingRequest, ProcessingResponse,
 };
-use extproc_gateway::testing::header_map;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;

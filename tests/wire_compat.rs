@@ -1090,3 +1090,47 @@ fn status_code_unknown_to_our_enum_survives() {
         "accessor falls back"
     );
 }
+
+/// The test driver takes a message built with Envoy's own definitions and sends its
+/// bytes as gRPC would; the answer's bytes decode with Envoy's definitions too.
+#[tokio::test]
+async fn the_driver_speaks_envoys_own_types() {
+    use extproc_gateway::prelude::*;
+    use extproc_gateway::processors::Trivial;
+    use extproc_gateway::testing::Driver;
+
+    let mut driver = Driver::new(Chain::builder().processor(Trivial).build().expect("chain"));
+    let header = |key: &str, value: &str| envoy_core::HeaderValue {
+        key: key.into(),
+        raw_value: value.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let message = envoy::ProcessingRequest {
+        request: Some(envoy::processing_request::Request::RequestHeaders(
+            envoy::HttpHeaders {
+                headers: Some(envoy_core::HeaderMap {
+                    headers: vec![
+                        header(":method", "GET"),
+                        header(":path", "/"),
+                        header("x-request-id", "r-1"),
+                    ],
+                }),
+                end_of_stream: true,
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    let answer = driver
+        .send(message)
+        .await
+        .expect("handled")
+        .expect("an answer");
+    assert_eq!(answer.header("x-extra-request-id"), Some("r-1"));
+    assert!(answer.mode_override.is_some_and(|m| m.response_headers));
+    let theirs = envoy::ProcessingResponse::decode(&answer.encoded()[..]).expect("decodes");
+    assert!(matches!(
+        theirs.response,
+        Some(EnvoyResponse::RequestHeaders(_))
+    ));
+}

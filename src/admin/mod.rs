@@ -13,9 +13,9 @@ use axum::routing::get;
 use axum::{Json, Router as AxumRouter};
 use tokio::net::TcpListener;
 
+use crate::live::{ConfigHandle, Readiness, RouterHandle};
 use crate::metrics::{Metrics, Snapshot};
 use crate::router::RouteSummary;
-use crate::server::{ConfigHandle, Readiness, RouterHandle};
 
 pub mod auth;
 mod dashboard;

@@ -7,26 +7,22 @@ use std::time::Duration;
 
 use super::envoy::{
     header_values, merge_metadata, mode_text, parse_duration, part_value, per_route, value_name,
-    Bootstrap, ExtProcFilter, Flag, Hcm, Listener, Mode, Part, Service, DEFAULT_BUFFER_LIMIT,
-    DEFAULT_MESSAGE_TIMEOUT,
+    Bootstrap, ExtProcFilter, Flag, Hcm, Listener, Mode, Part, ProcessingMode, Service,
+    DEFAULT_BUFFER_LIMIT, DEFAULT_MESSAGE_TIMEOUT, SEND, SKIP,
 };
 use super::findings::{Finding, Report, Severity};
 use super::gateway::{reachable, wants, GatewayRoute};
 use super::yaml::Node;
 use crate::config::GatewayConfig;
+use crate::modes::{BodyMode, BodyModes, ModeOverride};
 use crate::processor::{BodyNeed, PhaseNeeds};
-use crate::proto::mode::processing_mode::{BodySendMode, HeaderSendMode};
-use crate::proto::mode::ProcessingMode;
-use crate::wire::{mode_override, BodyModes};
 
-const SEND: i32 = HeaderSendMode::Send as i32;
-const SKIP: i32 = HeaderSendMode::Skip as i32;
-const NONE: i32 = BodySendMode::None as i32;
-const STREAMED: i32 = BodySendMode::Streamed as i32;
-const BUFFERED: i32 = BodySendMode::Buffered as i32;
-const PARTIAL: i32 = BodySendMode::BufferedPartial as i32;
-const DUPLEX: i32 = BodySendMode::FullDuplexStreamed as i32;
-const GRPC: i32 = BodySendMode::Grpc as i32;
+const NONE: i32 = BodyMode::None.as_i32();
+const STREAMED: i32 = BodyMode::Streamed.as_i32();
+const BUFFERED: i32 = BodyMode::Buffered.as_i32();
+const PARTIAL: i32 = BodyMode::BufferedPartial.as_i32();
+const DUPLEX: i32 = BodyMode::FullDuplexStreamed.as_i32();
+const GRPC: i32 = BodyMode::Grpc.as_i32();
 
 /// One way a filter is used: the filter itself, or the filter as changed by the
 /// `ExtProcPerRoute` overrides on some Envoy routes.
@@ -412,13 +408,13 @@ impl<'c, 'a> Checker<'c, 'a> {
             return (configured, Reason::Duplex(Part::ResponseBody));
         }
 
-        let mut ask = mode_override(
+        let mut ask = ProcessingMode::from_override(ModeOverride::for_needs(
             needs,
             BodyModes {
-                request: crate::modes::BodyMode::from_i32(configured.request_body_mode),
-                response: crate::modes::BodyMode::from_i32(configured.response_body_mode),
+                request: BodyMode::from_i32(configured.request_body_mode),
+                response: BodyMode::from_i32(configured.response_body_mode),
             },
-        );
+        ));
         // GRPC is not implemented by Envoy 1.40 (no body is sent); the gateway asks
         // for another mode, but whether Envoy takes it is not something to rely on.
         for (asked, configured) in [

@@ -6,8 +6,7 @@
 use std::time::Duration;
 
 use super::yaml::{Node, Value};
-use crate::proto::mode::processing_mode::{BodySendMode, HeaderSendMode};
-use crate::proto::mode::ProcessingMode;
+use crate::modes::{BodyMode, ModeOverride};
 
 const HCM_TYPE: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -190,6 +189,58 @@ pub fn merge_metadata(base: &mut Vec<(String, String)>, more: &[(String, String)
     }
 }
 
+/// `HeaderSendMode.DEFAULT`: headers sent, trailers skipped.
+pub const DEFAULT: i32 = 0;
+/// `HeaderSendMode.SEND`.
+pub const SEND: i32 = 1;
+/// `HeaderSendMode.SKIP`.
+pub const SKIP: i32 = 2;
+
+/// An Envoy `processing_mode` as the checks compare it: each field holds the enum
+/// value Envoy's config takes (as a number or a name), so a value the gateway has no
+/// name for still reads back as it was written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessingMode {
+    /// `request_header_mode` (a `HeaderSendMode`).
+    pub request_header_mode: i32,
+    /// `response_header_mode` (a `HeaderSendMode`).
+    pub response_header_mode: i32,
+    /// `request_body_mode` (a `BodySendMode`).
+    pub request_body_mode: i32,
+    /// `response_body_mode` (a `BodySendMode`).
+    pub response_body_mode: i32,
+    /// `request_trailer_mode` (a `HeaderSendMode`).
+    pub request_trailer_mode: i32,
+    /// `response_trailer_mode` (a `HeaderSendMode`).
+    pub response_trailer_mode: i32,
+}
+
+impl ProcessingMode {
+    /// The gateway's `mode_override` as Envoy's config would write it (the request
+    /// headers are always sent).
+    pub fn from_override(o: ModeOverride) -> ProcessingMode {
+        let send = |sent: bool| if sent { SEND } else { SKIP };
+        ProcessingMode {
+            request_header_mode: SEND,
+            response_header_mode: send(o.response_headers),
+            request_body_mode: o.request_body.as_i32(),
+            response_body_mode: o.response_body.as_i32(),
+            request_trailer_mode: send(o.request_trailers),
+            response_trailer_mode: send(o.response_trailers),
+        }
+    }
+}
+
+/// The `HeaderSendMode` value of one of its names.
+fn header_mode(name: &str) -> Option<i32> {
+    match name {
+        "DEFAULT" => Some(DEFAULT),
+        "SEND" => Some(SEND),
+        "SKIP" => Some(SKIP),
+        _ => None,
+    }
+}
+
 /// One field of a `ProcessingMode`: the proto enum value and its node when written.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ModeField<'a> {
@@ -293,8 +344,8 @@ impl<'a> Mode<'a> {
             };
             let value = match &v.value {
                 Value::Int(i) => i32::try_from(*i).ok(),
-                Value::Str(s) if part.is_body() => BodySendMode::from_str_name(s).map(|m| m as i32),
-                Value::Str(s) => HeaderSendMode::from_str_name(s).map(|m| m as i32),
+                Value::Str(s) if part.is_body() => BodyMode::from_name(s).map(BodyMode::as_i32),
+                Value::Str(s) => header_mode(s),
                 _ => None,
             }
             .ok_or_else(|| {
@@ -336,20 +387,20 @@ impl<'a> Mode<'a> {
 
     /// The mode Envoy applies, DEFAULT resolved (headers sent, trailers skipped).
     pub fn resolved(&self) -> ProcessingMode {
-        let header = |f: ModeField<'_>, default: HeaderSendMode| {
-            if f.value == HeaderSendMode::Default as i32 {
-                default as i32
+        let header = |f: ModeField<'_>, default: i32| {
+            if f.value == DEFAULT {
+                default
             } else {
                 f.value
             }
         };
         ProcessingMode {
-            request_header_mode: header(self.request_header, HeaderSendMode::Send),
-            response_header_mode: header(self.response_header, HeaderSendMode::Send),
+            request_header_mode: header(self.request_header, SEND),
+            response_header_mode: header(self.response_header, SEND),
             request_body_mode: self.request_body.value,
             response_body_mode: self.response_body.value,
-            request_trailer_mode: header(self.request_trailer, HeaderSendMode::Skip),
-            response_trailer_mode: header(self.response_trailer, HeaderSendMode::Skip),
+            request_trailer_mode: header(self.request_trailer, SKIP),
+            response_trailer_mode: header(self.response_trailer, SKIP),
         }
     }
 
@@ -381,14 +432,12 @@ pub fn part_value(mode: &ProcessingMode, part: Part) -> i32 {
 
 /// The enum name of one part's value, for messages.
 pub fn value_name(part: Part, value: i32) -> &'static str {
-    if part.is_body() {
-        BodySendMode::try_from(value)
-            .map(|m| m.as_str_name())
-            .unwrap_or("UNKNOWN")
-    } else {
-        HeaderSendMode::try_from(value)
-            .map(|m| m.as_str_name())
-            .unwrap_or("UNKNOWN")
+    match (part.is_body(), value) {
+        (true, 0..=5) => BodyMode::from_i32(value).as_str(),
+        (false, DEFAULT) => "DEFAULT",
+        (false, SEND) => "SEND",
+        (false, SKIP) => "SKIP",
+        _ => "UNKNOWN",
     }
 }
 
@@ -679,10 +728,10 @@ mod tests {
             .unwrap();
         let m = Mode::parse(doc.get("m")).unwrap();
         let r = m.resolved();
-        assert_eq!(r.request_header_mode, HeaderSendMode::Send as i32);
-        assert_eq!(r.response_header_mode, HeaderSendMode::Skip as i32);
-        assert_eq!(r.request_body_mode, BodySendMode::Buffered as i32);
-        assert_eq!(r.request_trailer_mode, HeaderSendMode::Skip as i32);
+        assert_eq!(r.request_header_mode, SEND);
+        assert_eq!(r.response_header_mode, SKIP);
+        assert_eq!(r.request_body_mode, BodyMode::Buffered.as_i32());
+        assert_eq!(r.request_trailer_mode, SKIP);
         assert_eq!(m.literal().request_trailer_mode, 0);
         let bad = parse("m: {request_body_mode: BUFFERD}\n").unwrap().unwrap();
         assert_eq!(Mode::parse(bad.get("m")).unwrap_err().0, 1);

@@ -3,9 +3,11 @@
 //! full-duplex request body is held for the headers' answer, several at once, still in
 //! Envoy's order).
 //!
-//! It knows nothing of tonic: the gRPC service feeds it decoded messages, and the
-//! in-process test driver feeds it the same way. What Envoy really sends is tracked in
-//! [`Flows`](super::flows): the gateway never assumes its `mode_override` took effect.
+//! It knows nothing of tonic nor of protobuf: the transports (the gRPC service, the
+//! HTTP service, the in-process test driver) decode Envoy's messages into
+//! [`wire::Inbound`] events and encode its [`wire::Outbound`] answers. What Envoy
+//! really sends is tracked in [`Flows`](super::flows): the gateway never assumes its
+//! `mode_override` took effect.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,11 +17,10 @@ use tracing::Instrument;
 use super::flows::{Flows, Step};
 use crate::chain::{PhaseOutcome, PhaseRequest};
 use crate::metrics::StreamOutcome;
-use crate::modes::{ModeMismatch, Violation};
-use crate::phase::{Flow, Mutations, Phase};
-use crate::proto::ext_proc::{ProcessingRequest, ProcessingResponse};
+use crate::modes::{BodyModes, ModeMismatch, ModeOverride, Protocol, Violation};
+use crate::phase::{Flow, Mutations, Phase, PhaseKind};
 use crate::router::{Route, RouteInput, Router};
-use crate::wire::{self, Reply};
+use crate::wire::{self, Inbound, Outbound};
 
 /// Most bytes of a full-duplex request body held back while the request headers'
 /// answer waits for a processor that needs the whole body; past it the headers are
@@ -37,6 +38,12 @@ pub enum ExchangeError {
     OutOfOrder(String),
 }
 
+impl From<wire::WireError> for ExchangeError {
+    fn from(e: wire::WireError) -> Self {
+        ExchangeError::InvalidArgument(e.to_string())
+    }
+}
+
 impl ExchangeError {
     /// The violation counted for this error.
     pub fn violation(&self) -> Violation {
@@ -52,9 +59,10 @@ struct Held {
     /// The chain's outcome for the request headers (its mutations grow with header
     /// changes made while the body is read).
     mutations: Mutations,
-    reply: Reply,
+    /// What the headers' answer asks Envoy to send.
+    mode_override: Option<ModeOverride>,
     /// Body answers, in order, sent after the headers' answer.
-    bodies: Vec<ProcessingResponse>,
+    bodies: Vec<Outbound>,
     bytes: usize,
 }
 
@@ -68,13 +76,22 @@ struct Active {
     held: Option<Held>,
 }
 
+/// How to answer one message beyond what the chain decided.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// Sent on the request headers' answer only.
+    mode_override: Option<ModeOverride>,
+    /// Body modes in force, to pick the body answer's shape.
+    modes: BodyModes,
+}
+
 /// What happened to one message.
 #[derive(Debug)]
 pub enum Handled {
-    /// Send this response.
-    Reply(Box<ProcessingResponse>),
-    /// Send these responses, in order (a held full-duplex exchange released).
-    Replies(Vec<ProcessingResponse>),
+    /// Send this answer.
+    Reply(Box<Outbound>),
+    /// Send these answers, in order (a held full-duplex exchange released).
+    Replies(Vec<Outbound>),
     /// Send nothing (observability mode, a duplicated chunk after end of stream, or a
     /// full-duplex message whose answer is held).
     Silent,
@@ -93,7 +110,7 @@ pub struct Exchange {
     headers_only: bool,
     extender: Option<crate::processor::TimeoutExtender>,
     limits: Option<(
-        Arc<super::limits::StreamLimits>,
+        Arc<crate::limits::StreamLimits>,
         Arc<crate::metrics::Metrics>,
     )>,
     budget: Option<Arc<crate::budget::BodyBudget>>,
@@ -127,7 +144,7 @@ impl Exchange {
     /// request, 502 for a response), counting them in `metrics`.
     pub fn with_limits(
         mut self,
-        limits: Arc<super::limits::StreamLimits>,
+        limits: Arc<crate::limits::StreamLimits>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         self.limits = Some((limits, metrics));
@@ -205,26 +222,27 @@ impl Exchange {
         self.stopped = true;
         self.end(StreamOutcome::ImmediateResponse);
         let reply = crate::phase::ImmediateResponse::json_error(status, reason);
-        Handled::Reply(Box::new(wire::encode_immediate(&reply)))
+        Handled::Reply(Box::new(Outbound::refusal(reply)))
     }
 
     /// Handles one message from Envoy.
-    pub async fn handle(
-        &mut self,
-        mut message: ProcessingRequest,
-    ) -> Result<Handled, ExchangeError> {
+    pub async fn handle(&mut self, message: Inbound) -> Result<Handled, ExchangeError> {
         // The clock is read only when the route records metrics.
         let received = self
             .active
             .as_ref()
             .is_none_or(|a| a.route.metrics.is_some())
             .then(Instant::now);
-        let observability = message.observability_mode;
+        let Inbound {
+            mut phase,
+            observability_mode: observability,
+            attributes,
+            mut metadata_context,
+            protocol,
+        } = message;
         self.observability = observability;
-        let mut phase = wire::decode(&mut message)
-            .map_err(|e| ExchangeError::InvalidArgument(e.to_string()))?;
         if let Some((limits, metrics)) = &self.limits {
-            if let Some(limit) = super::limits::headers_over(&phase, limits) {
+            if let Some(limit) = crate::limits::headers_over(&phase, limits) {
                 metrics.limit_hit(limit);
                 let request = phase.kind().is_request();
                 tracing::debug!(
@@ -246,7 +264,9 @@ impl Exchange {
         }
         let first = self.active.is_none();
         if first {
-            self.start(&message, &phase);
+            // The first message's metadata starts the context; later ones update it.
+            let metadata = metadata_context.take().unwrap_or_default();
+            self.start(&phase, attributes, metadata, protocol, observability);
         }
         let Some(active) = self.active.as_mut() else {
             return Err(ExchangeError::InvalidArgument("stream not started".into()));
@@ -270,8 +290,7 @@ impl Exchange {
                 if observability {
                     return Ok(Handled::Silent);
                 }
-                let outcome_phase = phase;
-                let response = wire::encode_continue(&outcome_phase, &active.flows.modes());
+                let response = Outbound::proceed(&phase, active.flows.modes());
                 return Ok(Handled::Reply(Box::new(response)));
             }
         }
@@ -279,10 +298,10 @@ impl Exchange {
             // Observability mode after a processor answered: the chain is over.
             return Ok(Handled::Silent);
         }
-        if !first && message.metadata_context.is_some() {
+        if let Some(metadata) = metadata_context {
             // Envoy sends the forwarded namespaces with every message: keep the latest.
             if let Some(ctx) = active.ctx.as_mut() {
-                for (ns, value) in wire::metadata_context(&message) {
+                for (ns, value) in metadata {
                     ctx.metadata.insert(ns, value);
                 }
             }
@@ -309,7 +328,7 @@ impl Exchange {
             .run(PhaseRequest::new(phase, ctx))
             .instrument(phase_span)
             .await;
-        let mut reply = Reply {
+        let mut plan = Plan {
             mode_override: None,
             modes: active.flows.modes(),
         };
@@ -324,8 +343,8 @@ impl Exchange {
             let mode = active
                 .flows
                 .plan(needs, observability, self.router.buffer_limit());
-            reply.mode_override = Some(mode);
-            reply.modes = active.flows.modes();
+            plan.mode_override = Some(mode);
+            plan.modes = active.flows.modes();
         }
         let responded = matches!(outcome.flow, Flow::Respond(_));
         if responded && observability {
@@ -334,7 +353,7 @@ impl Exchange {
         let handled = if observability {
             Handled::Silent
         } else {
-            respond(active, outcome.phase.kind(), &mut outcome, reply, responded)
+            respond(active, outcome.phase.kind(), &mut outcome, plan, responded)
         };
         if let (Some(m), Some(received)) = (&active.route.metrics, received) {
             m.message(kind, received.elapsed());
@@ -356,9 +375,14 @@ impl Exchange {
         Ok(handled)
     }
 
-    fn start(&mut self, message: &ProcessingRequest, phase: &Phase) {
-        let attributes = wire::attributes(message);
-        let metadata = wire::metadata_context(message);
+    fn start(
+        &mut self,
+        phase: &Phase,
+        attributes: serde_json::Map<String, serde_json::Value>,
+        metadata: serde_json::Map<String, serde_json::Value>,
+        protocol: Protocol,
+        observability: bool,
+    ) {
         let headers = match phase {
             Phase::RequestHeaders(h) => Some(&h.headers),
             _ => None,
@@ -391,11 +415,11 @@ impl Exchange {
         ctx.attributes = attributes;
         ctx.metadata = metadata;
         ctx.grpc_metadata = std::mem::take(&mut self.grpc_metadata);
-        if !message.observability_mode {
+        if !observability {
             ctx.set_timeout_extender(self.extender.take());
         }
         ctx.set_budget(self.budget.clone().map(crate::budget::StreamBudget::new));
-        let flows = Flows::new(wire::protocol(message));
+        let flows = Flows::new(protocol);
         self.active = Some(Active {
             route,
             started: Instant::now(),
@@ -426,32 +450,43 @@ fn record_mismatch(route: &Route, reason: ModeMismatch) {
     }
 }
 
-/// Encodes the answer, holding the request headers' answer while a full-duplex body
+/// The chain's answer to its phase: the flow and the changes are moved out of
+/// `outcome` (the phase stays, for the request's context).
+fn answer(outcome: &mut PhaseOutcome, plan: Plan) -> Outbound {
+    Outbound::answer(
+        &outcome.phase,
+        std::mem::replace(&mut outcome.flow, Flow::Continue),
+        std::mem::take(&mut outcome.mutations),
+        plan.modes,
+        plan.mode_override,
+    )
+}
+
+/// Decides the answer, holding the request headers' answer while a full-duplex body
 /// that a processor needs whole is read.
 fn respond(
     active: &mut Active,
-    kind: crate::phase::PhaseKind,
+    kind: PhaseKind,
     outcome: &mut PhaseOutcome,
-    reply: Reply,
+    plan: Plan,
     responded: bool,
 ) -> Handled {
-    use crate::phase::PhaseKind;
     if responded {
         // An immediate response replaces anything held.
         active.held = None;
-        return Handled::Reply(Box::new(wire::encode(outcome, &reply)));
+        return Handled::Reply(Box::new(answer(outcome, plan)));
     }
     if kind == PhaseKind::RequestHeaders && active.flows.hold_request_headers() {
         active.held = Some(Held {
             mutations: std::mem::take(&mut outcome.mutations),
-            reply,
+            mode_override: plan.mode_override,
             bodies: Vec::new(),
             bytes: 0,
         });
         return Handled::Silent;
     }
     let Some(held) = active.held.as_mut() else {
-        return Handled::Reply(Box::new(wire::encode(outcome, &reply)));
+        return Handled::Reply(Box::new(answer(outcome, plan)));
     };
     match &outcome.phase {
         Phase::RequestBody(b) => {
@@ -459,8 +494,13 @@ fn respond(
             let mut body_outcome = std::mem::take(&mut outcome.mutations);
             held.mutations.merge(body_outcome.take_header_changes());
             held.bytes += b.chunk.len();
-            held.bodies
-                .push(wire::encode_with(outcome, body_outcome, &reply));
+            held.bodies.push(Outbound::answer(
+                &outcome.phase,
+                std::mem::replace(&mut outcome.flow, Flow::Continue),
+                body_outcome,
+                plan.modes,
+                plan.mode_override,
+            ));
             // The held chunk counts against the stream's and the server's budget; past
             // either, the headers are answered now and the body streams on.
             let within_budget = active
@@ -476,24 +516,29 @@ fn respond(
             Handled::Silent
         }
         Phase::RequestTrailers(_) => {
-            let trailers = wire::encode(outcome, &reply);
+            let trailers = answer(outcome, plan);
             release(active, Some(trailers))
         }
         _ => {
             // Anything else means the request side is over: answer in order.
-            let this = wire::encode(outcome, &reply);
+            let this = answer(outcome, plan);
             release(active, Some(this))
         }
     }
 }
 
-fn release(active: &mut Active, last: Option<ProcessingResponse>) -> Handled {
+fn release(active: &mut Active, last: Option<Outbound>) -> Handled {
     let Some(held) = active.held.take() else {
         return last.map_or(Handled::Silent, |r| Handled::Reply(Box::new(r)));
     };
     active.flows.released_request_headers();
     let mut out = Vec::with_capacity(held.bodies.len() + 2);
-    out.push(wire::encode_headers_answer(held.mutations, &held.reply));
+    out.push(Outbound::Continue {
+        kind: PhaseKind::RequestHeaders,
+        mutations: held.mutations,
+        body: None,
+        mode_override: held.mode_override,
+    });
     out.extend(held.bodies);
     out.extend(last);
     Handled::Replies(out)

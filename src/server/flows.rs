@@ -7,11 +7,9 @@
 //! filter sends none proves the override was taken; a phase the gateway asked to skip
 //! proves it was ignored.
 
-use crate::modes::{BodyMode, ModeMismatch, Protocol};
+use crate::modes::{BodyMode, BodyModes, ModeMismatch, ModeOverride, Protocol};
 use crate::phase::{BodyKind, BodyPhase, Phase};
 use crate::processor::{BodyNeed, BodyReceipt, PhaseNeeds, RequestCtx};
-use crate::proto::mode::ProcessingMode;
-use crate::wire::{self, BodyModes};
 
 /// What to do with a message once its order is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +116,7 @@ impl Flows {
         mut needs: PhaseNeeds,
         observability: bool,
         buffer_limit: usize,
-    ) -> ProcessingMode {
+    ) -> ModeOverride {
         if needs.request_body == BodyNeed::Buffered
             && !self.request.configured.is_fixed()
             && self
@@ -132,7 +130,7 @@ impl Flows {
             request: self.request.configured,
             response: self.response.configured,
         };
-        let mode = wire::mode_override(needs, configured);
+        let mode = ModeOverride::for_needs(needs, configured);
         self.request.need = needs.request_body;
         self.response.need = needs.response_body;
         for (side, mode) in [
@@ -149,12 +147,11 @@ impl Flows {
             return mode;
         }
         self.overridden = true;
-        self.request.asked = BodyMode::from_i32(mode.request_body_mode);
-        self.response.asked = BodyMode::from_i32(mode.response_body_mode);
-        let skip = crate::proto::mode::processing_mode::HeaderSendMode::Skip as i32;
-        self.response.skip_headers = mode.response_header_mode == skip;
-        self.request.skip_trailers = mode.request_trailer_mode == skip;
-        self.response.skip_trailers = mode.response_trailer_mode == skip;
+        self.request.asked = mode.request_body;
+        self.response.asked = mode.response_body;
+        self.response.skip_headers = !mode.response_headers;
+        self.request.skip_trailers = !mode.request_trailers;
+        self.response.skip_trailers = !mode.response_trailers;
         mode
     }
 

@@ -28,12 +28,11 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::net::TcpListener;
 
 use super::exchange::{Exchange, ExchangeError, Handled};
-use super::json::{JsonCodec, JsonError};
-use super::{Readiness, RouterHandle};
+use crate::live::{Readiness, RouterHandle};
 use crate::metrics::{HttpExchangeEvent, HttpResult, Metrics, StreamOutcome};
-use crate::modes::Violation;
-use crate::proto::ext_proc::{processing_request, ProcessingRequest, ProcessingResponse};
-use crate::proto::mode::processing_mode::{BodySendMode, HeaderSendMode};
+use crate::modes::{BodyMode, ModeOverride, Violation};
+use crate::phase::PhaseKind;
+use crate::wire::{self, Inbound, JsonCodec, JsonError, Outbound, WireError};
 
 /// The header in which Envoy's HTTP client sends the filter's stream id.
 pub const STREAM_ID_HEADER: &str = "x-request-id";
@@ -96,6 +95,7 @@ impl HttpService {
     /// Answers one POST body with the JSON response, or the error to send.
     async fn process(&self, key: Option<Key>, body: &[u8]) -> Result<Vec<u8>, Failure> {
         let message = self.codec.decode_request(body).map_err(Failure::Json)?;
+        let message = wire::decode(message);
         let kind = Kind::of(&message);
         let mut exchange = self.exchange_for(key.as_ref(), kind);
         match answer(&mut exchange, message).await {
@@ -104,15 +104,19 @@ impl HttpService {
                 Err(Failure::Exchange(e))
             }
             Ok(mut response) => {
-                if let Some(mode) = response.mode_override.as_mut() {
+                if let Some(mode) = response.as_mut().and_then(Outbound::mode_override_mut) {
                     headers_only(mode);
                 }
                 match key {
-                    Some(key) if !exchange.is_finished() && more_to_come(kind, &response) => {
+                    Some(key)
+                        if !exchange.is_finished() && more_to_come(kind, response.as_ref()) =>
+                    {
                         self.store.put(key, exchange);
                     }
                     _ => exchange.end(StreamOutcome::Completed),
                 }
+                // Nothing to say (observability mode): an empty ProcessingResponse.
+                let response = response.map(wire::encode).unwrap_or_default();
                 self.codec.encode_response(&response).map_err(Failure::Json)
             }
         }
@@ -151,37 +155,36 @@ impl HttpService {
 /// one answer, to that POST's message. Several answers at once come only from a held
 /// full-duplex body, which cannot travel over HTTP; should they come, the last is the
 /// answer to this message. A message the exchange answers with nothing (observability
-/// mode) gets an empty ProcessingResponse, which Envoy ignores in that mode.
+/// mode) gets `None`: an empty ProcessingResponse, which Envoy ignores in that mode.
 async fn answer(
     exchange: &mut Exchange,
-    message: ProcessingRequest,
-) -> Result<ProcessingResponse, ExchangeError> {
-    Ok(match exchange.handle(message).await? {
-        Handled::Reply(response) => *response,
-        Handled::Replies(mut responses) => responses.pop().unwrap_or_default(),
-        Handled::Silent => ProcessingResponse::default(),
+    message: Result<Inbound, WireError>,
+) -> Result<Option<Outbound>, ExchangeError> {
+    Ok(match exchange.handle(message?).await? {
+        Handled::Reply(response) => Some(*response),
+        Handled::Replies(mut responses) => responses.pop(),
+        Handled::Silent => None,
     })
 }
 
 /// Keeps a mode_override within what Envoy can do over HTTP: headers only. Envoy 1.40
 /// applies a body mode asked this way and then POSTs the body, but never completes
 /// the request with the answer (it times out), so bodies are never asked for.
-fn headers_only(mode: &mut crate::proto::mode::ProcessingMode) {
-    mode.request_body_mode = BodySendMode::None as i32;
-    mode.response_body_mode = BodySendMode::None as i32;
-    mode.request_trailer_mode = HeaderSendMode::Skip as i32;
-    mode.response_trailer_mode = HeaderSendMode::Skip as i32;
+fn headers_only(mode: &mut ModeOverride) {
+    mode.request_body = BodyMode::None;
+    mode.response_body = BodyMode::None;
+    mode.request_trailers = false;
+    mode.response_trailers = false;
 }
 
 /// Whether Envoy will POST again for this request after this answer: after the
 /// request headers unless the answer told it to skip the response headers; never
 /// after a response message (no bodies or trailers over HTTP).
-fn more_to_come(kind: Kind, response: &ProcessingResponse) -> bool {
+fn more_to_come(kind: Kind, response: Option<&Outbound>) -> bool {
     match kind {
         Kind::RequestHeaders => response
-            .mode_override
-            .as_ref()
-            .is_none_or(|m| m.response_header_mode != HeaderSendMode::Skip as i32),
+            .and_then(Outbound::mode_override)
+            .is_none_or(|m| m.response_headers),
         Kind::RequestOther => true,
         Kind::Response | Kind::Empty => false,
     }
@@ -197,17 +200,12 @@ enum Kind {
 }
 
 impl Kind {
-    fn of(message: &ProcessingRequest) -> Self {
-        use processing_request::Request;
-        match &message.request {
-            Some(Request::RequestHeaders(_)) => Kind::RequestHeaders,
-            Some(Request::RequestBody(_) | Request::RequestTrailers(_)) => Kind::RequestOther,
-            Some(
-                Request::ResponseHeaders(_)
-                | Request::ResponseBody(_)
-                | Request::ResponseTrailers(_),
-            ) => Kind::Response,
-            None => Kind::Empty,
+    fn of(message: &Result<Inbound, WireError>) -> Self {
+        match message.as_ref().map(|m| m.phase.kind()) {
+            Ok(PhaseKind::RequestHeaders) => Kind::RequestHeaders,
+            Ok(kind) if kind.is_request() => Kind::RequestOther,
+            Ok(_) => Kind::Response,
+            Err(_) => Kind::Empty,
         }
     }
 }
@@ -624,19 +622,23 @@ mod tests {
 
     #[test]
     fn mode_override_is_kept_to_headers() {
-        let mut m = crate::proto::mode::ProcessingMode {
-            request_body_mode: BodySendMode::Buffered as i32,
-            response_body_mode: BodySendMode::Streamed as i32,
-            request_trailer_mode: HeaderSendMode::Send as i32,
-            response_trailer_mode: HeaderSendMode::Send as i32,
-            response_header_mode: HeaderSendMode::Send as i32,
-            ..Default::default()
+        let mut m = ModeOverride {
+            response_headers: true,
+            request_body: BodyMode::Buffered,
+            response_body: BodyMode::Streamed,
+            request_trailers: true,
+            response_trailers: true,
         };
         headers_only(&mut m);
-        assert_eq!(m.request_body_mode, BodySendMode::None as i32);
-        assert_eq!(m.response_body_mode, BodySendMode::None as i32);
-        assert_eq!(m.request_trailer_mode, HeaderSendMode::Skip as i32);
-        assert_eq!(m.response_trailer_mode, HeaderSendMode::Skip as i32);
-        assert_eq!(m.response_header_mode, HeaderSendMode::Send as i32);
+        assert_eq!(
+            m,
+            ModeOverride {
+                response_headers: true,
+                request_body: BodyMode::None,
+                response_body: BodyMode::None,
+                request_trailers: false,
+                response_trailers: false,
+            }
+        );
     }
 }

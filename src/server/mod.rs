@@ -8,47 +8,32 @@ mod flows;
 mod grpc;
 mod http_service;
 mod inbound;
-mod json;
-pub mod limits;
 mod listener;
 mod reload;
 mod service;
 mod tls;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-pub use exchange::{Exchange, ExchangeError, Handled};
+pub use exchange::ExchangeError;
+// The per-stream state machine works on the protobuf boundary's types (`wire`), which
+// are not part of the API: public only for the project's own tests and benches.
+pub use crate::wire::JsonError;
+#[doc(hidden)]
+pub use exchange::{Exchange, Handled};
 pub use http_service::{HttpService, HttpSettings, STREAM_ID_HEADER};
-pub use json::{JsonCodec, JsonError};
-pub use reload::ConfigHandle;
-pub use service::{ExtProcService, RouterHandle};
+pub use service::ExtProcService;
 
 use crate::config::{GatewayConfig, ListenAddr};
+use crate::limits;
+use crate::live::{ConfigHandle, Readiness, RouterHandle};
 use crate::metrics::Metrics;
 use grpc::ExtProcGrpc;
-
-/// Whether the gateway should receive traffic: set once the gRPC listener serves,
-/// cleared when draining. Read by `/readyz`.
-#[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
-
-impl Readiness {
-    /// Marks ready or not.
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
-    }
-
-    /// Whether ready.
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 /// Addresses the gateway actually bound (port 0 in config picks a free one).
 #[derive(Debug, Clone)]

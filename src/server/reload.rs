@@ -3,32 +3,9 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
-use super::{Reload, RouterHandle};
-use crate::config::GatewayConfig;
+use super::Reload;
+use crate::live::{ConfigHandle, RouterHandle};
 use crate::metrics::Metrics;
-
-/// The config in force, as `/config` shows it; replaced on reload (an `ArcSwap`:
-/// readers never wait on a reload, nor a reload on them).
-#[derive(Clone)]
-pub struct ConfigHandle(Arc<ArcSwap<GatewayConfig>>);
-
-impl ConfigHandle {
-    /// Holds `config`.
-    pub fn new(config: GatewayConfig) -> Self {
-        Self(Arc::new(ArcSwap::from_pointee(config)))
-    }
-
-    /// The config in force.
-    pub fn current(&self) -> Arc<GatewayConfig> {
-        self.0.load_full()
-    }
-
-    fn replace(&self, config: GatewayConfig) {
-        self.0.store(Arc::new(config));
-    }
-}
 
 /// Applies one reload: load, build, swap; on any error keep what runs.
 pub fn apply(

@@ -3,41 +3,17 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
 use futures_util::{Stream, StreamExt};
 use tonic::Status;
 
 use super::exchange::{Exchange, ExchangeError, Handled};
 use super::inbound::{Inbound, Incoming};
-use super::limits::{Limit, StreamLimits, StreamSlots};
+use crate::limits::{Limit, StreamLimits, StreamSlots};
+use crate::live::RouterHandle;
 use crate::metrics::{Metrics, StreamOutcome};
 use crate::modes::Violation;
 use crate::proto::ext_proc::ProcessingResponse;
-use crate::router::Router;
-
-/// The routes in force. A reload swaps the inner `Arc`; streams already open keep the
-/// router they started with. An `ArcSwap`: every new stream loads it, so the load
-/// takes no lock that streams (or a reload) would contend on.
-#[derive(Clone)]
-pub struct RouterHandle(Arc<ArcSwap<Router>>);
-
-impl RouterHandle {
-    /// Serves `router` until replaced.
-    pub fn new(router: Router) -> Self {
-        Self(Arc::new(ArcSwap::from_pointee(router)))
-    }
-
-    /// The router new streams use.
-    pub fn current(&self) -> Arc<Router> {
-        self.0.load_full()
-    }
-
-    /// Replaces the router for new streams.
-    pub fn replace(&self, router: Router) {
-        self.0.store(Arc::new(router));
-    }
-}
+use crate::wire::{self, Outbound};
 
 /// The ext_proc gRPC service.
 #[derive(Clone)]
@@ -119,7 +95,7 @@ struct StreamState {
     exchange: Exchange,
     metrics: Arc<Metrics>,
     /// Answers decided but not yet sent (a released full-duplex exchange).
-    queued: std::collections::VecDeque<ProcessingResponse>,
+    queued: std::collections::VecDeque<Outbound>,
     idle_timeout: Option<std::time::Duration>,
     /// Held while the stream is open (server.max_streams).
     _slot: tokio::sync::OwnedSemaphorePermit,
@@ -164,6 +140,15 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// Decodes one message and hands it to the exchange (a message with no phase ends the
+/// stream as the exchange's own errors do).
+async fn handle(
+    exchange: &mut Exchange,
+    message: crate::proto::ext_proc::ProcessingRequest,
+) -> Result<Handled, ExchangeError> {
+    exchange.handle(wire::decode(message)?).await
+}
+
 pub(crate) type ResponseStream =
     Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
 
@@ -203,7 +188,7 @@ impl ExtProcService {
         // Timeout extensions go out of band, ahead of the answer being worked on.
         let (extend_tx, extend_rx) = tokio::sync::mpsc::unbounded_channel();
         let extender: crate::processor::TimeoutExtender =
-            Arc::new(move |by| extend_tx.send(crate::wire::timeout_override(by)).is_ok());
+            Arc::new(move |by| extend_tx.send(wire::encode_timeout_override(by)).is_ok());
         let state = StreamState {
             inbound: Inbound::new(body, max_message, self.budget.clone()),
             exchange: Exchange::new(self.router.current(), grpc_metadata)
@@ -218,7 +203,7 @@ impl ExtProcService {
         };
         let stream = futures_util::stream::unfold(state, |mut st| async move {
             if let Some(next) = st.queued.pop_front() {
-                return Some((Ok(next), st));
+                return Some((Ok(wire::encode(next)), st));
             }
             if st.done {
                 return None;
@@ -241,7 +226,7 @@ impl ExtProcService {
                     Ok(Some(Incoming::Refused(len))) => match st.exchange.refuse_unreceived() {
                         Some(Handled::Reply(response)) => {
                             st.done = true;
-                            return Some((Ok(*response), st));
+                            return Some((Ok(wire::encode(*response)), st));
                         }
                         _ => {
                             let status = st.fail(Status::resource_exhausted(format!(
@@ -251,26 +236,27 @@ impl ExtProcService {
                             return Some((Err(status), st));
                         }
                     },
-                    Ok(Some(Incoming::Message(message))) => match st.exchange.handle(message).await
-                    {
-                        Ok(Handled::Reply(response)) => {
-                            st.done = st.exchange.is_finished();
-                            return Some((Ok(*response), st));
-                        }
-                        Ok(Handled::Replies(responses)) => {
-                            st.done = st.exchange.is_finished();
-                            st.queued.extend(responses);
-                            match st.queued.pop_front() {
-                                Some(first) => return Some((Ok(first), st)),
-                                None => continue,
+                    Ok(Some(Incoming::Message(message))) => {
+                        match handle(&mut st.exchange, message).await {
+                            Ok(Handled::Reply(response)) => {
+                                st.done = st.exchange.is_finished();
+                                return Some((Ok(wire::encode(*response)), st));
+                            }
+                            Ok(Handled::Replies(responses)) => {
+                                st.done = st.exchange.is_finished();
+                                st.queued.extend(responses);
+                                match st.queued.pop_front() {
+                                    Some(first) => return Some((Ok(wire::encode(first)), st)),
+                                    None => continue,
+                                }
+                            }
+                            Ok(Handled::Silent) => continue,
+                            Err(e) => {
+                                let status = st.fail(Status::from(e));
+                                return Some((Err(status), st));
                             }
                         }
-                        Ok(Handled::Silent) => continue,
-                        Err(e) => {
-                            let status = st.fail(Status::from(e));
-                            return Some((Err(status), st));
-                        }
-                    },
+                    }
                     Ok(None) => {
                         st.exchange.end(StreamOutcome::Completed);
                         return None;

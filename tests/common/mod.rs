@@ -19,6 +19,20 @@ use hyper_util::rt::TokioExecutor;
 pub type Body = BoxBody<Bytes, Infallible>;
 pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
 
+/// A header map as current Envoy sends it (`raw_value` only).
+pub fn header_map(headers: &[(&str, &str)]) -> extproc_gateway::proto::core::HeaderMap {
+    extproc_gateway::proto::core::HeaderMap {
+        headers: headers
+            .iter()
+            .map(|(k, v)| extproc_gateway::proto::core::HeaderValue {
+                key: k.to_string(),
+                value: String::new(),
+                raw_value: Bytes::copy_from_slice(v.as_bytes()),
+            })
+            .collect(),
+    }
+}
+
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -329,7 +343,7 @@ impl Upstream {
         let hits = Arc::new(AtomicU64::new(0));
         let h = hits.clone();
         let task = tokio::spawn(async move {
-            let _ = extproc_gateway::testing::upstream::serve_counting(listener, h).await;
+            let _ = extproc_gateway::upstream::serve_counting(listener, h).await;
         });
         Upstream { port, hits, task }
     }
@@ -826,7 +840,7 @@ impl Resp {
     }
 
     /// The upstream's JSON echo.
-    pub fn echoed(&self) -> extproc_gateway::testing::upstream::Echoed {
+    pub fn echoed(&self) -> extproc_gateway::upstream::Echoed {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
                 "not an upstream echo ({e}): status {} body {:?}",

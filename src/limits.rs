@@ -4,6 +4,9 @@
 //! SETTINGS_MAX_CONCURRENT_STREAMS), how long a stream may sit idle, and how many
 //! headers (and header bytes) one message may carry. Each refusal is counted in
 //! `extproc_limits_hit_total{limit}`.
+//!
+//! The server enforces them; they live below it because [`Limit`] is also the
+//! vocabulary of a metric, and metrics must not import the server.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -197,11 +197,11 @@ mod tests {
             ]
         );
         assert!(headers.iter().all(|h| h.value.is_empty()));
-        let attrs = crate::wire::attributes(&req);
+        assert!(req.protocol_config.is_some());
+        let attrs = crate::wire::decode(req).unwrap().attributes;
         assert_eq!(attrs["request.path"], "/hello?x=1");
         assert_eq!(attrs["xds.route_name"], "default");
         assert_eq!(attrs["request.id"], "client-rid-1");
-        assert!(req.protocol_config.is_some());
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! A small HTTP upstream that answers every request with a JSON echo of what reached
 //! it: `{"method", "path", "headers": {name: value}, "body"}`. It shows what the
 //! gateway changed on the way to the upstream, for tests, demos and load tests.
+//!
+//! The binary serves it as `extproc-gateway echo-upstream` (the docker-compose demo's
+//! upstream), so it is part of the library proper rather than of the `testing`
+//! feature.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
