@@ -148,7 +148,7 @@ async fn sighup_swaps_routes_for_new_streams_only() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(gw.proc.log_text().contains("unknown variant `nonsense`"));
+    assert!(gw.proc.log_text().contains("unknown processor `nonsense`"));
     let mut still = Stream::open(gw.grpc_port).await;
     still.request().await;
     assert_eq!(still.applied().await, "timer,trivial");
