@@ -66,10 +66,8 @@ mod tests {
 
     #[test]
     fn bare_names_and_maps_parse() {
-        let specs: Vec<ProcessorSpec> = read(
-            "- trivial\n- digest: {body_mode: streamed}\n- echo: {}\n- timer:\n",
-        )
-        .unwrap();
+        let specs: Vec<ProcessorSpec> =
+            read("- trivial\n- digest: {body_mode: streamed}\n- echo: {}\n- timer:\n").unwrap();
         let names: Vec<&str> = specs.iter().map(|s| s.name()).collect();
         assert_eq!(names, ["trivial", "digest", "echo", "timer"]);
         assert_eq!(

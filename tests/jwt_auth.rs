@@ -1737,7 +1737,10 @@ fn other_bad_settings_are_config_errors() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("set exactly one of jwks_file, pem_file, jwks_url"), "{e}");
+    assert!(
+        e.contains("set exactly one of jwks_file, pem_file, jwks_url"),
+        "{e}"
+    );
 }
 
 #[test]
