@@ -177,7 +177,11 @@ pub fn run(registry: Registry) -> ExitCode {
                                 "route {}: {} -> [{}] (phases: {})",
                                 s.name,
                                 s.matcher,
-                                s.processors.join(", "),
+                                s.chain
+                                    .iter()
+                                    .map(|e| e.describe())
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
                                 s.phases.join(", ")
                             );
                         }

@@ -303,12 +303,45 @@ pub struct RouteSummary {
     pub matcher: String,
     /// Processor names in chain order.
     pub processors: Vec<String>,
+    /// Each processor's entry in chain order: its `when:` and `on_error:`.
+    pub chain: Vec<EntrySummary>,
     /// Phases the gateway asks Envoy for on this route.
     pub phases: Vec<String>,
     /// Streams on this route that got less from Envoy than the chain needs, by reason
     /// (see `extproc_mode_mismatches_total`): the first place to look when a header
     /// is missing.
     pub mode_mismatches: std::collections::BTreeMap<String, u64>,
+}
+
+/// One processor of a route as `/routes` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EntrySummary {
+    /// Its name.
+    pub processor: String,
+    /// Its `when:` condition (absent: every request).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// `fail_closed` or `fail_open`.
+    pub on_error: &'static str,
+}
+
+impl EntrySummary {
+    /// The entry in one line: `digest (when: ...; on_error: fail_open)`; just the name
+    /// for an entry with the defaults.
+    pub fn describe(&self) -> String {
+        let mut extra = Vec::new();
+        if let Some(when) = &self.when {
+            extra.push(format!("when: {when}"));
+        }
+        if self.on_error != crate::processor::OnError::default().as_str() {
+            extra.push(format!("on_error: {}", self.on_error));
+        }
+        if extra.is_empty() {
+            self.processor.clone()
+        } else {
+            format!("{} ({})", self.processor, extra.join("; "))
+        }
+    }
 }
 
 impl Route {
@@ -338,6 +371,16 @@ impl Route {
             name: self.name.to_string(),
             matcher: self.matcher.describe(),
             processors: self.chain.names().iter().map(|n| n.to_string()).collect(),
+            chain: self
+                .chain
+                .entries()
+                .iter()
+                .map(|e| EntrySummary {
+                    processor: e.name.to_string(),
+                    when: e.when.as_ref().map(|w| w.to_string()),
+                    on_error: e.on_error.as_str(),
+                })
+                .collect(),
             phases,
             mode_mismatches: self
                 .metrics

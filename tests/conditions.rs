@@ -203,3 +203,35 @@ async fn through_envoy_a_false_condition_asks_for_no_body() {
     assert_eq!(acme.header("x-ext-procs-applied"), Some("digest,trivial"));
     assert_eq!(body_messages().await, 1.0);
 }
+
+#[test]
+fn routes_and_check_config_show_each_entrys_condition_and_policy() {
+    let yaml = "routes:\n  - name: api\n    processors:\n      - trivial\n      - digest:\n        when: request.method == \"POST\"\n        on_error: fail_open\n";
+    let config = GatewayConfig::parse(yaml, "t.yaml").unwrap();
+    let router = config.build_router().unwrap();
+    let summary = router.routes()[0].summary();
+    let json = serde_json::to_value(&summary).unwrap();
+    assert_eq!(
+        json["chain"],
+        serde_json::json!([
+            {"processor": "trivial", "on_error": "fail_closed"},
+            {"processor": "digest", "when": "request.method == \"POST\"", "on_error": "fail_open"},
+        ])
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_extproc-gateway"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout
+            .contains("[trivial, digest (when: request.method == \"POST\"; on_error: fail_open)]"),
+        "{stdout}"
+    );
+}

@@ -80,6 +80,17 @@ impl ProcessorOptions {
     }
 }
 
+/// How one processor of a built chain is set up, as operators read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// The name in metrics, traces and `x-ext-procs-applied`.
+    pub name: Arc<str>,
+    /// The source of its `when:` condition, if any.
+    pub when: Option<Arc<str>>,
+    /// Its failure policy.
+    pub on_error: OnError,
+}
+
 /// A chain that cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
@@ -100,6 +111,7 @@ pub enum ChainError {
 pub struct ChainBuilder {
     steps: Vec<Step>,
     names: Vec<Arc<str>>,
+    entries: Vec<EntryInfo>,
     needs: PhaseNeeds,
     narrows: Vec<Narrow>,
     applied_header: Option<String>,
@@ -112,6 +124,7 @@ impl Default for ChainBuilder {
         Self {
             steps: Vec::new(),
             names: Vec::new(),
+            entries: Vec::new(),
             needs: PhaseNeeds::NONE,
             narrows: Vec::new(),
             applied_header: None,
@@ -156,6 +169,11 @@ impl ChainBuilder {
             });
         }
         self.names.push(name.clone());
+        self.entries.push(EntryInfo {
+            name: name.clone(),
+            when: options.when.as_ref().map(|w| Arc::from(w.source())),
+            on_error: options.on_error,
+        });
         self.needs = self.needs.union(processor.needs());
         let processor = Arc::new(processor);
         let narrow = processor.clone();
@@ -231,6 +249,7 @@ impl ChainBuilder {
         Ok(Chain {
             service,
             names: self.names.into(),
+            entries: self.entries.into(),
             needs,
             narrows: self.narrows.into(),
             applied_header: self.applied_header,
@@ -243,6 +262,7 @@ impl ChainBuilder {
 pub struct Chain {
     service: PhaseService,
     names: Arc<[Arc<str>]>,
+    entries: Arc<[EntryInfo]>,
     needs: PhaseNeeds,
     narrows: Arc<[Narrow]>,
     applied_header: Option<String>,
@@ -268,6 +288,7 @@ impl Chain {
         Chain {
             service: PhaseService::terminal(),
             names: Arc::from([]),
+            entries: Arc::from([]),
             needs: PhaseNeeds::NONE,
             narrows: Arc::from([]),
             applied_header: None,
@@ -292,6 +313,12 @@ impl Chain {
             service: PhaseService::new(layer.layer(self.service.clone())),
             ..self.clone()
         }
+    }
+
+    /// Each processor's entry settings (name, `when:`, `on_error:`) in chain order, for
+    /// `/routes` and `check-config`.
+    pub fn entries(&self) -> &[EntryInfo] {
+        &self.entries
     }
 
     /// Processor names in chain order.
