@@ -40,31 +40,6 @@ fi
 echo "old: $(git rev-parse --short "$old_rev"), new: working tree; building both" >&2
 (cd "$old_dir" && cargo bench --bench mutations --no-run) >/dev/null 2>&1
 cargo bench --bench mutations --no-run >/dev/null 2>&1
-benches=(instructions_60k instructions_60k_wire instructions_60k_worst instructions_60k_worst_wire instructions_small)
-median() {
-    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["median"]["point_estimate"])' \
-        "$target/criterion/mutations/$1/new/estimates.json"
-}
-results="$(mktemp)"
-for i in $(seq 1 "$rounds"); do
-    for side in old new; do
-        dir="$PWD"
-        [ "$side" = old ] && dir="$old_dir"
-        (cd "$dir" && cargo bench --bench mutations -- --warm-up-time 1 --measurement-time 3 'mutations/') >/dev/null 2>&1
-        for b in "${benches[@]}"; do
-            m="$(median "$b")"
-            echo "$b $side $m" >>"$results"
-            printf 'round %d: %-28s %s %12.0f ns\n' "$i" "$b" "$side" "$m"
-        done
-    done
-done
-python3 - "$results" <<'PY'
-import statistics, sys
-rows = [line.split() for line in open(sys.argv[1])]
-for bench in dict.fromkeys(r[0] for r in rows):
-    old = [float(r[2]) for r in rows if r[0] == bench and r[1] == "old"]
-    new = [float(r[2]) for r in rows if r[0] == bench and r[1] == "new"]
-    mo, mn = statistics.median(old), statistics.median(new)
-    print(f"{bench}: median of {len(old)} interleaved rounds: old {mo:,.0f} ns, new {mn:,.0f} ns, old/new {mo / mn:.2f}")
-PY
-rm -f "$results"
+# shellcheck source=support/interleave.sh
+source benches/support/interleave.sh
+interleave mutations mutations "$rounds" "$old_dir" instructions_60k instructions_60k_wire instructions_60k_worst instructions_60k_worst_wire instructions_small

@@ -227,15 +227,15 @@ fn main() -> Result<ExitCode, RegistryError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use extproc_gateway::config::GatewayConfig;
     use extproc_gateway::testing::Driver;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A policy service on a free port: `acme` may send 8 bytes, `slow` never
-    /// answers in time, everyone else is unknown.
-    async fn policy_service() -> String {
+    /// A policy service on a free port: `acme` may send `quota` bytes, `slow` never
+    /// answers in time, everyone else is unknown. Its URL ends in `/tenants/`.
+    pub(crate) async fn policy_service(quota: u64) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -245,12 +245,12 @@ mod tests {
                     let n = socket.read(&mut buf).await.unwrap_or(0);
                     let request = String::from_utf8_lossy(&buf[..n]).to_string();
                     let (status, body) = if request.starts_with("GET /tenants/acme ") {
-                        ("200 OK", r#"{"max_body_bytes": 8}"#)
+                        ("200 OK", format!("{{\"max_body_bytes\": {quota}}}"))
                     } else if request.starts_with("GET /tenants/slow ") {
                         tokio::time::sleep(Duration::from_secs(5)).await;
-                        ("200 OK", "{}")
+                        ("200 OK", "{}".to_string())
                     } else {
-                        ("404 Not Found", "")
+                        ("404 Not Found", String::new())
                     };
                     let reply = format!(
                         "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -283,7 +283,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_known_tenant_within_quota_goes_through_and_sees_its_usage() {
-        let mut envoy = driver(&policy_service().await, "fail_closed");
+        let mut envoy = driver(&policy_service(8).await, "fail_closed");
         let answer = envoy
             .request_headers(&request("acme"), false)
             .await
@@ -307,7 +307,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_over_the_quota_gets_413() {
-        let mut envoy = driver(&policy_service().await, "fail_closed");
+        let mut envoy = driver(&policy_service(8).await, "fail_closed");
         envoy
             .request_headers(&request("acme"), false)
             .await
@@ -321,7 +321,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unknown_tenant_gets_403() {
-        let mut envoy = driver(&policy_service().await, "fail_closed");
+        let mut envoy = driver(&policy_service(8).await, "fail_closed");
         let answer = envoy
             .request_headers(&request("nobody"), false)
             .await
@@ -331,7 +331,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_policy_service_fails_closed_with_503_or_open_as_configured() {
-        let url = policy_service().await;
+        let url = policy_service(8).await;
         let answer = driver(&url, "fail_closed")
             .request_headers(&request("slow"), false)
             .await

@@ -15,7 +15,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The example binary `cargo test` builds next to this test's own executable.
 fn example_bin() -> PathBuf {
@@ -39,33 +38,6 @@ fn example_bin() -> PathBuf {
             bin.display()
         ),
     }
-}
-
-/// A policy service on a free port answering `{"max_body_bytes": N}` for `acme` with
-/// the quota in `quota`, 404 for other tenants.
-async fn policy_service(quota: u64) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0; 4096];
-                let n = socket.read(&mut buf).await.unwrap_or(0);
-                let request = String::from_utf8_lossy(&buf[..n]).to_string();
-                let (status, body) = if request.starts_with("GET /acme ") {
-                    ("200 OK", format!("{{\"max_body_bytes\": {quota}}}"))
-                } else {
-                    ("404 Not Found", String::new())
-                };
-                let reply = format!(
-                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(reply.as_bytes()).await;
-            });
-        }
-    });
-    format!("http://{addr}/")
 }
 
 fn config(policy_url: &str) -> String {
@@ -128,7 +100,11 @@ async fn the_users_binary_serves_reloads_and_reports_its_processor() {
     let Some(envoy_bin) = envoy_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gateway.yaml");
-    std::fs::write(&file, config(&policy_service(16).await)).unwrap();
+    std::fs::write(
+        &file,
+        config(&custom_processor::tests::policy_service(16).await),
+    )
+    .unwrap();
     let gateway =
         Gateway::start_binary(&example_bin(), &["--config", file.to_str().unwrap()]).await;
     let upstream = Upstream::start().await;
@@ -183,7 +159,11 @@ async fn the_users_binary_serves_reloads_and_reports_its_processor() {
     );
 
     // SIGHUP: the same file, a policy service with a smaller quota.
-    std::fs::write(&file, config(&policy_service(4).await)).unwrap();
+    std::fs::write(
+        &file,
+        config(&custom_processor::tests::policy_service(4).await),
+    )
+    .unwrap();
     gateway.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
