@@ -17,7 +17,6 @@ pub mod cli;
 /// entry runs.
 pub mod condition;
 pub mod config;
-pub mod jwks;
 pub mod limits;
 pub mod live;
 pub mod metrics;

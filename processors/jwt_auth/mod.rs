@@ -10,6 +10,8 @@
 //! invalid token gets 401 with `www-authenticate` and a JSON reason that never repeats
 //! the token or the key; the upstream is not called.
 
+pub mod jwks;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +23,8 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use self::jwks::{KeySet, KeySource, Keys, UrlSource};
 use super::headers::is_header_name;
-use crate::jwks::{self, KeySet, KeySource, Keys, UrlSource};
 use crate::metrics::JwksMetrics;
 use crate::phase::is_valid_header_value;
 use crate::prelude::*;
