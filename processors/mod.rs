@@ -1,7 +1,9 @@
-//! The built-in processors, one file each, and the config entry that names them.
+//! The built-in processors, one file each, each with its settings type, registered
+//! the way a user's processor is ([`register`], [`Registry::builtin`]).
 //!
-//! Each processor imports only the processor trait and the phase types
-//! (`crate::prelude`): none of them knows about protobuf or the server.
+//! Each processor imports the processor trait, the phase types and the settings trait
+//! (`crate::prelude`), and `jwt_auth` its JWKS counters from `crate::metrics`: none of
+//! them knows about protobuf or the server.
 
 pub mod context_check;
 pub mod digest;
