@@ -349,7 +349,7 @@ impl Route {
     pub fn summary(&self) -> RouteSummary {
         let needs = self.chain.needs();
         let mut phases = Vec::new();
-        if needs.request_headers || !self.chain.names().is_empty() {
+        if needs.request_headers || !self.chain.entries().is_empty() {
             phases.push("request_headers".to_string());
         }
         if needs.request_body != crate::processor::BodyNeed::None {
@@ -370,7 +370,7 @@ impl Route {
         RouteSummary {
             name: self.name.to_string(),
             matcher: self.matcher.describe(),
-            processors: self.chain.names().iter().map(|n| n.to_string()).collect(),
+            processors: self.chain.names().map(String::from).collect(),
             chain: self
                 .chain
                 .entries()

@@ -110,7 +110,6 @@ pub enum ChainError {
 /// apply to every processor, whatever the order of the calls.
 pub struct ChainBuilder {
     steps: Vec<Step>,
-    names: Vec<Arc<str>>,
     entries: Vec<EntryInfo>,
     needs: PhaseNeeds,
     narrows: Vec<Narrow>,
@@ -123,7 +122,6 @@ impl Default for ChainBuilder {
     fn default() -> Self {
         Self {
             steps: Vec::new(),
-            names: Vec::new(),
             entries: Vec::new(),
             needs: PhaseNeeds::NONE,
             narrows: Vec::new(),
@@ -168,7 +166,6 @@ impl ChainBuilder {
                 phase: phase.as_str(),
             });
         }
-        self.names.push(name.clone());
         self.entries.push(EntryInfo {
             name: name.clone(),
             when: options.when.as_ref().map(|w| Arc::from(w.source())),
@@ -243,12 +240,11 @@ impl ChainBuilder {
             service = wrap(service);
         }
         let mut needs = self.needs;
-        if self.applied_header.is_some() && !self.names.is_empty() {
+        if self.applied_header.is_some() && !self.entries.is_empty() {
             needs.response_headers = true;
         }
         Ok(Chain {
             service,
-            names: self.names.into(),
             entries: self.entries.into(),
             needs,
             narrows: self.narrows.into(),
@@ -261,7 +257,6 @@ impl ChainBuilder {
 #[derive(Clone)]
 pub struct Chain {
     service: PhaseService,
-    names: Arc<[Arc<str>]>,
     entries: Arc<[EntryInfo]>,
     needs: PhaseNeeds,
     narrows: Arc<[Narrow]>,
@@ -271,7 +266,7 @@ pub struct Chain {
 impl std::fmt::Debug for Chain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Chain")
-            .field("names", &self.names)
+            .field("names", &self.names().collect::<Vec<_>>())
             .field("needs", &self.needs)
             .finish_non_exhaustive()
     }
@@ -287,7 +282,6 @@ impl Chain {
     pub fn empty() -> Chain {
         Chain {
             service: PhaseService::terminal(),
-            names: Arc::from([]),
             entries: Arc::from([]),
             needs: PhaseNeeds::NONE,
             narrows: Arc::from([]),
@@ -322,8 +316,8 @@ impl Chain {
     }
 
     /// Processor names in chain order.
-    pub fn names(&self) -> &[Arc<str>] {
-        &self.names
+    pub fn names(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.entries.iter().map(|e| &*e.name)
     }
 
     /// The union of what the processors need: drives `mode_override`.
@@ -340,7 +334,7 @@ impl Chain {
             .narrows
             .iter()
             .fold(PhaseNeeds::NONE, |acc, n| acc.union(n(request)));
-        if self.applied_header.is_some() && !self.names.is_empty() {
+        if self.applied_header.is_some() && !self.entries.is_empty() {
             needs.response_headers = true;
         }
         needs
@@ -348,7 +342,7 @@ impl Chain {
 
     /// A fresh per-request context sized for this chain.
     pub fn new_ctx(&self, route: Arc<str>) -> RequestCtx {
-        RequestCtx::new(route, self.names.len())
+        RequestCtx::new(route, self.entries.len())
     }
 
     /// Runs one phase, then stamps the list of processors that ran on the response.
@@ -359,7 +353,7 @@ impl Chain {
         };
         if let Some(header) = &self.applied_header {
             if let Phase::RequestHeaders(_) = outcome.phase {
-                if !self.names.is_empty() {
+                if !self.entries.is_empty() {
                     outcome.ctx.need(PhaseNeeds {
                         response_headers: true,
                         ..PhaseNeeds::NONE
@@ -412,7 +406,7 @@ impl Chain {
 
     fn ran_list(&self, ctx: &RequestCtx) -> Bytes {
         let mut out = BytesMut::new();
-        for (i, name) in self.names.iter().enumerate() {
+        for (i, name) in self.names().enumerate() {
             if ctx.has_run(i) {
                 if !out.is_empty() {
                     out.put_u8(b',');

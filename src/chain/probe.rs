@@ -31,6 +31,10 @@ fn answers_with_default<P: Processor>(processor: &P, kind: PhaseKind) -> bool {
     matches!(polled, Ok(Some(Err(e))) if e.is_not_overridden())
 }
 
+/// Calls the hook of `kind` on an empty event. The chain's `run_hook` keeps its own
+/// match from phase to hook: sharing one async dispatch function with it added an
+/// await layer to every hook call (about 1,300 more instructions per stream in
+/// `benches/instructions.rs`).
 fn poll_once<P: Processor>(processor: &P, kind: PhaseKind) -> Option<HookResult> {
     let mut ctx = RequestCtx::new(Arc::from(""), 0);
     let mut state = processor.new_state();

@@ -19,7 +19,7 @@ use tracing::Instrument;
 use super::service::{PhaseFuture, PhaseOutcome, PhaseRequest, PhaseService};
 use crate::condition::Condition;
 use crate::metrics::{Failure, ProcessorMetrics, Skipped};
-use crate::phase::{Flow, ImmediateResponse, Mutations, Phase};
+use crate::phase::{Flow, ImmediateResponse, Mutations, Phase, PhaseKind};
 use crate::processor::{HookResult, OnError, PhaseNeeds, Processor, ProcessorError};
 
 /// Wraps the rest of a chain with one processor at chain position `index`.
@@ -208,13 +208,9 @@ impl<P: Processor> Shared<P> {
         let Some(when) = &self.when else {
             return Decided::Run;
         };
-        let held;
         let headers = match &req.phase {
             Phase::RequestHeaders(h) => &h.headers,
-            _ => {
-                held = req.ctx.request_headers().clone();
-                &held
-            }
+            _ => req.ctx.request_headers(),
         };
         match when.evaluate(&req.ctx, headers) {
             Ok(true) => Decided::Run,
@@ -226,14 +222,7 @@ impl<P: Processor> Shared<P> {
                 Decided::Skip
             }
             Err(e) => {
-                let span = tracing::debug_span!(
-                    "ext_proc.processor",
-                    otel.name = %format_args!("processor {}", self.name),
-                    processor = &*self.name,
-                    phase = req.phase.kind().as_str(),
-                    outcome = tracing::field::Empty,
-                    error = tracing::field::Empty,
-                );
+                let span = self.span(req.phase.kind());
                 match self.fail(req, Failed::Condition(e.to_string()), &span) {
                     Flow::Continue => Decided::Skip,
                     Flow::Respond(r) => {
@@ -248,17 +237,22 @@ impl<P: Processor> Shared<P> {
         }
     }
 
-    /// Runs the hook with its span, time limit, panic guard, failure policy and metrics.
-    async fn run(&self, req: &mut PhaseRequest) -> Flow {
-        let kind = req.phase.kind();
-        let span = tracing::debug_span!(
+    /// The processor's span for one phase; `outcome` and `error` are recorded later.
+    fn span(&self, kind: PhaseKind) -> tracing::Span {
+        tracing::debug_span!(
             "ext_proc.processor",
             otel.name = %format_args!("processor {}", self.name),
             processor = &*self.name,
             phase = kind.as_str(),
             outcome = tracing::field::Empty,
             error = tracing::field::Empty,
-        );
+        )
+    }
+
+    /// Runs the hook with its span, time limit, panic guard, failure policy and metrics.
+    async fn run(&self, req: &mut PhaseRequest) -> Flow {
+        let kind = req.phase.kind();
+        let span = self.span(kind);
         // The clock is read only when someone records the time.
         let started = self.metrics.as_ref().map(|_| Instant::now());
         let guarded = AssertUnwindSafe(run_hook(self, req)).catch_unwind();

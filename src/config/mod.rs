@@ -41,7 +41,7 @@ pub struct ConfigError {
 impl GatewayConfig {
     /// The embedded default.
     pub fn embedded() -> Result<Self, ConfigError> {
-        Self::parse(DEFAULT_YAML, "<embedded default>")
+        Self::embedded_with(&Registry::builtin())
     }
 
     /// The embedded default, read with `registry` (it names built-ins only, which a
