@@ -11,25 +11,12 @@
 # Both builds share CARGO_TARGET_DIR (default ./target), so dependencies build once.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-if [ $# -ne 2 ]; then
-    echo "usage: $0 ROUNDS OLD_REV" >&2
-    exit 2
-fi
-rounds="$1"
-old_rev="$2"
-target="${CARGO_TARGET_DIR:-$PWD/target}"
-export CARGO_TARGET_DIR="$target"
-old_dir="$(mktemp -d)"
-trap 'rm -rf "$old_dir"' EXIT
-git archive "$old_rev" | tar -x -C "$old_dir"
-# Another package name, so the old build's artifacts do not share names (and cargo's
-# freshness checks) with the new one's in the shared target directory.
-sed -i '0,/^name = "extproc-gateway"/s//name = "extproc-gateway-old"/' "$old_dir/Cargo.toml"
+# shellcheck source=support/interleave.sh
+source benches/support/interleave.sh
+old_tree "$@"
 echo "old: $(git rev-parse --short "$old_rev"), new: working tree; building both" >&2
 (cd "$old_dir" && cargo bench --bench chain --no-run) >/dev/null 2>&1
 cargo bench --bench chain --no-run >/dev/null 2>&1
-# shellcheck source=support/interleave.sh
-source benches/support/interleave.sh
 interleave chain two_messages "$rounds" "$old_dir" no_metrics metrics
 if command -v valgrind >/dev/null 2>&1; then
     exe() {

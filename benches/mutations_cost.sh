@@ -11,17 +11,9 @@
 # build once.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-if [ $# -ne 2 ]; then
-    echo "usage: $0 ROUNDS OLD_REV" >&2
-    exit 2
-fi
-rounds="$1"
-old_rev="$2"
-target="${CARGO_TARGET_DIR:-$PWD/target}"
-export CARGO_TARGET_DIR="$target"
-old_dir="$(mktemp -d)"
-trap 'rm -rf "$old_dir"' EXIT
-git archive "$old_rev" | tar -x -C "$old_dir"
+# shellcheck source=support/interleave.sh
+source benches/support/interleave.sh
+old_tree "$@"
 # The bench drives the exchange through wire::decode / wire::encode; a revision from
 # before them (the exchange took protobuf messages itself) gets the last copy of the
 # bench written for that API (647755a), which measures the same thing.
@@ -30,16 +22,10 @@ if git cat-file -e "$old_rev:src/wire/mod.rs" 2>/dev/null; then
 else
     git show 647755a:benches/mutations.rs >"$old_dir/benches/mutations.rs"
 fi
-# Another package name, so the old build's artifacts do not share names (and cargo's
-# freshness checks) with the new one's in the shared target directory: with the same
-# Cargo.toml both would be one binary, and the comparison would compare it with itself.
-sed -i '0,/^name = "extproc-gateway"/s//name = "extproc-gateway-old"/' "$old_dir/Cargo.toml"
 if ! grep -q '^name = "mutations"' "$old_dir/Cargo.toml"; then
     printf '\n[[bench]]\nname = "mutations"\nharness = false\n' >>"$old_dir/Cargo.toml"
 fi
 echo "old: $(git rev-parse --short "$old_rev"), new: working tree; building both" >&2
 (cd "$old_dir" && cargo bench --bench mutations --no-run) >/dev/null 2>&1
 cargo bench --bench mutations --no-run >/dev/null 2>&1
-# shellcheck source=support/interleave.sh
-source benches/support/interleave.sh
 interleave mutations mutations "$rounds" "$old_dir" instructions_60k instructions_60k_wire instructions_60k_worst instructions_60k_worst_wire instructions_small

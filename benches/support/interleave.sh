@@ -1,10 +1,34 @@
-# Sourced by the old-vs-new cost scripts (chain_cost.sh, mutations_cost.sh): runs one
-# criterion bench target from the old tree and from the working tree, interleaved
-# (old, new, old, new, ...), records each round's median per benchmark, then prints the
-# median of the round medians per side and their ratio.
+# Sourced by the old-vs-new cost scripts (chain_cost.sh, mutations_cost.sh), from the
+# repository's root.
+#
+#   old_tree "$@"
+# reads the scripts' arguments (ROUNDS OLD_REV) into `rounds` and `old_rev`, exports
+# OLD_REV with `git archive` into a temporary `old_dir` (removed on exit) under another
+# package name, so the old build's artifacts do not share names (and cargo's freshness
+# checks) with the new one's in the shared target directory: with the same Cargo.toml
+# both would be one binary, and the comparison would compare it with itself. Both
+# builds share CARGO_TARGET_DIR (default ./target), so dependencies build once.
+#
 #   interleave TARGET GROUP ROUNDS OLD_DIR ID...
-# TARGET is the bench target (`--bench TARGET`), GROUP its criterion group, IDs the
-# benchmark ids within it; CARGO_TARGET_DIR must be set (both trees share it).
+# runs one criterion bench target from the old tree and from the working tree,
+# interleaved (old, new, old, new, ...), records each round's median per benchmark,
+# then prints the median of the round medians per side and their ratio. TARGET is the
+# bench target (`--bench TARGET`), GROUP its criterion group, IDs the benchmark ids.
+old_tree() {
+    if [ $# -ne 2 ]; then
+        echo "usage: $0 ROUNDS OLD_REV" >&2
+        exit 2
+    fi
+    rounds="$1"
+    old_rev="$2"
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+    old_dir="$(mktemp -d)"
+    # shellcheck disable=SC2064 # the directory is known now
+    trap "rm -rf '$old_dir'" EXIT
+    git archive "$old_rev" | tar -x -C "$old_dir"
+    sed -i '0,/^name = "extproc-gateway"/s//name = "extproc-gateway-old"/' "$old_dir/Cargo.toml"
+}
+
 interleave() {
     local bench="$1" group="$2" rounds="$3" old="$4"
     shift 4
