@@ -2,7 +2,8 @@
 //! BUFFERED, BUFFERED_PARTIAL, FULL_DUPLEX_STREAMED, GRPC, and STREAMED with
 //! `send_body_without_waiting_for_header_response`) x `allow_mode_override` on/off x
 //! observability mode off/on, each as its own listener (buffer limit 64 KiB) of one
-//! Envoy, in front of one gateway serving the default chain and a `jwt_auth` chain.
+//! Envoy, in front of one gateway serving the default chain and a `jwt_auth` chain
+//! (whose `digest` and `headers` carry `when:` conditions, true and never true).
 //! Each listener gets a GET, a small POST, a 1 MiB POST (over the buffer limit) and an
 //! HTTP/2 POST with request trailers. Every case asserts the status, the body the
 //! upstream received byte for byte, the digest (whole or absent, never wrong, and
@@ -99,7 +100,13 @@ routes:
           issuer: '{issuer}'
           audiences: ['{audience}']
       - trivial
-      - digest
+      # `when:` in every mode: true for every request the matrix sends (so the digest
+      # expectations hold), and a processor whose condition is never true, which must
+      # neither run nor show.
+      - digest:
+        when: request.headers[?"x-tenant-id"].orValue("") == "acme"
+      - headers: {{response: {{set: {{x-when-false: ran}}}}}}
+        when: request.method == "DELETE"
   - name: default
     processors: [trivial, timer, digest, context_check, echo]
 "#,
@@ -390,6 +397,9 @@ async fn every_body_mode_override_and_observability_combination() {
                 }
                 if c.jwt && !echoed.headers.contains_key("decoded-sub") {
                     failures.push(format!("{label}: no decoded-sub upstream"));
+                }
+                if resp.header("x-when-false").is_some() {
+                    failures.push(format!("{label}: a processor whose when: is false ran"));
                 }
             } else if resp.header("x-ext-procs-applied").is_some() {
                 failures.push(format!("{label}: observability answer applied"));
