@@ -19,6 +19,19 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
-cargo test --locked
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# The layers: the built-ins compile against the processor API alone, without the
+# mutators only the runtime may call (the gateway turns those on, so a build of the
+# whole workspace would not notice a built-in reaching for them), and nothing that
+# speaks protobuf or serves is among their dependencies.
+cargo check -p extproc-gateway-processors --all-targets --locked
+layered="$(cargo tree -p extproc-gateway-processors -e normal --prefix none --locked \
+    | awk '{print $1}' | grep -E '^(extproc-gateway|tonic|tonic-.*|prost|prost-.*|axum)$' || true)"
+if [[ -n "${layered}" ]]; then
+    echo "test.sh: the built-in processors depend on ${layered//$'\n'/, }" >&2
+    exit 1
+fi
+
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+cargo test --workspace --locked

@@ -8,8 +8,13 @@
 
 #![warn(missing_docs)]
 
+// The processor API's modules: `extproc_gateway::phase` and `extproc_gateway_api::phase`
+// name the same items.
+pub use extproc_gateway_api::{budget, phase, processor};
+/// The built-in processors (the `extproc-gateway-processors` crate).
+pub use extproc_gateway_processors as processors;
+
 pub mod admin;
-pub mod budget;
 pub mod chain;
 pub mod check_envoy;
 pub mod cli;
@@ -22,10 +27,6 @@ pub mod live;
 pub mod metrics;
 pub mod modes;
 pub mod path;
-pub mod phase;
-pub mod processor;
-#[path = "../processors/mod.rs"]
-pub mod processors;
 #[doc(hidden)]
 pub mod proto;
 pub mod registry;
@@ -39,17 +40,9 @@ pub mod upstream;
 #[doc(hidden)]
 pub mod wire;
 
-/// The names a processor author needs, in one import.
+/// The names a processor author needs, in one import: the processor API's prelude
+/// and the chain builder.
 pub mod prelude {
-    pub use crate::budget::OverBudget;
     pub use crate::chain::{Chain, ChainBuilder, ChainError, ProcessorOptions};
-    pub use crate::phase::{
-        BodyKind, BodyPhase, Flow, Headers, HeadersPhase, ImmediateResponse, Mutations, Phase,
-        PhaseKind,
-    };
-    pub use crate::processor::{
-        unhandled, BodyNeed, BodyReceipt, HookResult, OnError, PhaseNeeds, Processor,
-        ProcessorError, RequestCtx, Withheld,
-    };
-    pub use crate::registry::{BuildContext, ProcessorSettings, RequestHeaderWrites};
+    pub use extproc_gateway_api::prelude::*;
 }

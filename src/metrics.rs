@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use extproc_gateway_api::metrics::MetricFamilies;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -58,6 +59,7 @@ impl StreamOutcome {
 /// All the gateway's metrics, in their own registry.
 pub struct Metrics {
     registry: Registry,
+    families: MetricFamilies,
     message: HistogramVec,
     processor: HistogramVec,
     stream: HistogramVec,
@@ -73,8 +75,6 @@ pub struct Metrics {
     buffered: IntGauge,
     budget: std::sync::OnceLock<Arc<crate::budget::BodyBudget>>,
     paths_refused: IntCounterVec,
-    jwks_fetches: IntCounterVec,
-    jwks_unknown_kid: IntCounterVec,
     active: IntGauge,
     http: HttpMetrics,
     tls_handshake_failures: IntCounter,
@@ -181,16 +181,6 @@ impl Metrics {
                 "Requests refused with 400 for their path before any processor ran, by reason",
                 &["reason"],
             ),
-            jwks_fetches: counter(
-                "extproc_jwks_fetches_total",
-                "Fetches of a jwt_auth jwks_url, by route and result (ok, timeout, too_large, http_status, transport, invalid); on failure the last good keys stay",
-                &["route", "result"],
-            ),
-            jwks_unknown_kid: counter(
-                "extproc_jwks_unknown_kid_total",
-                "Tokens naming a kid the jwt_auth keys lack, by route and outcome (refetched, in_flight, rate_limited)",
-                &["route", "outcome"],
-            ),
             active: IntGauge::new("extproc_active_streams", "ext_proc streams open now")
                 .unwrap_or_else(|e| unreachable!("static gauge: {e}")),
             http: HttpMetrics::new(),
@@ -204,6 +194,7 @@ impl Metrics {
                 "Reloads of changed TLS files of the gRPC listener, by result (loaded, failed: the running certificate was kept)",
                 &["result"],
             ),
+            families: MetricFamilies::new(registry.clone()),
             registry,
         };
         let build = IntGaugeVec::new(
@@ -227,7 +218,7 @@ impl Metrics {
         for reason in PathRefusal::ALL {
             m.paths_refused.with_label_values(&[reason.as_str()]);
         }
-        let collectors: [Box<dyn prometheus::core::Collector>; 23] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 21] = [
             Box::new(m.buffered.clone()),
             Box::new(m.tls_handshake_failures.clone()),
             Box::new(m.tls_reloads.clone()),
@@ -247,8 +238,6 @@ impl Metrics {
             Box::new(m.withheld.clone()),
             Box::new(m.limits.clone()),
             Box::new(m.paths_refused.clone()),
-            Box::new(m.jwks_fetches.clone()),
-            Box::new(m.jwks_unknown_kid.clone()),
             Box::new(m.active.clone()),
             Box::new(build),
         ];
@@ -260,16 +249,12 @@ impl Metrics {
         Arc::new(m)
     }
 
-    /// Handles for the JWKS URL of a `jwt_auth` on `route`, every series at 0 from now.
-    pub fn jwks(&self, route: &str) -> JwksMetrics {
-        JwksMetrics {
-            fetches: FetchResult::ALL
-                .map(|r| self.jwks_fetches.with_label_values(&[route, r.as_str()])),
-            unknown_kid: UnknownKid::ALL.map(|o| {
-                self.jwks_unknown_kid
-                    .with_label_values(&[route, o.as_str()])
-            }),
-        }
+    /// The registry as processors see it ([`BuildContext::metrics`]), for families of
+    /// their own such as `jwt_auth`'s JWKS counters.
+    ///
+    /// [`BuildContext::metrics`]: crate::registry::BuildContext::metrics
+    pub fn families(&self) -> &MetricFamilies {
+        &self.families
     }
 
     /// Handles for one route.
@@ -582,105 +567,6 @@ impl PathRefusalMetrics {
         if let Some(c) = self.0.get(reason.index()) {
             c.inc();
         }
-    }
-}
-
-/// How one JWKS fetch ended (label `result` of `extproc_jwks_fetches_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchResult {
-    /// A usable JWKS arrived (new or the same as before).
-    Ok,
-    /// No complete answer before the fetch deadline (connect, headers or body).
-    Timeout,
-    /// The body is larger than `max_jwks_bytes`.
-    TooLarge,
-    /// The server answered with a status other than 2xx.
-    HttpStatus,
-    /// Connecting, TLS or HTTP failed.
-    Transport,
-    /// The body is not JSON, not a JWKS, or holds no usable key.
-    Invalid,
-}
-
-impl FetchResult {
-    /// Every value, for exporting each series at 0 from the start.
-    pub const ALL: [FetchResult; 6] = [
-        FetchResult::Ok,
-        FetchResult::Timeout,
-        FetchResult::TooLarge,
-        FetchResult::HttpStatus,
-        FetchResult::Transport,
-        FetchResult::Invalid,
-    ];
-
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FetchResult::Ok => "ok",
-            FetchResult::Timeout => "timeout",
-            FetchResult::TooLarge => "too_large",
-            FetchResult::HttpStatus => "http_status",
-            FetchResult::Transport => "transport",
-            FetchResult::Invalid => "invalid",
-        }
-    }
-}
-
-/// What became of a token naming a `kid` the keys lack (label `outcome` of
-/// `extproc_jwks_unknown_kid_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnknownKid {
-    /// It started a fetch and waited for it.
-    Refetched,
-    /// A fetch was already under way: refused without waiting.
-    InFlight,
-    /// The last refetch started less than `min_refetch_interval` ago: refused.
-    RateLimited,
-}
-
-impl UnknownKid {
-    /// Every value, for exporting each series at 0 from the start.
-    pub const ALL: [UnknownKid; 3] = [
-        UnknownKid::Refetched,
-        UnknownKid::InFlight,
-        UnknownKid::RateLimited,
-    ];
-
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UnknownKid::Refetched => "refetched",
-            UnknownKid::InFlight => "in_flight",
-            UnknownKid::RateLimited => "rate_limited",
-        }
-    }
-}
-
-/// Pre-resolved counters of one route's JWKS URL: fetch failures are otherwise only
-/// a log line while the last good keys quietly age.
-#[derive(Clone)]
-pub struct JwksMetrics {
-    fetches: [IntCounter; FetchResult::ALL.len()],
-    unknown_kid: [IntCounter; UnknownKid::ALL.len()],
-}
-
-impl JwksMetrics {
-    /// Counts one fetch.
-    pub fn fetched(&self, result: FetchResult) {
-        let i = FetchResult::ALL
-            .iter()
-            .position(|r| *r == result)
-            .unwrap_or(0);
-        self.fetches[i].inc();
-    }
-
-    /// Counts one token naming an unknown `kid`.
-    pub fn unknown_kid(&self, outcome: UnknownKid) {
-        let i = UnknownKid::ALL
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(0);
-        self.unknown_kid[i].inc();
     }
 }
 

@@ -1101,7 +1101,7 @@ fn observed_chain(settings: JwtSettings) -> (Chain, Arc<Metrics>) {
     let chain = ProcessorSpec::new("jwt_auth", settings)
         .add_to(
             Chain::builder().observe(&metrics, "api"),
-            &BuildContext::serving("api", Some(&metrics)),
+            &BuildContext::serving("api", Some(metrics.families())),
         )
         .expect("jwt_auth builds")
         .processor(Trivial)

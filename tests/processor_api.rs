@@ -478,3 +478,75 @@ fn the_registry_refuses_clashing_and_unusable_names() {
     assert!(names.contains(&"require_tenant".to_string()));
     assert!(names.contains(&"jwt_auth".to_string()));
 }
+
+/// The built-ins, registered by their own crate through the same registry.
+mod builtins {
+    use extproc_gateway::processors::{DigestBodyMode, DigestSettings};
+    use extproc_gateway::registry::{ProcessorSpec, Registry};
+
+    /// Reads YAML with the built-ins in scope.
+    fn read<T: serde::de::DeserializeOwned>(yaml: &str) -> Result<T, serde_saphyr::Error> {
+        Registry::builtin().scope(|| serde_saphyr::from_str(yaml))
+    }
+
+    #[test]
+    fn bare_names_and_maps_parse() {
+        let specs: Vec<ProcessorSpec> =
+            read("- trivial\n- digest: {body_mode: streamed}\n- echo: {}\n- timer:\n").unwrap();
+        let names: Vec<&str> = specs.iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["trivial", "digest", "echo", "timer"]);
+        assert_eq!(
+            specs[1],
+            ProcessorSpec::new(
+                "digest",
+                DigestSettings {
+                    body_mode: DigestBodyMode::Streamed
+                }
+            )
+        );
+        assert_ne!(
+            specs[1],
+            ProcessorSpec::new("digest", DigestSettings::default())
+        );
+    }
+
+    #[test]
+    fn unknown_names_and_settings_are_errors_with_a_line() {
+        let err = read::<Vec<ProcessorSpec>>("- trivial\n- nope\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown processor `nope`"), "{err}");
+        assert!(err.contains("registered: context_check, digest"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        let err = read::<Vec<ProcessorSpec>>("- trivial\n- digest: {mode: x}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `mode`"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        let err = read::<Vec<ProcessorSpec>>("- trivial: {x: 1}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `x`"), "{err}");
+    }
+
+    #[test]
+    fn a_rendered_list_loads_again() {
+        let specs: Vec<ProcessorSpec> = read(
+            "- trivial\n- digest: {body_mode: streamed}\n- headers: {request: {set: {x-a: b}}}\n- echo: {}\n- timer:\n  on_error: fail_open\n",
+        )
+        .unwrap();
+        let text = serde_saphyr::to_string(&specs).unwrap();
+        let again: Vec<ProcessorSpec> = read(&text).unwrap();
+        assert_eq!(again, specs, "{text}");
+        assert!(text.contains("- trivial\n"), "{text}");
+        assert!(text.contains("on_error: fail_open"), "{text}");
+        let err = read::<Vec<ProcessorSpec>>("- trivial: {}\n  echo: {}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("one processor per list entry"), "{err}");
+        let err = read::<Vec<ProcessorSpec>>("- jwt_auth\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("set exactly one of jwks_file"), "{err}");
+    }
+}

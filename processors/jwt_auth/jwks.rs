@@ -24,7 +24,7 @@ use rustls_pki_types::{CertificateDer, SubjectPublicKeyInfoDer};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
-use crate::metrics::{FetchResult, JwksMetrics, UnknownKid};
+use super::metrics::{FetchResult, JwksMetrics, UnknownKid};
 
 /// What kind of key this is, which decides the algorithms it may verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1056,7 +1056,7 @@ mod tests {
     #[test]
     fn one_bad_key_does_not_spoil_the_document() {
         let good = std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jwt/jwks.json"),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/jwt/jwks.json"),
         )
         .unwrap();
         let mut doc: serde_json::Value = serde_json::from_slice(&good).unwrap();
@@ -1073,7 +1073,7 @@ mod tests {
     #[test]
     fn the_same_document_keeps_the_set_in_force() {
         let doc = std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jwt/jwks.json"),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/jwt/jwks.json"),
         )
         .unwrap();
         let store = KeyStore::default();

@@ -4,13 +4,16 @@
 //! claim headers are dropped first in every spelling Envoy or an upstream may treat as
 //! the same name (`Decoded-Sub`, `decoded_sub`, `DECODED_sub`), so they cannot be
 //! spoofed; the config refuses a later processor that could write them (see
-//! [`crate::config`]). Claim names and values that a header cannot carry are encoded
+//! the gateway's config check). Claim names and values that a header cannot carry are encoded
 //! (non-string values and strings with a control character as compact JSON), never
 //! emitted raw. A missing or
 //! invalid token gets 401 with `www-authenticate` and a JSON reason that never repeats
 //! the token or the key; the upstream is not called.
 
 pub mod jwks;
+pub mod metrics;
+
+pub use self::metrics::{FetchResult, JwksMetrics, UnknownKid};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +28,6 @@ use sha2::{Digest as _, Sha256};
 
 use self::jwks::{KeySet, KeySource, Keys, UrlSource};
 use super::headers::is_header_name;
-use crate::metrics::JwksMetrics;
 use crate::phase::is_valid_header_value;
 use crate::prelude::*;
 
@@ -576,10 +578,13 @@ impl ProcessorSettings for JwtSettings {
         if !ctx.is_serving() {
             return JwtAuth::unstarted(self.clone());
         }
-        let metrics = ctx
-            .metrics()
-            .filter(|_| self.jwks_url.is_some())
-            .map(|m| m.jwks(ctx.route()));
+        let metrics = match ctx.metrics().filter(|_| self.jwks_url.is_some()) {
+            Some(families) => Some(
+                JwksMetrics::new(families, ctx.route())
+                    .map_err(|e| format!("the JWKS counters: {e}"))?,
+            ),
+            None => None,
+        };
         JwtAuth::observed(self.clone(), metrics)
     }
 

@@ -261,7 +261,7 @@ impl GatewayConfig {
                 chain = chain.observe(m, &r.name);
             }
             let ctx = if start {
-                BuildContext::serving(&r.name, metrics)
+                BuildContext::serving(&r.name, metrics.map(|m| m.families()))
             } else {
                 BuildContext::checking(&r.name)
             };

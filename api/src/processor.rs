@@ -190,6 +190,8 @@ pub type TimeoutExtender = std::sync::Arc<dyn Fn(std::time::Duration) -> bool + 
 /// Standard fields are filled from the request headers when Envoy sends them (a stream
 /// whose request headers are skipped leaves them empty). Each processor of the chain
 /// also keeps its own typed state here, private to it.
+// Without the runtime's mutators some fields are only ever written.
+#[cfg_attr(not(feature = "runtime"), allow(dead_code))]
 pub struct RequestCtx {
     route: Arc<str>,
     /// `:method` of the request.
@@ -276,7 +278,9 @@ impl RequestCtx {
         &self.request_headers
     }
 
-    pub(crate) fn request_headers_mut(&mut self) -> &mut Headers {
+    #[cfg(feature = "runtime")]
+    #[doc(hidden)]
+    pub fn request_headers_mut(&mut self) -> &mut Headers {
         &mut self.request_headers
     }
 
@@ -290,7 +294,9 @@ impl RequestCtx {
         self.response_body
     }
 
-    pub(crate) fn set_body_receipt(&mut self, request: bool, receipt: BodyReceipt) {
+    #[cfg(feature = "runtime")]
+    #[doc(hidden)]
+    pub fn set_body_receipt(&mut self, request: bool, receipt: BodyReceipt) {
         if request {
             self.request_body = receipt;
         } else {
@@ -304,7 +310,9 @@ impl RequestCtx {
         self.withheld = Some(reason);
     }
 
-    pub(crate) fn take_withheld(&mut self) -> Option<Withheld> {
+    #[cfg(feature = "runtime")]
+    #[doc(hidden)]
+    pub fn take_withheld(&mut self) -> Option<Withheld> {
         self.withheld.take()
     }
 
@@ -340,11 +348,15 @@ impl RequestCtx {
         }
     }
 
-    pub(crate) fn set_budget(&mut self, budget: Option<crate::budget::StreamBudget>) {
+    #[cfg(feature = "runtime")]
+    #[doc(hidden)]
+    pub fn set_budget(&mut self, budget: Option<crate::budget::StreamBudget>) {
         self.budget = budget;
     }
 
-    pub(crate) fn set_timeout_extender(&mut self, extender: Option<TimeoutExtender>) {
+    #[cfg(feature = "runtime")]
+    #[doc(hidden)]
+    pub fn set_timeout_extender(&mut self, extender: Option<TimeoutExtender>) {
         self.timeout_extender = extender;
     }
 
@@ -360,10 +372,13 @@ impl RequestCtx {
     }
 
     /// Adds to what this request needs.
-    pub(crate) fn need(&mut self, needs: PhaseNeeds) {
+    #[cfg(feature = "runtime")]
+    #[doc(hidden)]
+    pub fn need(&mut self, needs: PhaseNeeds) {
         self.needs = self.needs.union(needs);
     }
 
+    #[cfg(feature = "runtime")]
     fn slot(&mut self, index: usize) -> &mut Slot {
         if index >= self.slots.len() {
             self.slots.resize_with(index + 1, Slot::default);
@@ -372,7 +387,9 @@ impl RequestCtx {
     }
 
     /// Records that the processor at chain position `index` ran.
-    pub(crate) fn mark_ran(&mut self, index: usize) {
+    #[cfg(feature = "runtime")]
+    #[doc(hidden)]
+    pub fn mark_ran(&mut self, index: usize) {
         self.slot(index).ran = true;
     }
 
@@ -383,7 +400,9 @@ impl RequestCtx {
 
     /// Leaves the processor at chain position `index` out of the rest of this request
     /// (its `when:` was false, or it failed under `on_error: fail_open`).
-    pub(crate) fn skip(&mut self, index: usize) {
+    #[cfg(feature = "runtime")]
+    #[doc(hidden)]
+    pub fn skip(&mut self, index: usize) {
         let slot = self.slot(index);
         slot.skipped = true;
         slot.state = None;
@@ -391,7 +410,9 @@ impl RequestCtx {
 
     /// True the first time it is asked for the processor at `index` on this request:
     /// its `when:` is decided once, at the first phase it sees.
-    pub(crate) fn first_look(&mut self, index: usize) -> bool {
+    #[cfg(feature = "runtime")]
+    #[doc(hidden)]
+    pub fn first_look(&mut self, index: usize) -> bool {
         !std::mem::replace(&mut self.slot(index).looked, true)
     }
 
@@ -403,7 +424,9 @@ impl RequestCtx {
     /// The state of the processor at `index`, made with `new` on its first hook.
     /// A slot holding another type is an error, never a silent fresh state: it would
     /// mean two processors share a chain position.
-    pub(crate) fn take_state<S: Send + 'static>(
+    #[cfg(feature = "runtime")]
+    #[doc(hidden)]
+    pub fn take_state<S: Send + 'static>(
         &mut self,
         index: usize,
         new: impl FnOnce() -> S,
@@ -419,13 +442,16 @@ impl RequestCtx {
         }
     }
 
-    pub(crate) fn put_state<S: Send + 'static>(&mut self, index: usize, state: Box<S>) {
+    #[cfg(feature = "runtime")]
+    #[doc(hidden)]
+    pub fn put_state<S: Send + 'static>(&mut self, index: usize, state: Box<S>) {
         self.slot(index).state = Some(state);
     }
 }
 
 /// What the context keeps for one chain position.
 #[derive(Default)]
+#[cfg_attr(not(feature = "runtime"), allow(dead_code))]
 struct Slot {
     ran: bool,
     skipped: bool,
@@ -448,6 +474,8 @@ pub type HookResult = Result<Flow, ProcessorError>;
 pub struct ProcessorError {
     message: String,
     status: u16,
+    // Read only by the runtime, which tells "the default hook ran" from an error.
+    #[cfg_attr(not(feature = "runtime"), allow(dead_code))]
     not_overridden: bool,
 }
 
@@ -491,7 +519,9 @@ impl ProcessorError {
     }
 
     /// True for the default hooks' answer (see [`ProcessorError::not_overridden`]).
-    pub(crate) fn is_not_overridden(&self) -> bool {
+    #[cfg(feature = "runtime")]
+    #[doc(hidden)]
+    pub fn is_not_overridden(&self) -> bool {
         self.not_overridden
     }
 }
@@ -568,10 +598,10 @@ impl std::fmt::Debug for RequestCtx {
 ///
 /// A hook overridden for a phase that [`Processor::needs`] leaves out would never be
 /// called: the chain builder finds such a hook and refuses the chain
-/// ([`ChainError::UndeclaredHook`](crate::chain::ChainError)).
+/// (`ChainError::UndeclaredHook`).
 ///
 /// ```
-/// use extproc_gateway::prelude::*;
+/// use extproc_gateway_api::prelude::*;
 ///
 /// struct AddTenant;
 ///

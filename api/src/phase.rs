@@ -691,7 +691,9 @@ impl Mutations {
     /// through [`Mutations::set`]): only the gateway's own path policy does, after
     /// routing on the same normalised path. A value with a control character is
     /// refused.
-    pub(crate) fn set_request_path(&mut self, path: Bytes) -> Result<(), InvalidHeader> {
+    #[cfg(feature = "runtime")]
+    #[doc(hidden)]
+    pub fn set_request_path(&mut self, path: Bytes) -> Result<(), InvalidHeader> {
         if !is_valid_header_value(&path) {
             return Err(InvalidHeader::Value(":path".into()));
         }
