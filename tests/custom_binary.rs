@@ -1,8 +1,9 @@
 //! A user's gateway binary (`examples/custom_processor.rs`: the built-ins plus its own
 //! `tenant_quota`, then the same command line) behaves like `extproc-gateway` for its
 //! processor: `check-config` with line-precise errors, serving through real Envoy,
-//! `/config`, `/routes`, metrics, and SIGHUP reload. The example's own `testing::Driver`
-//! tests run here too.
+//! `/config`, `/routes`, metrics, and SIGHUP reload; and its failure policy
+//! (`on_error`) holds through real Envoy in every body mode, override on and off. The
+//! example's own `testing::Driver` tests run here too.
 
 mod common;
 
@@ -180,4 +181,274 @@ async fn the_users_binary_serves_reloads_and_reports_its_processor() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(gateway.proc.log_text().contains("config reloaded"));
+}
+
+/// A policy service that is up but broken: every question gets a 500, which
+/// `tenant_quota` turns into `ProcessorError::unavailable`.
+async fn broken_policy_service() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0; 4096];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}/tenants/")
+}
+
+/// The body modes Envoy implements, each with `allow_mode_override` on and off.
+const BODY_MODES: [&str; 5] = [
+    "NONE",
+    "STREAMED",
+    "BUFFERED",
+    "BUFFERED_PARTIAL",
+    "FULL_DUPLEX_STREAMED",
+];
+
+/// One listener of the failure-policy matrix: a body mode, the override, and the
+/// route (`open` or `closed`) chosen by gRPC initial metadata.
+fn policy_listener(i: usize, mode: &str, allow_override: bool, route: &str) -> String {
+    let trailers = if mode == "FULL_DUPLEX_STREAMED" {
+        "SEND"
+    } else {
+        "SKIP"
+    };
+    format!(
+        r#"  - name: p{i}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    per_connection_buffer_limit_bytes: 65536
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: p{i}
+          route_config:
+            name: r{i}
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: upstream, timeout: 30s}}
+          http_filters:
+          - name: envoy.filters.http.ext_proc
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              grpc_service:
+                envoy_grpc: {{cluster_name: extproc_gateway}}
+                timeout: 5s
+                initial_metadata: [{{key: x-chain, value: {route}}}]
+              failure_mode_allow: false
+              message_timeout: 2s
+              allow_mode_override: {allow_override}
+              processing_mode:
+                request_header_mode: SEND
+                response_header_mode: SEND
+                request_body_mode: {mode}
+                response_body_mode: {mode}
+                request_trailer_mode: {trailers}
+                response_trailer_mode: {trailers}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#
+    )
+}
+
+/// `on_error` through real Envoy in every body mode, override on and off: a
+/// processor whose dependency is broken refuses the request with 503 naming it under
+/// `fail_closed` (the upstream never called), and under `fail_open` is skipped for the
+/// rest of the request while the chain after it runs and the body reaches the
+/// upstream whole. Both outcomes are counted, and Envoy sees no failed stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_failure_policy_holds_in_every_body_mode_through_envoy() {
+    let Some(envoy_bin) = envoy_bin() else { return };
+    let policy = broken_policy_service().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"server:
+  envoy_buffer_limit_bytes: 65536
+routes:
+  - name: open
+    match: {{grpc_metadata: {{x-chain: open}}}}
+    processors:
+      - tenant_quota: {{policy_url: '{policy}'}}
+        on_error: fail_open
+      - trivial
+      - digest
+  - name: closed
+    processors:
+      - tenant_quota: {{policy_url: '{policy}'}}
+        on_error: fail_closed
+      - trivial
+"#
+        ),
+    )
+    .unwrap();
+    let gateway =
+        Gateway::start_binary(&example_bin(), &["--config", file.to_str().unwrap()]).await;
+    let upstream = Upstream::start().await;
+    let mut cases = Vec::new();
+    // The closed listeners first: the upstream must not have been called once they
+    // are done.
+    for route in ["closed", "open"] {
+        for mode in BODY_MODES {
+            for allow_override in [true, false] {
+                cases.push((mode, allow_override, route));
+            }
+        }
+    }
+    let listeners: String = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (mode, allow_override, route))| policy_listener(i, mode, *allow_override, route))
+        .collect();
+    let config = format!(
+        "admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}\nstatic_resources:\n  listeners:\n{listeners}  clusters:\n{}{}",
+        gateway_grpc_cluster_yaml(gateway.grpc_port, false),
+        upstream_cluster_yaml(upstream.port)
+    );
+    let envoy = Envoy::start_any_ports(&envoy_bin, config).await;
+    let client = client();
+    let small = bytes::Bytes::from(vec![b's'; 4096]);
+    let large = bytes::Bytes::from(
+        (0..1024 * 1024)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let mut failures = Vec::new();
+    let mut sent = [0u64; 2];
+    for (i, (mode, allow_override, route)) in cases.iter().enumerate() {
+        let port = envoy.listener_port(&format!("p{i}")).await;
+        let closed = *route == "closed";
+        if !closed && sent[1] == 0 && upstream.hits() != 0 {
+            failures.push(format!(
+                "the upstream was called {} times through fail_closed",
+                upstream.hits()
+            ));
+        }
+        for (name, method, body) in [
+            ("GET", "GET", bytes::Bytes::new()),
+            ("small POST", "POST", small.clone()),
+            ("1 MiB POST", "POST", large.clone()),
+        ] {
+            let label = format!("{mode} override={allow_override} {route}: {name}");
+            let path = format!("/p{i}");
+            let headers = [("x-tenant-id", "acme")];
+            let resp = send(&client, port, method, &path, &headers, full(body.clone())).await;
+            sent[usize::from(!closed)] += 1;
+            // Envoy buffers a BUFFERED body while the headers' answer is pending, and
+            // refuses it with 413 once over its limit, whichever answer comes.
+            let envoy_refuses = *mode == "BUFFERED" && body.len() > 65536;
+            if envoy_refuses && resp.status == 413 {
+                continue;
+            }
+            let shown = String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)]);
+            if closed {
+                if resp.status != 503 || !shown.contains("tenant_quota") {
+                    failures.push(format!("{label}: {} {shown}", resp.status));
+                }
+                continue;
+            }
+            if envoy_refuses || resp.status != 200 {
+                failures.push(format!("{label}: {} {shown}", resp.status));
+                continue;
+            }
+            let echoed = resp.echoed();
+            if echoed.body.as_bytes() != body.as_ref() {
+                failures.push(format!(
+                    "{label}: the upstream got {} bytes of {}",
+                    echoed.body.len(),
+                    body.len()
+                ));
+            }
+            let applied = resp.header("x-ext-procs-applied").unwrap_or("");
+            if !applied.starts_with("trivial") || applied.contains("tenant_quota") {
+                failures.push(format!("{label}: applied {applied:?}"));
+            }
+            if resp.header("x-tenant-bytes").is_some() {
+                failures.push(format!("{label}: the failed processor ran on"));
+            }
+            if let Some(d) = resp.header("x-request-digest") {
+                if d != digest("acme", method, &path, &body) {
+                    failures.push(format!("{label}: WRONG digest {d}"));
+                }
+            }
+        }
+    }
+    let stats = envoy.stats().await;
+    for (i, (mode, allow_override, route)) in cases.iter().enumerate() {
+        let prefix = format!("http.p{i}.ext_proc.");
+        for stat in [
+            "spurious_msgs_received",
+            "streams_failed",
+            "message_timeouts",
+        ] {
+            let v: u64 = stats
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix) && k.ends_with(stat))
+                .map(|(_, v)| *v)
+                .sum();
+            if v != 0 {
+                failures.push(format!(
+                    "{mode} override={allow_override} {route}: envoy {stat} = {v}"
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}\n--- gateway log ---\n{}",
+        failures.len(),
+        failures.join("\n"),
+        gateway.proc.log_text()
+    );
+
+    // Every request reached the processor's hook, which failed; a request Envoy
+    // refused for its buffer (BUFFERED, 1 MiB) may end before the hook does.
+    let refused_at_most = 2;
+    let series = |name: &str, labels: &str| format!("{name}{{{labels}}}");
+    let errors = |route: &str| {
+        series(
+            "extproc_processor_errors_total",
+            &format!(r#"kind="error",processor="tenant_quota",route="{route}""#),
+        )
+    };
+    let skipped = series(
+        "extproc_processor_skipped_total",
+        r#"processor="tenant_quota",reason="failed_open",route="open""#,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = metrics_when_idle(gateway.admin_port).await;
+        let closed_errors = metric(&text, &errors("closed")).unwrap_or(0.0) as u64;
+        let open_errors = metric(&text, &errors("open")).unwrap_or(0.0) as u64;
+        let open_skipped = metric(&text, &skipped).unwrap_or(0.0) as u64;
+        let counted = |n: u64, of: u64| n <= of && n + refused_at_most >= of;
+        if counted(closed_errors, sent[0])
+            && counted(open_errors, sent[1])
+            && open_skipped == open_errors
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counted closed errors {closed_errors} of {}, open errors {open_errors} and \
+             skipped {open_skipped} of {}:\n{text}",
+            sent[0],
+            sent[1]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -86,6 +86,7 @@ impl Headers {
     }
 
     /// The first value of `name` (compared case-insensitively).
+    #[inline]
     pub fn get(&self, name: &str) -> Option<&Bytes> {
         self.entries
             .iter()
@@ -94,6 +95,7 @@ impl Headers {
     }
 
     /// The first value of `name` when it is valid UTF-8.
+    #[inline]
     pub fn get_str(&self, name: &str) -> Option<&str> {
         self.get(name).and_then(|v| std::str::from_utf8(v).ok())
     }
@@ -286,6 +288,7 @@ const NAME_BYTES: [bool; 256] = {
 /// (bytes below 0x20 other than 0x09, and 0x7f, are refused). Envoy rejects a
 /// mutation carrying one, and the whole request then fails. Bytes of 0x80 and above
 /// (UTF-8, obs-text) are allowed.
+#[inline]
 pub fn is_valid_header_value(value: &[u8]) -> bool {
     value
         .iter()
@@ -349,6 +352,7 @@ impl std::error::Error for InvalidHeader {}
 
 /// Lower-cases `name` and checks it (and `value`, when given) for emission, in one
 /// pass over the name (a second only to lower-case one that has capitals).
+#[inline]
 fn checked(mut name: String, value: Option<&[u8]>) -> Result<String, InvalidHeader> {
     let mut capitals = false;
     let mut valid = !name.is_empty();
@@ -597,6 +601,7 @@ pub struct IntoWrites {
 impl Iterator for IntoWrites {
     type Item = HeaderWrite;
 
+    #[inline]
     fn next(&mut self) -> Option<HeaderWrite> {
         // Holes (cancelled writes) are skipped.
         loop {

@@ -4,7 +4,8 @@
 #   old_tree "$@"
 # reads the scripts' arguments (ROUNDS OLD_REV) into `rounds` and `old_rev`, exports
 # OLD_REV with `git archive` into a temporary `old_dir` (removed on exit) under another
-# package name, so the old build's artifacts do not share names (and cargo's freshness
+# package name (its dependency on itself, for the test driver, renamed to match), so
+# the old build's artifacts do not share names (and cargo's freshness
 # checks) with the new one's in the shared target directory: with the same Cargo.toml
 # both would be one binary, and the comparison would compare it with itself. Both
 # builds share CARGO_TARGET_DIR (default ./target), so dependencies build once.
@@ -26,7 +27,9 @@ old_tree() {
     # shellcheck disable=SC2064 # the directory is known now
     trap "rm -rf '$old_dir'" EXIT
     git archive "$old_rev" | tar -x -C "$old_dir"
-    sed -i '0,/^name = "extproc-gateway"/s//name = "extproc-gateway-old"/' "$old_dir/Cargo.toml"
+    sed -i -e '0,/^name = "extproc-gateway"/s//name = "extproc-gateway-old"/' \
+        -e 's/^extproc-gateway = { path = "\."/extproc-gateway = { package = "extproc-gateway-old", path = "."/' \
+        "$old_dir/Cargo.toml"
 }
 
 interleave() {

@@ -328,7 +328,9 @@ impl Chain {
     /// What the chain would ask Envoy for on a request with these headers: the union
     /// of every processor's `needs_for` (as if none answered early), plus the response
     /// headers the applied-processors header needs. Lets tools see the narrower modes
-    /// the gateway sends per request, not only the route's widest one.
+    /// the gateway sends per request, not only the route's widest one. Every `when:`
+    /// is taken as true here: a condition may read what only a real stream carries
+    /// (Envoy's attributes, metadata), so this is the most a request can be asked for.
     pub fn needs_for(&self, request: &HeadersPhase) -> PhaseNeeds {
         let mut needs = self
             .narrows
