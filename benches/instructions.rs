@@ -15,13 +15,22 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_default();
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let metrics = Metrics::new();
-    let observed = match mode.as_str() {
-        "metrics" => true,
-        "no_metrics" => false,
+    let runs: &[(bool, usize)] = match mode.as_str() {
+        "metrics" => &[(true, n)],
+        "no_metrics" => &[(false, n)],
+        // `cargo test --benches` runs it without arguments: a few streams each way, to
+        // check it still works.
+        "" => &[(false, 10), (true, 10)],
         // `cargo bench` runs every bench target with `--bench`: nothing to do.
         _ => return,
     };
+    for &(observed, n) in runs {
+        streams(observed, n);
+    }
+}
+
+fn streams(observed: bool, n: usize) {
+    let metrics = Metrics::new();
     let router = router(observed.then_some(&metrics));
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()

@@ -35,3 +35,6 @@ fi
 
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 cargo test --workspace --locked
+# Every benchmark once (criterion's test mode; the harness-less ones make a small run),
+# so none of them can rot.
+cargo test --workspace --bench '*' --locked

@@ -1,3 +1,6 @@
+// Each bench uses its part of the shared setup.
+#![allow(dead_code)]
+
 //! The stream both benches drive: a three-processor chain (trivial, timer, digest)
 //! and a typical request/response header set.
 
