@@ -4,8 +4,9 @@
     loadkit.py ports N                          N distinct free loopback ports
     loadkit.py render TEMPLATE OUT KEY=VALUE..  replace @KEY@ in TEMPLATE, write OUT
     loadkit.py wait-http URL [--pid PID]        wait (30 s) until URL answers 200
+    loadkit.py wait-tcp HOST:PORT [--pid PID]   wait (30 s) until HOST:PORT accepts
     loadkit.py wait-healthy ADMIN_PORT [--pid PID]
-                                                wait (20 s) until Envoy's gateway cluster
+                                                wait (20 s) until Envoy's ext_proc cluster
                                                 has passed a gRPC health check
     loadkit.py probe URL --token T [--chain]    one request as the load sends it; checks
                                                 200 and, with --chain, that the response
@@ -15,14 +16,18 @@
                                                 by the whole machine (from /proc)
     loadkit.py gw-snap OUT ADMIN_PORT           the gateway's stream and message totals
                                                 (from its /metrics)
-    loadkit.py check WRK_OUTPUT OUT_JSON --round R --config NAME
-                     [--cpu BEFORE AFTER] [--gw BEFORE AFTER]
-                                                parse `wrk --latency` output (and the CPU
-                                                and gateway work between two snapshots),
-                                                write JSON, fail on non-2xx responses or
-                                                socket errors
+    loadkit.py envoy-snap OUT ADMIN_PORT        Envoy's ext_proc streams and messages
+                                                sent so far, all filters (from /stats)
+    loadkit.py check WRK_OUTPUT OUT_JSON --round R --workload W --config NAME
+                     [--cpu BEFORE AFTER] [--envoy BEFORE AFTER] [--gw BEFORE AFTER]
+                                                parse `wrk --latency` output (and the CPU,
+                                                Envoy and gateway work between two
+                                                snapshots), write JSON, fail on non-2xx
+                                                responses or socket errors
     loadkit.py envoy-clean ADMIN_PORT           fail if Envoy counted an ext_proc failure
-    loadkit.py report RESULTS_DIR               per-round tables, medians and ratios
+    loadkit.py report RESULTS_DIR [--grpc DIR]  medians per workload, added latency, ratios
+                                                to the floor, the performance targets, and
+                                                the direct gRPC runs (extproc-load JSON)
 """
 
 import argparse
@@ -39,9 +44,12 @@ import urllib.request
 
 SIX = ["trivial", "timer", "digest", "jwt_auth", "context_check", "echo"]
 CONFIGS = [
-    ("one", "A: one filter, six processors"),
-    ("six", "B: six filters, one processor each"),
-    ("baseline", "C: no ext_proc (baseline)"),
+    ("baseline", "Envoy alone"),
+    ("floor", "floor server, one filter"),
+    ("empty", "gateway, empty chain"),
+    ("one", "gateway, six processors, one filter"),
+    ("one-override", "the same, allow_mode_override on"),
+    ("six", "six filters, one processor each"),
 ]
 
 
@@ -121,19 +129,38 @@ def envoy_stats(port):
     return stats
 
 
+def cmd_wait_tcp(a):
+    host, _, port = a.addr.rpartition(":")
+    deadline = time.time() + a.timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection((host, int(port)), timeout=1):
+                return
+        except OSError:
+            pass
+        if not alive(a.pid):
+            die(f"process {a.pid} exited before {a.addr} accepted")
+        time.sleep(0.05)
+    die(f"{a.addr} not accepting after {a.timeout}s")
+
+
 def cmd_wait_healthy(a):
     deadline = time.time() + a.timeout
     while time.time() < deadline:
         s = envoy_stats(a.port)
-        if (
-            s.get("cluster.extproc_gateway.health_check.healthy", 0) >= 1
-            or s.get("cluster.extproc_gateway.membership_healthy", 0) >= 1
+        # Every cluster but the upstream is an ext_proc server.
+        if any(
+            v >= 1
+            for k, v in s.items()
+            if k.startswith("cluster.")
+            and not k.startswith("cluster.upstream.")
+            and k.endswith(".health_check.healthy")
         ):
             return
         if not alive(a.pid):
             die(f"Envoy {a.pid} exited")
         time.sleep(0.05)
-    die(f"the gateway never became healthy in the Envoy with admin port {a.port}")
+    die(f"the ext_proc server never became healthy in the Envoy with admin port {a.port}")
 
 
 def cmd_probe(a):
@@ -281,15 +308,32 @@ def cmd_gw_snap(a):
         json.dump(snap, f)
 
 
+def cmd_envoy_snap(a):
+    s = envoy_stats(a.port)
+
+    def total(suffix):
+        return sum(v for k, v in s.items() if ".ext_proc" in k and k.endswith(suffix))
+
+    with open(a.out, "w") as f:
+        json.dump({"streams": total(".streams_started"), "messages": total(".stream_msgs_sent")}, f)
+
+
 def cmd_check(a):
     text = open(a.wrk_output).read()
     try:
         r = parse_wrk(text)
     except ValueError as e:
         die(f"{a.wrk_output}: {e}\n{text}")
-    r.update(round=a.round, config=a.config)
+    r.update(round=a.round, workload=a.workload, config=a.config)
     if a.cpu:
         r["cpu"] = cpu_between(*a.cpu)
+    if a.envoy:
+        b, e = (json.load(open(f)) for f in a.envoy)
+        n = max(r["requests"], 1)
+        r["envoy"] = {
+            "streams_per_request": (e["streams"] - b["streams"]) / n,
+            "messages_per_request": (e["messages"] - b["messages"]) / n,
+        }
     if a.gw:
         b, e = (json.load(open(f)) for f in a.gw)
         # Every request of the run, and only those, reached the gateway (the snapshots
@@ -303,7 +347,7 @@ def cmd_check(a):
     with open(a.out_json, "w") as f:
         json.dump(r, f)
     print(
-        f"  round {a.round} {a.config:<8} p50 {r['p50']:7.2f} ms  p90 {r['p90']:7.2f} ms  "
+        f"  round {a.round} {a.workload:<9} {a.config:<12} p50 {r['p50']:7.2f} ms  p90 {r['p90']:7.2f} ms  "
         f"p99 {r['p99']:7.2f} ms  {r['rps']:9.1f} req/s  ({r['requests']} requests)"
         + (
             "  CPU (cores): "
@@ -321,7 +365,7 @@ def cmd_check(a):
     if r["requests"] == 0:
         bad.append("no request completed")
     if bad:
-        die(f"{a.config}, round {a.round}: " + "; ".join(bad) + f"\n{text}")
+        die(f"{a.workload} {a.config}, round {a.round}: " + "; ".join(bad) + f"\n{text}")
 
 
 def cmd_envoy_clean(a):
@@ -349,107 +393,144 @@ def fmt(x, nd=2):
     return f"{x:.{nd}f}"
 
 
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def spread(vals, nd=2):
+    vals = [v for v in vals if v is not None]
+    return f"{fmt(min(vals), nd)} .. {fmt(max(vals), nd)}" if vals else "-"
+
+
+def per_req_us(r, proc):
+    """CPU microseconds of `proc` per request in run `r`."""
+    cpu = r.get("cpu", {})
+    return cpu[proc] / r["rps"] * 1e6 if proc in cpu and r["rps"] > 0 else None
+
+
 def cmd_report(a):
     rows = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(a.dir, "*.json")))]
     if not rows:
         die(f"no results in {a.dir}")
+    # by[workload][round][config]
     by = {}
     for r in rows:
-        by.setdefault(r["round"], {})[r["config"]] = r
-    rounds = sorted(by)
+        by.setdefault(r["workload"], {}).setdefault(r["round"], {})[r["config"]] = r
     names = dict(CONFIGS)
-    print("### Per round\n")
-    print("| round | configuration | p50 ms | p90 ms | p99 ms | req/s | requests |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for n in rounds:
-        for c, _ in CONFIGS:
-            r = by[n].get(c)
-            if r:
-                print(
-                    f"| {n} | {names[c]} | {fmt(r['p50'])} | {fmt(r['p90'])} | "
-                    f"{fmt(r['p99'])} | {r['rps']:.0f} | {r['requests']} |"
-                )
-    med = {}
-    for c, _ in CONFIGS:
-        vals = [by[n][c] for n in rounds if c in by[n]]
-        if vals:
-            med[c] = {k: statistics.median(v[k] for v in vals) for k in ("p50", "p90", "p99", "rps")}
-    print(f"\n### Medians of {len(rounds)} rounds\n")
-    print("| configuration | p50 ms | p90 ms | p99 ms | req/s |")
-    print("|---|---:|---:|---:|---:|")
-    for c, _ in CONFIGS:
-        if c in med:
-            m = med[c]
-            print(f"| {names[c]} | {fmt(m['p50'])} | {fmt(m['p90'])} | {fmt(m['p99'])} | {m['rps']:.0f} |")
-    cpu_rows = [c for c, _ in CONFIGS if all("cpu" in by[n].get(c, {}) for n in rounds)]
-    if cpu_rows:
-        print(f"\n### CPU, median of {len(rounds)} rounds\n")
+    order = [c for c, _ in CONFIGS]
+
+    def added(rnd, c, key="p50"):
+        if c in rnd and "baseline" in rnd:
+            return rnd[c][key] - rnd["baseline"][key]
+        return None
+
+    def ratio(x, y):
+        return x / y if x is not None and y not in (None, 0) else None
+
+    # Per-round series of a figure, for the medians and spreads below.
+    def series(w, f):
+        return [f(by[w][n]) for n in sorted(by.get(w, {}))]
+
+    workloads = sorted(by, key=lambda w: (w.split("-")[0], int(w.split("-c")[1])))
+    for w in workloads:
+        rounds = sorted(by[w])
+        configs = [c for c in order if any(c in by[w][n] for n in rounds)]
+        print(f"### {w}: medians of {len(rounds)} rounds\n")
         print(
-            "Cores busy during the run (1.00 = one core all the time) and CPU time per "
-            "request; `machine` is every process on the machine, wrk included.\n"
+            "| configuration | p50 ms | p90 ms | p99 ms | req/s | added p50 ms | added p50 / floor's | "
+            "Envoy µs/req | server µs/req | upstream µs/req | machine µs/req | ext_proc msgs/req | gateway handler µs/req |"
         )
-        print("| configuration | Envoy | gateway | upstream | machine | Envoy µs/req | gateway µs/req | machine µs/req |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for c in cpu_rows:
-            vals = [by[n][c] for n in rounds]
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for c in configs:
+            vals = [by[w][n][c] for n in rounds if c in by[w][n]]
 
             def m(k):
-                return statistics.median(v["cpu"].get(k, 0.0) for v in vals)
+                return med([v[k] for v in vals])
 
-            def per_req(k):
-                return statistics.median(v["cpu"].get(k, 0.0) / v["rps"] * 1e6 for v in vals)
+            add = med(series(w, lambda rnd: added(rnd, c)))
+            to_floor = med(series(w, lambda rnd: ratio(added(rnd, c), added(rnd, "floor"))))
+            cpu = {p: med([per_req_us(v, p) for v in vals]) for p in ("envoy", "server", "upstream", "machine")}
+            msgs = med([v.get("envoy", {}).get("messages_per_request") for v in vals])
+            handler = med([v.get("gateway", {}).get("handler_us_per_request") for v in vals])
 
-            print(
-                f"| {names[c]} | {m('envoy'):.2f} | {m('gateway'):.2f} | {m('upstream'):.2f} | "
-                f"{m('machine'):.2f} of {vals[0]['cpu']['cores']} | {per_req('envoy'):.0f} | "
-                f"{per_req('gateway'):.0f} | {per_req('machine'):.0f} |"
-            )
-    gw_rows = [c for c, _ in CONFIGS if all("gateway" in by[n].get(c, {}) for n in rounds)]
-    if gw_rows:
-        print(f"\n### The gateway's side, median of {len(rounds)} rounds\n")
-        print(
-            "From the gateway's /metrics: ext_proc streams and messages per HTTP request, "
-            "and the time spent handling them (decode, processors, encode; not the "
-            "network or Envoy) per request.\n"
-        )
-        print("| configuration | streams/req | messages/req | gateway handler µs/req |")
-        print("|---|---:|---:|---:|")
-        for c in gw_rows:
-            vals = [by[n][c]["gateway"] for n in rounds]
-
-            def g(k):
-                return statistics.median(v[k] for v in vals)
+            def show(x, nd=0):
+                return "-" if x is None else fmt(x, nd)
 
             print(
-                f"| {names[c]} | {g('streams_per_request'):.2f} | "
-                f"{g('messages_per_request'):.2f} | {g('handler_us_per_request'):.0f} |"
+                f"| {names[c]} | {fmt(m('p50'))} | {fmt(m('p90'))} | {fmt(m('p99'))} | {m('rps'):.0f} | "
+                f"{show(add, 3) if c != 'baseline' else '-'} | {show(to_floor, 2) if c not in ('baseline', 'floor') else '-'} | "
+                f"{show(cpu['envoy'])} | {show(cpu['server'])} | {show(cpu['upstream'])} | {show(cpu['machine'])} | "
+                f"{show(msgs, 2) if c != 'baseline' else '-'} | {show(handler)} |"
             )
-    if not all(c in med for c, _ in CONFIGS):
-        return
+        print()
 
-    def per_round(f):
-        return [f(by[n]) for n in rounds if all(c in by[n] for c, _ in CONFIGS)]
+    # The targets of the performance issue, where the runs they need are here.
+    print("### Targets\n")
+    print("Each ratio is taken per round (configurations side by side in one round), then the median of the rounds; the range is the rounds' min .. max.\n")
+    print("| target | goal | median | rounds | met |")
+    print("|---|---:|---:|---:|---|")
 
-    def spread(vals, nd=2):
-        return f"{fmt(min(vals), nd)} .. {fmt(max(vals), nd)}"
+    def target(label, w, f, goal, below):
+        if w not in by:
+            return
+        vals = series(w, f)
+        m = med(vals)
+        if m is None:
+            return
+        met = m <= goal if below else m >= goal
+        print(f"| {label} | {'≤' if below else '≥'} {goal} | {fmt(m)} | {spread(vals)} | {'yes' if met else '**no**'} |")
 
-    one, six, base = med["one"], med["six"], med["baseline"]
-    print("\n### Ratios and added latency\n")
-    print("| | from the medians | per round (min .. max) |")
-    print("|---|---:|---:|")
-    lines = [
-        ("p50 six / one", six["p50"] / one["p50"], lambda r: r["six"]["p50"] / r["one"]["p50"], 2, ""),
-        ("p99 six / one", six["p99"] / one["p99"], lambda r: r["six"]["p99"] / r["one"]["p99"], 2, ""),
-        ("req/s one / six", one["rps"] / six["rps"], lambda r: r["one"]["rps"] / r["six"]["rps"], 2, ""),
-        ("added p50, one filter (p50 one - p50 baseline)", one["p50"] - base["p50"], lambda r: r["one"]["p50"] - r["baseline"]["p50"], 2, " ms"),
-        ("added p50, six filters (p50 six - p50 baseline)", six["p50"] - base["p50"], lambda r: r["six"]["p50"] - r["baseline"]["p50"], 2, " ms"),
-        ("added p99, one filter", one["p99"] - base["p99"], lambda r: r["one"]["p99"] - r["baseline"]["p99"], 2, " ms"),
-        ("added p99, six filters", six["p99"] - base["p99"], lambda r: r["six"]["p99"] - r["baseline"]["p99"], 2, " ms"),
-        ("req/s one / baseline", one["rps"] / base["rps"], lambda r: r["one"]["rps"] / r["baseline"]["rps"], 2, ""),
-        ("req/s six / baseline", six["rps"] / base["rps"], lambda r: r["six"]["rps"] / r["baseline"]["rps"], 2, ""),
-    ]
-    for label, value, f, nd, unit in lines:
-        print(f"| {label} | {fmt(value, nd)}{unit} | {spread(per_round(f), nd)}{unit} |")
+    for w in ("get-c1", "post-c1"):
+        target(f"{w}: added p50, gateway six / floor (override off)", w,
+               lambda rnd: ratio(added(rnd, "one"), added(rnd, "floor")), 1.05, True)
+    for w in ("get-c16", "post-c16"):
+        target(f"{w}: req/s, gateway six / floor", w,
+               lambda rnd: ratio(rnd.get("one", {}).get("rps"), rnd.get("floor", {}).get("rps")), 1.0, False)
+        target(f"{w}: server CPU per request, gateway six / floor", w,
+               lambda rnd: ratio(per_req_us(rnd["one"], "server") if "one" in rnd else None,
+                                 per_req_us(rnd["floor"], "server") if "floor" in rnd else None), 1.15, True)
+    target("get-c1: added p50, gateway six with override / floor", "get-c1",
+           lambda rnd: ratio(added(rnd, "one-override"), added(rnd, "floor")), 0.9, True)
+    print()
+    print("### One filter against six\n")
+    print("| workload | p50 six / one | req/s one / six | added p50 six / one |")
+    print("|---|---:|---:|---:|")
+    for w in workloads:
+        p = series(w, lambda rnd: ratio(rnd.get("six", {}).get("p50"), rnd.get("one", {}).get("p50")))
+        q = series(w, lambda rnd: ratio(rnd.get("one", {}).get("rps"), rnd.get("six", {}).get("rps")))
+        d = series(w, lambda rnd: ratio(added(rnd, "six"), added(rnd, "one")))
+        if med(p) is not None:
+            print(f"| {w} | {fmt(med(p))} ({spread(p)}) | {fmt(med(q))} ({spread(q)}) | {fmt(med(d))} ({spread(d)}) |")
+
+    if a.grpc:
+        runs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(a.grpc, "*.json")))]
+        byr = {}
+        for path, r in zip(sorted(glob.glob(os.path.join(a.grpc, "*.json"))), runs):
+            rnd, _, target_name = os.path.basename(path)[len("round"):-len(".json")].partition("-")
+            byr.setdefault(int(rnd), {})[target_name] = r
+        if byr:
+            print(f"\n### Direct gRPC load, no Envoy: medians of {len(byr)} rounds\n")
+            print("extproc-load, 16 exchanges in flight on 2 connections, each the four messages of a 1 KiB POST (headers and BUFFERED bodies), every answer checked.\n")
+            print("| server | exchanges/s | p50 ms | p99 ms | server µs/exchange | exchanges per server CPU-second | / floor's |")
+            print("|---|---:|---:|---:|---:|---:|---:|")
+            label = {"floor": "floor", "empty": "gateway, empty chain", "six": "gateway, six processors"}
+            for t in ("floor", "empty", "six"):
+                vals = [byr[n][t] for n in sorted(byr) if t in byr[n]]
+                if not vals:
+                    continue
+                rel = [ratio(byr[n][t]["exchanges_per_server_cpu_s"], byr[n].get("floor", {}).get("exchanges_per_server_cpu_s"))
+                       for n in sorted(byr) if t in byr[n]]
+                print(
+                    f"| {label[t]} | {med([v['rate'] for v in vals]):.0f} | {fmt(med([v['latency_ms']['p50'] for v in vals]), 3)} | "
+                    f"{fmt(med([v['latency_ms']['p99'] for v in vals]), 3)} | {fmt(med([v['server_cpu_us_per_exchange'] for v in vals]), 1)} | "
+                    f"{med([v['exchanges_per_server_cpu_s'] for v in vals]):.0f} | "
+                    f"{'-' if t == 'floor' else fmt(med(rel)) + ' (' + spread(rel) + ')'} |"
+                )
+            rel = [ratio(byr[n].get("six", {}).get("exchanges_per_server_cpu_s"), byr[n].get("floor", {}).get("exchanges_per_server_cpu_s")) for n in sorted(byr)]
+            m = med(rel)
+            if m is not None:
+                print(f"\nTarget: exchanges per server CPU-second, gateway six / floor ≥ 0.9: **{fmt(m)}** ({spread(rel)}), {'met' if m >= 0.9 else '**not met**'}.")
 
 
 def main():
@@ -468,6 +549,11 @@ def main():
     s.add_argument("--pid", type=int)
     s.add_argument("--timeout", type=float, default=30)
     s.set_defaults(f=cmd_wait_http)
+    s = sub.add_parser("wait-tcp")
+    s.add_argument("addr")
+    s.add_argument("--pid", type=int)
+    s.add_argument("--timeout", type=float, default=30)
+    s.set_defaults(f=cmd_wait_tcp)
     s = sub.add_parser("wait-healthy")
     s.add_argument("port", type=int)
     s.add_argument("--pid", type=int)
@@ -486,12 +572,18 @@ def main():
     s.add_argument("out")
     s.add_argument("port", type=int)
     s.set_defaults(f=cmd_gw_snap)
+    s = sub.add_parser("envoy-snap")
+    s.add_argument("out")
+    s.add_argument("port", type=int)
+    s.set_defaults(f=cmd_envoy_snap)
     s = sub.add_parser("check")
     s.add_argument("wrk_output")
     s.add_argument("out_json")
     s.add_argument("--cpu", nargs=2, metavar=("BEFORE", "AFTER"))
     s.add_argument("--gw", nargs=2, metavar=("BEFORE", "AFTER"))
+    s.add_argument("--envoy", nargs=2, metavar=("BEFORE", "AFTER"))
     s.add_argument("--round", type=int, required=True)
+    s.add_argument("--workload", required=True)
     s.add_argument("--config", required=True)
     s.set_defaults(f=cmd_check)
     s = sub.add_parser("envoy-clean")
@@ -499,6 +591,7 @@ def main():
     s.set_defaults(f=cmd_envoy_clean)
     s = sub.add_parser("report")
     s.add_argument("dir")
+    s.add_argument("--grpc")
     s.set_defaults(f=cmd_report)
     a = p.parse_args()
     a.f(a)

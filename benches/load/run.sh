@@ -1,50 +1,76 @@
 #!/usr/bin/env bash
-# Load-test kit: added latency and throughput of ONE ext_proc filter pointed at the
-# gateway running six processors (A), versus SIX ext_proc filters each pointed at a
-# gateway route running one processor (B), versus Envoy with no ext_proc filter (C).
+# Load-test kit: what the gateway costs in front of a real Envoy, against Envoy alone,
+# the floor (the least an ext_proc server can do) and six filters, in one run.
 #
-#   benches/load/run.sh [--rounds N] [--duration SECONDS] [--connections C]
-#                       [--rate REQ_PER_S] [--threads T] [--warmup SECONDS] [--keep]
+#   benches/load/run.sh [--rounds N] [--duration SECONDS] [--workloads LIST]
+#                       [--configs LIST] [--envoy-concurrency N] [--threads T]
+#                       [--rate REQ_PER_S] [--warmup SECONDS] [--no-grpc] [--keep]
 #
-# Starts, on free loopback ports only: the echo upstream, the gateway (release build,
-# config from gateway.yaml.tmpl) and three Envoys (--concurrency 1, configs from the
-# envoy-*.yaml.tmpl templates). Checks one request through each, then runs wrk
-# (request.lua) against A, B, C in turn, N rounds (A B C, A B C, ...), failing on any
-# non-2xx response, socket error or ext_proc failure counted by Envoy. Prints each run,
-# a table per round, the medians, the CPU each process used, the gateway's own view
-# (streams, messages and handler time per request) and the ratios (markdown).
-# Everything it started is stopped on exit, Ctrl-C included. Needs: Rust, python3,
-# openssl; installs wrk (Debian) and Envoy (scripts/install-envoy.sh, or ENVOY_BIN)
-# when missing.
+# Configurations (--configs, default all), each its own Envoy:
+#   baseline      no ext_proc filter
+#   floor         one filter (headers SEND, bodies BUFFERED, allow_mode_override off)
+#                 pointed at extproc-floor (benches/extproc-load)
+#   empty         the same filter pointed at the gateway's empty chain
+#   one           the same filter pointed at the gateway's six processors (trivial,
+#                 timer, digest, jwt_auth, context_check, echo)
+#   one-override  the same with allow_mode_override on: the gateway narrows per request
+#   six           six filters, each on a gateway route running one of the six
+# Workloads (--workloads, default all): get-c1, get-c16, post-c1, post-c16 (a GET, or
+# a POST with a 1 KiB body, at 1 or 16 connections; any get-cN / post-cN works).
+#
+# Starts, on free loopback ports only: the echo upstream, the gateway and the floor
+# (release builds) and one Envoy per configuration (--concurrency 2 by default). Checks
+# one request through each, then runs wrk (request.lua) for every workload against
+# every configuration in turn, N rounds interleaved, failing on any non-2xx response,
+# socket error or ext_proc failure counted by Envoy. Then, unless --no-grpc, drives the
+# floor and the gateway directly with extproc-load (no Envoy): full four-message
+# exchanges, interleaved, for the exchanges each server does per CPU-second. Prints
+# every run, and per workload the medians, the latency added over Envoy alone, its
+# ratio to the floor's, CPU per request of each process and ext_proc messages per
+# request (from Envoy's stats), then the ratios the performance targets name
+# (markdown). Everything it started is stopped on exit, Ctrl-C included. Needs: Rust,
+# python3, openssl; installs wrk (Debian) and Envoy (scripts/install-envoy.sh, or
+# ENVOY_BIN) when missing.
 set -euo pipefail
 
 rounds=3
 duration=10
-connections=16
+workloads="get-c1,get-c16,post-c1,post-c16"
+configs_arg="baseline,floor,empty,one,one-override,six"
+envoy_concurrency=2
 rate=""
-threads=1
+threads=2
 warmup=2
+grpc=1
 keep=0
 
-usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 positive() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: $1 wants a positive integer, got '$2'" >&2; exit 2; }; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --rounds) positive "$1" "${2-}"; rounds="$2"; shift 2 ;;
         --duration) positive "$1" "${2-}"; duration="$2"; shift 2 ;;
-        --connections) positive "$1" "${2-}"; connections="$2"; shift 2 ;;
+        --workloads) workloads="${2-}"; shift 2 ;;
+        --configs) configs_arg="${2-}"; shift 2 ;;
+        --envoy-concurrency) positive "$1" "${2-}"; envoy_concurrency="$2"; shift 2 ;;
         --rate) positive "$1" "${2-}"; rate="$2"; shift 2 ;;
         --threads) positive "$1" "${2-}"; threads="$2"; shift 2 ;;
         --warmup) [[ "${2-}" =~ ^[0-9]+$ ]] || { echo "run.sh: --warmup wants seconds" >&2; exit 2; }; warmup="$2"; shift 2 ;;
+        --no-grpc) grpc=0; shift ;;
         --keep) keep=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
 done
-if (( threads > connections )); then
-    echo "run.sh: --threads ($threads) must not exceed --connections ($connections)" >&2
-    exit 2
-fi
+IFS=, read -r -a workload_list <<<"${workloads}"
+IFS=, read -r -a configs <<<"${configs_arg}"
+for w in "${workload_list[@]}"; do
+    [[ "$w" =~ ^(get|post)-c[1-9][0-9]*$ ]] || { echo "run.sh: workload '$w' is not get-cN or post-cN" >&2; exit 2; }
+done
+known=" baseline floor empty one one-override six "
+for c in "${configs[@]}"; do
+    [[ "${known}" == *" $c "* ]] || { echo "run.sh: unknown configuration '$c' (known:${known})" >&2; exit 2; }
+done
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "${here}/../.." && pwd)"
@@ -69,9 +95,11 @@ else
     log "Envoy: scripts/install-envoy.sh (installs the pinned release if missing)"
     envoy="$(bash scripts/install-envoy.sh | tail -1)"
 fi
-log "building the gateway (cargo build --release)"
-cargo build --release --quiet
+log "building the gateway, the floor and the load generator (cargo build --release)"
+cargo build --release --quiet -p extproc-gateway -p extproc-load
 gateway_bin="${root}/target/release/extproc-gateway"
+floor_bin="${root}/target/release/extproc-floor"
+load_bin="${root}/target/release/extproc-load"
 
 # --- processes and cleanup ---------------------------------------------------------
 work="$(mktemp -d -t extproc-load.XXXXXX)"
@@ -118,7 +146,8 @@ start() {
     last_pid=$!
 }
 
-read -r p_up p_grpc p_admin p_a p_a_admin p_b p_b_admin p_c p_c_admin <<<"$(kit ports 9)"
+read -r -a ports <<<"$(kit ports $(( 4 + 2 * ${#configs[@]} )))"
+p_up="${ports[0]}" p_grpc="${ports[1]}" p_admin="${ports[2]}" p_floor="${ports[3]}"
 
 log "starting the echo upstream on 127.0.0.1:${p_up}"
 start upstream "${gateway_bin}" echo-upstream --addr "127.0.0.1:${p_up}"
@@ -134,50 +163,90 @@ start gateway env -u EXTPROC_CONFIG "${gateway_bin}" serve --config "${work}/gat
 gateway_pid="${last_pid}"
 kit wait-http "http://127.0.0.1:${p_admin}/readyz" --pid "${gateway_pid}"
 
-declare -A listen admin label envoy_pid
-listen=([one]="${p_a}" [six]="${p_b}" [baseline]="${p_c}")
-admin=([one]="${p_a_admin}" [six]="${p_b_admin}" [baseline]="${p_c_admin}")
-label=([one]="A one filter" [six]="B six filters" [baseline]="C baseline")
-declare -A template=([one]="envoy-one-filter.yaml.tmpl" [six]="envoy-six-filters.yaml.tmpl" [baseline]="envoy-baseline.yaml.tmpl")
-configs=(one six baseline)
+log "starting the floor on 127.0.0.1:${p_floor}"
+start floor "${floor_bin}" --addr "127.0.0.1:${p_floor}"
+floor_pid="${last_pid}"
+kit wait-tcp "127.0.0.1:${p_floor}" --pid "${floor_pid}"
+
+gateway_checks='[{timeout: 1s, interval: 2s, unhealthy_threshold: 2, healthy_threshold: 1, grpc_health_check: {service_name: envoy.service.ext_proc.v3.ExternalProcessor}}]'
+declare -A listen admin envoy_pid server_pid
+i=4
 for c in "${configs[@]}"; do
-    log "starting Envoy ${label[$c]} on 127.0.0.1:${listen[$c]} (admin ${admin[$c]})"
-    kit render "${here}/${template[$c]}" "${work}/envoy-${c}.yaml" \
-        "LISTEN_PORT=${listen[$c]}" "ADMIN_PORT=${admin[$c]}" \
-        "GATEWAY_PORT=${p_grpc}" "UPSTREAM_PORT=${p_up}"
+    listen[$c]="${ports[$i]}"
+    admin[$c]="${ports[$((i + 1))]}"
+    i=$(( i + 2 ))
+    common=("LISTEN_PORT=${listen[$c]}" "ADMIN_PORT=${admin[$c]}" "UPSTREAM_PORT=${p_up}")
+    case "$c" in
+        baseline)
+            kit render "${here}/envoy-baseline.yaml.tmpl" "${work}/envoy-${c}.yaml" "${common[@]}" ;;
+        six)
+            kit render "${here}/envoy-six-filters.yaml.tmpl" "${work}/envoy-${c}.yaml" "${common[@]}" \
+                "GATEWAY_PORT=${p_grpc}" ;;
+        floor)
+            kit render "${here}/envoy-one-filter.yaml.tmpl" "${work}/envoy-${c}.yaml" "${common[@]}" \
+                "EXTPROC_PORT=${p_floor}" "OVERRIDE=false" "CHAIN=all" "HEALTH_CHECKS=[]" ;;
+        *)
+            override=false
+            chain=all
+            [[ "$c" == one-override ]] && override=true
+            [[ "$c" == empty ]] && chain=none
+            kit render "${here}/envoy-one-filter.yaml.tmpl" "${work}/envoy-${c}.yaml" "${common[@]}" \
+                "EXTPROC_PORT=${p_grpc}" "OVERRIDE=${override}" "CHAIN=${chain}" \
+                "HEALTH_CHECKS=${gateway_checks}" ;;
+    esac
+    case "$c" in
+        baseline) server_pid[$c]="" ;;
+        floor) server_pid[$c]="${floor_pid}" ;;
+        *) server_pid[$c]="${gateway_pid}" ;;
+    esac
+    log "starting Envoy '${c}' on 127.0.0.1:${listen[$c]} (admin ${admin[$c]})"
     start "envoy-${c}" "${envoy}" -c "${work}/envoy-${c}.yaml" \
-        --use-dynamic-base-id --concurrency 1 --log-level warn
+        --use-dynamic-base-id --concurrency "${envoy_concurrency}" --log-level warn
     envoy_pid[$c]="${last_pid}"
     kit wait-http "http://127.0.0.1:${admin[$c]}/ready" --pid "${last_pid}"
-    if [[ "$c" != baseline ]]; then
-        kit wait-healthy "${admin[$c]}" --pid "${last_pid}"
-    fi
+    case "$c" in
+        baseline|floor) ;;
+        *) kit wait-healthy "${admin[$c]}" --pid "${last_pid}" ;;
+    esac
 done
 
 # --- token and correctness ---------------------------------------------------------
 # Valid for the whole run (and then some): wrk reuses it for every request.
-ttl=$(( 600 + rounds * 3 * (duration + 10) + 3 * warmup ))
+ttl=$(( 900 + rounds * ${#workload_list[@]} * ${#configs[@]} * (duration + 10) + 30 * warmup + 3 * rounds * (duration + 5) ))
 token="$(python3 examples/jwt/mint.py --sub load-test --ttl "${ttl}")"
 
 log "checking one request through each Envoy"
 for c in "${configs[@]}"; do
-    chain=()
-    [[ "$c" == baseline ]] || chain=(--chain)
-    kit probe "http://127.0.0.1:${listen[$c]}/load/probe" --token "${token}" "${chain[@]}"
+    case "$c" in
+        one|one-override|six) kit probe "http://127.0.0.1:${listen[$c]}/load/probe" --token "${token}" --chain ;;
+        *) kit probe "http://127.0.0.1:${listen[$c]}/load/probe" --token "${token}" ;;
+    esac
 done
 
-# --- load ---------------------------------------------------------------------------
+# --- load through Envoy ----------------------------------------------------------------
 export LOAD_TOKEN="${token}" LOAD_TENANT=acme
-if [[ -n "${rate}" ]]; then
-    # Each connection waits connections/rate seconds after each response.
-    LOAD_DELAY_MS=$(( (1000 * connections + rate / 2) / rate ))
-    (( LOAD_DELAY_MS >= 1 )) || { echo "run.sh: --rate too high for ${connections} connections (wrk delays are whole milliseconds)" >&2; exit 2; }
-    export LOAD_DELAY_MS
-fi
+
+# workload W: sets method, conns, wrk_threads and the request.lua environment.
+workload() {
+    local w="$1"
+    method="${w%%-*}"
+    method="${method^^}"
+    conns="${w##*-c}"
+    wrk_threads=$(( threads < conns ? threads : conns ))
+    export LOAD_METHOD="${method}"
+    if [[ "${method}" == POST ]]; then export LOAD_BODY_BYTES=1024; else export LOAD_BODY_BYTES=0; fi
+    unset LOAD_DELAY_MS
+    if [[ -n "${rate}" ]]; then
+        # Each connection waits conns/rate seconds after each response.
+        LOAD_DELAY_MS=$(( (1000 * conns + rate / 2) / rate ))
+        (( LOAD_DELAY_MS >= 1 )) || { echo "run.sh: --rate too high for ${conns} connections (wrk delays are whole milliseconds)" >&2; exit 2; }
+        export LOAD_DELAY_MS
+    fi
+}
 
 # run_wrk SECONDS URL OUTPUT: wrk in the background so that a signal reaches the trap.
 run_wrk() {
-    wrk --latency --timeout 5s -t "${threads}" -c "${connections}" -d "$1s" \
+    wrk --latency --timeout 5s -t "${wrk_threads}" -c "${conns}" -d "$1s" \
         -s "${here}/request.lua" "$2" >"$3" 2>&1 &
     local pid=$!
     pids+=("$pid")
@@ -187,39 +256,79 @@ run_wrk() {
 }
 
 if (( warmup > 0 )); then
-    log "warm-up: ${warmup}s against each Envoy (not measured)"
-    for c in "${configs[@]}"; do
-        run_wrk "${warmup}" "http://127.0.0.1:${listen[$c]}/" "${work}/warmup-${c}.txt"
-        kit check "${work}/warmup-${c}.txt" "${work}/warmup-${c}.json" --round 0 --config "$c" >/dev/null
+    log "warm-up: ${warmup}s per workload against each Envoy (not measured)"
+    for w in "${workload_list[@]}"; do
+        workload "$w"
+        for c in "${configs[@]}"; do
+            run_wrk "${warmup}" "http://127.0.0.1:${listen[$c]}/" "${work}/warmup-${w}-${c}.txt"
+            kit check "${work}/warmup-${w}-${c}.txt" "${work}/warmup-${w}-${c}.json" \
+                --round 0 --workload "$w" --config "$c" >/dev/null
+        done
     done
 fi
 
 pacing="unpaced (closed loop)"
-[[ -z "${rate}" ]] || pacing="paced: each connection waits ${LOAD_DELAY_MS} ms after each response (cap ~${rate} req/s)"
-log "measuring: ${rounds} rounds x (A B C), ${duration}s each, ${connections} connections, ${threads} wrk thread(s), ${pacing}"
+[[ -z "${rate}" ]] || pacing="paced: each connection waits connections/${rate} s after each response (cap ~${rate} req/s)"
+log "measuring: ${rounds} rounds x ${#workload_list[@]} workloads x ${#configs[@]} configurations, ${duration}s each, ${pacing}"
 mkdir -p "${work}/results"
 for r in $(seq 1 "${rounds}"); do
-    for c in "${configs[@]}"; do
-        out="${work}/round${r}-${c}.txt"
-        procs=("envoy=${envoy_pid[$c]}" "gateway=${gateway_pid}" "upstream=${upstream_pid}")
-        kit gw-snap "${work}/gw-before.json" "${p_admin}"
-        kit cpu-snap "${work}/cpu-before.json" "${procs[@]}"
-        run_wrk "${duration}" "http://127.0.0.1:${listen[$c]}/" "${out}"
-        kit cpu-snap "${work}/cpu-after.json" "${procs[@]}"
-        kit gw-snap "${work}/gw-after.json" "${p_admin}"
-        kit check "${out}" "${work}/results/round${r}-${c}.json" --round "$r" --config "$c" \
-            --cpu "${work}/cpu-before.json" "${work}/cpu-after.json" \
-            --gw "${work}/gw-before.json" "${work}/gw-after.json"
-        [[ "$c" == baseline ]] || kit envoy-clean "${admin[$c]}"
-        kill -0 "${gateway_pid}" 2>/dev/null || { echo "run.sh: the gateway died" >&2; exit 1; }
+    for w in "${workload_list[@]}"; do
+        workload "$w"
+        for c in "${configs[@]}"; do
+            out="${work}/round${r}-${w}-${c}.txt"
+            procs=("envoy=${envoy_pid[$c]}" "upstream=${upstream_pid}")
+            [[ -z "${server_pid[$c]}" ]] || procs+=("server=${server_pid[$c]}")
+            gw=()
+            [[ "${server_pid[$c]}" != "${gateway_pid}" ]] || gw=(--gw "${work}/gw-before.json" "${work}/gw-after.json")
+            kit gw-snap "${work}/gw-before.json" "${p_admin}"
+            kit envoy-snap "${work}/envoy-before.json" "${admin[$c]}"
+            kit cpu-snap "${work}/cpu-before.json" "${procs[@]}"
+            run_wrk "${duration}" "http://127.0.0.1:${listen[$c]}/" "${out}"
+            kit cpu-snap "${work}/cpu-after.json" "${procs[@]}"
+            kit envoy-snap "${work}/envoy-after.json" "${admin[$c]}"
+            kit gw-snap "${work}/gw-after.json" "${p_admin}"
+            kit check "${out}" "${work}/results/round${r}-${w}-${c}.json" --round "$r" \
+                --workload "$w" --config "$c" \
+                --cpu "${work}/cpu-before.json" "${work}/cpu-after.json" \
+                --envoy "${work}/envoy-before.json" "${work}/envoy-after.json" "${gw[@]}"
+            [[ "$c" == baseline ]] || kit envoy-clean "${admin[$c]}"
+            kill -0 "${gateway_pid}" 2>/dev/null || { echo "run.sh: the gateway died" >&2; exit 1; }
+            kill -0 "${floor_pid}" 2>/dev/null || { echo "run.sh: the floor died" >&2; exit 1; }
+        done
     done
 done
+
+# --- direct gRPC load, no Envoy ------------------------------------------------------
+if (( grpc )); then
+    mkdir -p "${work}/grpc"
+    log "direct gRPC load: ${rounds} rounds x (floor, gateway empty chain, gateway six), ${duration}s each, 16 in flight"
+    direct=(-c 16 --connections 2 -d "${duration}s" --warmup 1s --quiet
+        --phases request-headers,request-body,response-headers,response-body
+        --request-body 1024 --response-body 1024 --body-mode buffered
+        -H "authorization:Bearer ${token}" -H "x-tenant-id:acme")
+    for r in $(seq 1 "${rounds}"); do
+        for t in floor empty six; do
+            case "$t" in
+                floor) target="${p_floor}" pid="${floor_pid}" meta=() ;;
+                empty) target="${p_grpc}" pid="${gateway_pid}" meta=(--metadata x-processor=none) ;;
+                six) target="${p_grpc}" pid="${gateway_pid}" meta=(--metadata x-processor=all) ;;
+            esac
+            "${load_bin}" --target "http://127.0.0.1:${target}" "${direct[@]}" "${meta[@]}" \
+                --server-pid "${pid}" --json "${work}/grpc/round${r}-${t}.json" \
+                >"${work}/grpc-round${r}-${t}.txt" 2>&1 \
+                || { echo "run.sh: extproc-load against ${t} failed:" >&2; cat "${work}/grpc-round${r}-${t}.txt" >&2; exit 1; }
+            printf '  round %d %-6s %s\n' "$r" "$t" "$(sed -n 3p "${work}/grpc-round${r}-${t}.txt")" >&2
+        done
+    done
+fi
 
 echo
 echo "## Results"
 echo
-echo "wrk ${connections} connections, ${threads} thread(s), ${duration}s per run, ${rounds} rounds interleaved A B C; ${pacing}."
-echo "Machine: $(nproc) cores shared by wrk, three Envoys (one worker each), the gateway and the upstream."
+echo "wrk, ${duration}s per run, ${rounds} rounds interleaved (every configuration in turn per workload); ${pacing}."
+echo "Envoy --concurrency ${envoy_concurrency}, one Envoy per configuration. Machine: $(nproc) cores shared by wrk, the Envoys, the gateway, the floor and the upstream."
 echo
-kit report "${work}/results"
+grpc_report=()
+(( ! grpc )) || grpc_report=(--grpc "${work}/grpc")
+kit report "${work}/results" "${grpc_report[@]}"
 ok=1
