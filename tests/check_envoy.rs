@@ -161,22 +161,65 @@ fn load_kit_envoy_configs_are_clean() {
         &[("JWKS_FILE", jwks.to_str().unwrap())],
     );
     let gateway = gateway.to_str().unwrap().to_string();
-    for name in ["envoy-one-filter", "envoy-six-filters"] {
-        let out = dir.path().join(format!("{name}.yaml"));
-        render(&format!("benches/load/{name}.yaml.tmpl"), &out, &PORTS);
+    let checks = "[{timeout: 1s, interval: 2s, unhealthy_threshold: 2, healthy_threshold: 1, grpc_health_check: {service_name: envoy.service.ext_proc.v3.ExternalProcessor}}]";
+    // The one-filter Envoys of the gateway: six processors with the override off and
+    // on, and the empty chain.
+    for (over, chain) in [("false", "all"), ("true", "all"), ("false", "none")] {
+        let out = dir.path().join(format!("one-{over}-{chain}.yaml"));
+        let mut values = PORTS.to_vec();
+        values.extend([
+            ("EXTPROC_PORT", "50052"),
+            ("OVERRIDE", over),
+            ("CHAIN", chain),
+            ("HEALTH_CHECKS", checks),
+        ]);
+        render("benches/load/envoy-one-filter.yaml.tmpl", &out, &values);
         let run = check(out.to_str().unwrap(), Some(&gateway));
-        clean(&run);
-        assert!(
-            run.stdout.contains(if name == "envoy-one-filter" {
-                "1 ext_proc filter"
-            } else {
-                "6 ext_proc filters"
-            }),
-            "{}",
-            run.stdout
-        );
+        if (over, chain) == ("false", "all") {
+            // The SDK's modes skip trailers and the override is off: `echo` never
+            // gets request trailers. Said, and harmless here (the kit sends none).
+            expect(
+                &run,
+                0,
+                &[("warning", 44, &["needs the request trailers (echo)"])],
+            );
+        } else if chain == "none" {
+            // The empty chain is the kit's measure of the transport alone: Envoy sends
+            // it what the floor gets, and the check says it is cost for nothing.
+            let cost = |what: &'static str| ("warning", 44, vec![what, "no processor of it reads"]);
+            let wanted = [
+                cost("the request body (BUFFERED)"),
+                cost("the response headers (SEND)"),
+                cost("the response body (BUFFERED)"),
+            ];
+            let wanted: Vec<(&str, usize, &[&str])> = wanted
+                .iter()
+                .map(|(s, l, w)| (*s, *l, w.as_slice()))
+                .collect();
+            expect(&run, 0, &wanted);
+        } else {
+            clean(&run);
+        }
+        assert!(run.stdout.contains("1 ext_proc filter"), "{}", run.stdout);
         validate(&out);
     }
+    // The floor's: not the gateway, so only Envoy's own validation applies.
+    let out = dir.path().join("floor.yaml");
+    let mut values = PORTS.to_vec();
+    values.extend([
+        ("EXTPROC_PORT", "50061"),
+        ("OVERRIDE", "false"),
+        ("CHAIN", "all"),
+        ("HEALTH_CHECKS", "[]"),
+    ]);
+    render("benches/load/envoy-one-filter.yaml.tmpl", &out, &values);
+    validate(&out);
+    let out = dir.path().join("envoy-six-filters.yaml");
+    render("benches/load/envoy-six-filters.yaml.tmpl", &out, &PORTS);
+    let run = check(out.to_str().unwrap(), Some(&gateway));
+    clean(&run);
+    assert!(run.stdout.contains("6 ext_proc filters"), "{}", run.stdout);
+    validate(&out);
     // The baseline has no ext_proc filter on purpose (Envoy alone): reported as such.
     let out = dir.path().join("baseline.yaml");
     render("benches/load/envoy-baseline.yaml.tmpl", &out, &PORTS);
