@@ -103,7 +103,11 @@ impl Processor for ContextCheck {
         let id = h
             .headers
             .get(HEADER)
-            .map(|v| String::from_utf8_lossy(v).into_owned());
+            // UTF-8 checked the fast way first; the lossy copy only for the odd id.
+            .map(|v| match std::str::from_utf8(v) {
+                Ok(id) => id.to_owned(),
+                Err(_) => String::from_utf8_lossy(v).into_owned(),
+            });
         out.set(HEADER, id.clone().unwrap_or_default());
         state.path = ctx.path.clone();
         state.id = id;
