@@ -25,9 +25,11 @@
                                                 snapshots), write JSON, fail on non-2xx
                                                 responses or socket errors
     loadkit.py envoy-clean ADMIN_PORT           fail if Envoy counted an ext_proc failure
-    loadkit.py report RESULTS_DIR [--grpc DIR]  medians per workload, added latency, ratios
-                                                to the floor, the performance targets, and
-                                                the direct gRPC runs (extproc-load JSON)
+    loadkit.py report RESULTS_DIR [--grpc DIR] [--hold DIR]
+                                                medians per workload, added latency, ratios
+                                                to the floor, the performance targets, the
+                                                direct gRPC runs and the held streams
+                                                (extproc-load JSON)
 """
 
 import argparse
@@ -503,6 +505,8 @@ def cmd_report(a):
         if med(p) is not None:
             print(f"| {w} | {fmt(med(p))} ({spread(p)}) | {fmt(med(q))} ({spread(q)}) | {fmt(med(d))} ({spread(d)}) |")
 
+    if a.hold:
+        hold_report(a.hold)
     if a.grpc:
         runs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(a.grpc, "*.json")))]
         byr = {}
@@ -531,6 +535,34 @@ def cmd_report(a):
             m = med(rel)
             if m is not None:
                 print(f"\nTarget: exchanges per server CPU-second, gateway six / floor ≥ 0.9: **{fmt(m)}** ({spread(rel)}), {'met' if m >= 0.9 else '**not met**'}.")
+
+
+def hold_report(directory):
+    byr = {}
+    for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
+        rnd, _, server = os.path.basename(path)[len("round"):-len(".json")].partition("-")
+        byr.setdefault(int(rnd), {})[server] = json.load(open(path))
+    if not byr:
+        return
+    print(f"\n### Idle streams: medians of {len(byr)} rounds\n")
+    print("10,000 streams held between phases (request headers answered, the body not sent), each on a freshly started server, over 50 connections; resident memory before and with all held.\n")
+    print("| server | RSS before KiB | RSS held KiB | KiB per held stream |")
+    print("|---|---:|---:|---:|")
+    for t in ("floor", "gateway"):
+        vals = [byr[n][t] for n in sorted(byr) if t in byr[n]]
+        if vals:
+            print(
+                f"| {t} | {med([v['rss_before_kib'] for v in vals]):.0f} | {med([v['rss_held_kib'] for v in vals]):.0f} | "
+                f"{fmt(med([v['kib_per_stream'] for v in vals]))} |"
+            )
+    rel = [
+        byr[n]["gateway"]["kib_per_stream"] / byr[n]["floor"]["kib_per_stream"]
+        for n in sorted(byr)
+        if "gateway" in byr[n] and byr[n].get("floor", {}).get("kib_per_stream")
+    ]
+    if rel:
+        m = med(rel)
+        print(f"\nTarget: memory per idle stream, gateway / floor ≤ 1.0: **{fmt(m)}** ({spread(rel)}), {'met' if m <= 1.0 else '**not met**'}.")
 
 
 def main():
@@ -592,6 +624,7 @@ def main():
     s = sub.add_parser("report")
     s.add_argument("dir")
     s.add_argument("--grpc")
+    s.add_argument("--hold")
     s.set_defaults(f=cmd_report)
     a = p.parse_args()
     a.f(a)

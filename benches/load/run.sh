@@ -24,7 +24,9 @@
 # every configuration in turn, N rounds interleaved, failing on any non-2xx response,
 # socket error or ext_proc failure counted by Envoy. Then, unless --no-grpc, drives the
 # floor and the gateway directly with extproc-load (no Envoy): full four-message
-# exchanges, interleaved, for the exchanges each server does per CPU-second. Prints
+# exchanges, interleaved, for the exchanges each server does per CPU-second; and
+# holds 10,000 streams between phases on a fresh floor and a fresh gateway, for the
+# memory each idle stream costs. Prints
 # every run, and per workload the medians, the latency added over Envoy alone, its
 # ratio to the floor's, CPU per request of each process and ext_proc messages per
 # request (from Envoy's stats), then the ratios the performance targets name
@@ -322,6 +324,36 @@ if (( grpc )); then
     done
 fi
 
+# --- idle streams --------------------------------------------------------------------
+if (( grpc )); then
+    mkdir -p "${work}/hold"
+    read -r -a hp <<<"$(kit ports 3)"
+    log "idle streams: 10,000 held between phases by a fresh floor and a fresh gateway, ${rounds} rounds"
+    for r in $(seq 1 "${rounds}"); do
+        for t in floor gateway; do
+            if [[ "$t" == floor ]]; then
+                start "hold-floor-${r}" "${floor_bin}" --addr "127.0.0.1:${hp[0]}"
+                pid="${last_pid}" target="${hp[0]}"
+                kit wait-tcp "127.0.0.1:${target}" --pid "${pid}"
+            else
+                start "hold-gateway-${r}" env -u EXTPROC_CONFIG "${gateway_bin}" serve \
+                    --config "${work}/gateway.yaml" --grpc-addr "127.0.0.1:${hp[1]}" \
+                    --admin-addr "127.0.0.1:${hp[2]}" --shutdown-grace 1s --log warn
+                pid="${last_pid}" target="${hp[1]}"
+                kit wait-http "http://127.0.0.1:${hp[2]}/readyz" --pid "${pid}"
+            fi
+            "${load_bin}" --target "http://127.0.0.1:${target}" --hold 10000 --connections 50 \
+                --server-pid "${pid}" --metadata x-processor=all \
+                -H "authorization:Bearer ${token}" -H "x-tenant-id:acme" \
+                --json "${work}/hold/round${r}-${t}.json" >"${work}/hold-round${r}-${t}.txt" 2>&1 \
+                || { echo "run.sh: holding streams on the ${t} failed:" >&2; cat "${work}/hold-round${r}-${t}.txt" >&2; exit 1; }
+            printf '  round %d %-8s %s\n' "$r" "$t" "$(tail -1 "${work}/hold-round${r}-${t}.txt")" >&2
+            kill -TERM "${pid}" 2>/dev/null || true
+            wait "${pid}" 2>/dev/null || true
+        done
+    done
+fi
+
 echo
 echo "## Results"
 echo
@@ -329,6 +361,6 @@ echo "wrk, ${duration}s per run, ${rounds} rounds interleaved (every configurati
 echo "Envoy --concurrency ${envoy_concurrency}, one Envoy per configuration. Machine: $(nproc) cores shared by wrk, the Envoys, the gateway, the floor and the upstream."
 echo
 grpc_report=()
-(( ! grpc )) || grpc_report=(--grpc "${work}/grpc")
+(( ! grpc )) || grpc_report=(--grpc "${work}/grpc" --hold "${work}/hold")
 kit report "${work}/results" "${grpc_report[@]}"
 ok=1

@@ -185,10 +185,13 @@ impl ExtProcService {
                 self.limits.max_streams
             )));
         };
-        // Timeout extensions go out of band, ahead of the answer being worked on.
-        let (extend_tx, extend_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Timeout extensions go out of band, ahead of the answer being worked on. The
+        // channel carries the bare duration, encoded when sent: its first block of
+        // slots is allocated with every stream, and a slot the size of a
+        // ProcessingResponse made that block cost kilobytes per idle stream.
+        let (extend_tx, extend_rx) = tokio::sync::mpsc::unbounded_channel::<std::time::Duration>();
         let extender: crate::processor::TimeoutExtender =
-            Arc::new(move |by| extend_tx.send(wire::encode_timeout_override(by)).is_ok());
+            Arc::new(move |by| extend_tx.send(by).is_ok());
         let state = StreamState {
             inbound: Inbound::new(body, max_message, self.budget.clone()),
             exchange: Exchange::new(self.router.current(), grpc_metadata)
@@ -237,7 +240,10 @@ impl ExtProcService {
                         }
                     },
                     Ok(Some(Incoming::Message(message))) => {
-                        match handle(&mut st.exchange, message).await {
+                        // Boxed: the chain's future is only as large as the message
+                        // being worked on needs, and only while it is; inline, every
+                        // idle stream would carry its largest state.
+                        match Box::pin(handle(&mut st.exchange, message)).await {
                             Ok(Handled::Reply(response)) => {
                                 st.done = st.exchange.is_finished();
                                 return Some((Ok(wire::encode(*response)), st));
@@ -277,8 +283,8 @@ impl ExtProcService {
         });
         // The side channel ends when the exchange (which holds its sender) is dropped
         // with the main stream; it is polled first so an extension precedes the answer.
-        let extensions =
-            tokio_stream::wrappers::UnboundedReceiverStream::new(extend_rx).map(Ok::<_, Status>);
+        let extensions = tokio_stream::wrappers::UnboundedReceiverStream::new(extend_rx)
+            .map(|by| Ok::<_, Status>(wire::encode_timeout_override(by)));
         let merged =
             futures_util::stream::select_with_strategy(extensions, stream, |_: &mut ()| {
                 futures_util::stream::PollNext::Left

@@ -377,6 +377,44 @@ impl Stream {
     }
 }
 
+/// A stream left waiting between phases: its request headers answered, nothing else
+/// sent, as Envoy holds one while the upstream thinks. Dropping it closes the stream.
+pub struct Held {
+    _stream: Stream,
+}
+
+/// Opens a stream, sends the request headers of `spec` (a body announced, so the
+/// exchange is not over) and checks their answer; the stream then waits.
+pub async fn hold(
+    client: &ExternalProcessorClient<Channel>,
+    spec: &ExchangeSpec,
+) -> Result<Held, Failure> {
+    let mut stream = Stream::new(client, spec)?;
+    let pairs: Vec<(&str, &str)> = [
+        (":method", spec.method.as_str()),
+        (":path", spec.path.as_str()),
+        (":authority", spec.authority.as_str()),
+        (":scheme", "http"),
+        ("content-length", "1024"),
+    ]
+    .into_iter()
+    .chain(spec.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    .collect();
+    let answer = stream
+        .round(processing_request::Request::RequestHeaders(HttpHeaders {
+            headers: Some(header_map(&pairs)),
+            end_of_stream: false,
+            ..HttpHeaders::default()
+        }))
+        .await?;
+    match answer {
+        Ok(_) => Ok(Held { _stream: stream }),
+        Err(status) => Err(Failure::Status(format!(
+            "an immediate response ({status}) where a held stream was wanted"
+        ))),
+    }
+}
+
 /// Runs one exchange on `client`.
 pub async fn exchange(
     client: &ExternalProcessorClient<Channel>,

@@ -11,6 +11,7 @@
 
 pub mod exchange;
 pub mod floor;
+pub mod hold;
 pub mod load;
 pub mod report;
 

@@ -104,7 +104,10 @@ struct Live {
     window: Mutex<Histogram<u64>>,
 }
 
-async fn connect(target: &str, n: usize) -> anyhow::Result<Vec<ExternalProcessorClient<Channel>>> {
+pub(crate) async fn connect(
+    target: &str,
+    n: usize,
+) -> anyhow::Result<Vec<ExternalProcessorClient<Channel>>> {
     let endpoint = Endpoint::from_shared(target.to_string())
         .map_err(|e| anyhow::anyhow!("target {target}: {e}"))?
         .tcp_nodelay(true);

@@ -93,9 +93,15 @@ struct Args {
     /// How long one exchange may take before it counts as an error.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     timeout: Duration,
-    /// The server's process id: report its CPU time per exchange.
+    /// The server's process id: report its CPU time per exchange (with --hold, its
+    /// memory per held stream).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Instead of load: open this many streams, answer-checked request headers each,
+    /// hold them all open, and report the server's resident memory per held stream
+    /// (needs --server-pid; spread them over enough --connections).
+    #[arg(long, requires = "server_pid")]
+    hold: Option<usize>,
     /// Write the report as JSON to this file (`-`: stdout, instead of the table).
     #[arg(long)]
     json: Option<String>,
@@ -167,6 +173,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let (Some(streams), Some(pid)) = (args.hold, args.server_pid) {
+        return hold(&runtime, &args, &spec, streams, pid);
+    }
     let report = match runtime.block_on(extproc_load::run(&spec)) {
         Ok(r) => r,
         Err(e) => {
@@ -193,5 +202,46 @@ fn main() -> std::process::ExitCode {
         std::process::ExitCode::from(1)
     } else {
         std::process::ExitCode::SUCCESS
+    }
+}
+
+/// `--hold`: streams held open, the server's memory per stream.
+fn hold(
+    runtime: &tokio::runtime::Runtime,
+    args: &Args,
+    spec: &LoadSpec,
+    streams: usize,
+    pid: u32,
+) -> std::process::ExitCode {
+    let hold = extproc_load::hold::HoldSpec {
+        target: spec.target.clone(),
+        connections: spec.connections,
+        streams,
+        server_pid: pid,
+        exchange: spec.exchange.clone(),
+    };
+    let report = match runtime.block_on(extproc_load::hold::run(&hold)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("extproc-load: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+    match args.json.as_deref() {
+        Some("-") => println!("{json}"),
+        Some(path) => {
+            print!("{}", report.table());
+            if let Err(e) = std::fs::write(path, json) {
+                eprintln!("extproc-load: writing {path}: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+        None => print!("{}", report.table()),
+    }
+    if report.errors.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
     }
 }

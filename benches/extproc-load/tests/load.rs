@@ -303,3 +303,34 @@ async fn a_server_that_is_not_there_is_a_clear_error() {
         .to_string();
     assert!(err.contains("target not a target"), "{err}");
 }
+
+#[tokio::test]
+async fn streams_are_held_open_between_phases_and_memory_is_read() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(extproc_load::floor::serve(listener));
+    let spec = extproc_load::hold::HoldSpec {
+        target,
+        connections: 2,
+        streams: 300,
+        // The server is this process.
+        server_pid: std::process::id(),
+        exchange: exchange(),
+    };
+    let report = extproc_load::hold::run(&spec).await.unwrap();
+    assert_eq!(report.held, 300, "{}", report.table());
+    assert!(report.errors.is_empty(), "{}", report.table());
+    assert!(
+        report.rss_before_kib > 0 && report.rss_held_kib > 0,
+        "{}",
+        report.table()
+    );
+    // A server that is not there cannot be read.
+    let mut gone = spec.clone();
+    gone.server_pid = u32::MAX;
+    let err = extproc_load::hold::run(&gone)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/proc/"), "{err}");
+}
