@@ -77,7 +77,12 @@ pub struct HeadersSettings {
 /// Config may spell names as it likes; they are lower-cased when written, and then
 /// meet [`is_valid_header_name`](crate::phase::is_valid_header_name).
 pub fn is_header_name(name: &str) -> bool {
-    crate::phase::is_valid_header_name(&name.to_ascii_lowercase())
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        crate::phase::is_valid_header_name(&name.to_ascii_lowercase())
+    } else {
+        // Already lower case (the common spelling): checked without a copy.
+        crate::phase::is_valid_header_name(name)
+    }
 }
 
 /// A header value the gateway may emit: no control character but HTAB (the rule of
@@ -169,5 +174,20 @@ impl Processor for StaticHeaders {
         }
         self.settings.response.apply(out);
         Ok(Flow::Continue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_header_name;
+
+    #[test]
+    fn header_names_are_checked_in_either_case() {
+        for ok in ["x-a", "X-A", "Content-Type", "a1!#$%&'*+-.^_`|~"] {
+            assert!(is_header_name(ok), "{ok:?}");
+        }
+        for bad in ["", "x a", ":path", "X:A", "é", "X\u{0}"] {
+            assert!(!is_header_name(bad), "{bad:?}");
+        }
     }
 }

@@ -28,7 +28,7 @@ use sha2::{Digest as _, Sha256};
 
 use self::jwks::{KeySet, KeySource, Keys, UrlSource};
 use super::headers::is_header_name;
-use crate::phase::is_valid_header_value;
+use crate::phase::{is_valid_header_name, is_valid_header_value};
 use crate::prelude::*;
 
 /// Largest claim header (name and value) forwarded; larger claims are left out, since
@@ -544,10 +544,11 @@ fn bearer(value: &[u8]) -> Option<&str> {
 /// character) replaced by `-`. Always a valid header name.
 fn claim_header(prefix: &str, claim: &str) -> String {
     let mut name = String::with_capacity(prefix.len() + claim.len());
-    name.push_str(&prefix.to_ascii_lowercase());
+    name.extend(prefix.chars().map(|c| c.to_ascii_lowercase()));
     for c in claim.chars() {
         let c = c.to_ascii_lowercase();
-        let token = c.is_ascii() && is_header_name(c.encode_utf8(&mut [0; 4]));
+        // One lower-case character, checked in place: no copy per character.
+        let token = c.is_ascii() && is_valid_header_name(c.encode_utf8(&mut [0; 4]));
         name.push(if token { c } else { '-' });
     }
     name
