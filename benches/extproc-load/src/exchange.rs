@@ -145,7 +145,8 @@ fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
     }
 }
 
-fn kind_in(request: &processing_request::Request) -> &'static str {
+/// The kind of a message from Envoy, as the answer to it names it.
+pub fn kind_in(request: &processing_request::Request) -> &'static str {
     use processing_request::Request as In;
     match request {
         In::RequestHeaders(_) => "request_headers",
@@ -314,6 +315,9 @@ impl Stream {
 
     /// Sends a body as the mode says: whole, or in chunks sent back to back (as Envoy
     /// streams them) and answered in order.
+    ///
+    /// `trailers_follow` says the HTTP message has trailers (its body does not end the
+    /// stream); `send_trailers` that the filter sends them after the body.
     async fn body(
         &mut self,
         request: bool,
@@ -321,6 +325,7 @@ impl Stream {
         len: usize,
         chunk: usize,
         trailers_follow: bool,
+        send_trailers: bool,
     ) -> Result<Option<u32>, Failure> {
         let wrap = |body: HttpBody| {
             if request {
@@ -358,6 +363,19 @@ impl Stream {
                 return Ok(Some(status));
             }
         }
+        if send_trailers {
+            let trailers = HttpTrailers {
+                trailers: Some(header_map(&[("x-trailer", "1")])),
+            };
+            let message = if request {
+                processing_request::Request::RequestTrailers(trailers)
+            } else {
+                processing_request::Request::ResponseTrailers(trailers)
+            };
+            if let Err(status) = self.round(message).await? {
+                return Ok(Some(status));
+            }
+        }
         Ok(None)
     }
 
@@ -390,29 +408,34 @@ pub async fn hold(
     spec: &ExchangeSpec,
 ) -> Result<Held, Failure> {
     let mut stream = Stream::new(client, spec)?;
-    let pairs: Vec<(&str, &str)> = [
-        (":method", spec.method.as_str()),
-        (":path", spec.path.as_str()),
-        (":authority", spec.authority.as_str()),
-        (":scheme", "http"),
-        ("content-length", "1024"),
-    ]
-    .into_iter()
-    .chain(spec.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-    .collect();
-    let answer = stream
-        .round(processing_request::Request::RequestHeaders(HttpHeaders {
-            headers: Some(header_map(&pairs)),
-            end_of_stream: false,
-            ..HttpHeaders::default()
-        }))
-        .await?;
+    let answer = stream.round(request_headers(spec, false)).await?;
     match answer {
         Ok(_) => Ok(Held { _stream: stream }),
         Err(status) => Err(Failure::Status(format!(
             "an immediate response ({status}) where a held stream was wanted"
         ))),
     }
+}
+
+/// The request headers of `spec`: its pseudo-headers, a `content-length` for a body,
+/// and its further headers.
+fn request_headers(spec: &ExchangeSpec, end_of_stream: bool) -> processing_request::Request {
+    let length = spec.request_body_bytes.to_string();
+    let mut pairs: Vec<(&str, &str)> = vec![
+        (":method", &spec.method),
+        (":path", &spec.path),
+        (":authority", &spec.authority),
+        (":scheme", "http"),
+    ];
+    if spec.request_body_bytes > 0 {
+        pairs.push(("content-length", &length));
+    }
+    pairs.extend(spec.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    processing_request::Request::RequestHeaders(HttpHeaders {
+        headers: Some(header_map(&pairs)),
+        end_of_stream,
+        ..HttpHeaders::default()
+    })
 }
 
 /// Runs one exchange on `client`.
@@ -438,25 +461,8 @@ async fn run(
         messages: stream.messages,
     };
     if spec.request_headers {
-        let mut pairs: Vec<(&str, &str)> = vec![
-            (":method", &spec.method),
-            (":path", &spec.path),
-            (":authority", &spec.authority),
-            (":scheme", "http"),
-        ];
-        let length = spec.request_body_bytes.to_string();
-        if spec.request_body_bytes > 0 {
-            pairs.push(("content-length", &length));
-        }
-        pairs.extend(spec.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let answer = stream
-            .round(In::RequestHeaders(HttpHeaders {
-                headers: Some(header_map(&pairs)),
-                end_of_stream: spec.request_body_bytes == 0 && !spec.request_trailers,
-                ..HttpHeaders::default()
-            }))
-            .await?;
-        match answer {
+        let end = spec.request_body_bytes == 0 && !spec.request_trailers;
+        match stream.round(request_headers(spec, end)).await? {
             Err(status) => return Ok(immediate(stream, status)),
             Ok(response) if spec.allow_mode_override => plan = plan.overridden(&response),
             Ok(_) => {}
@@ -470,18 +476,11 @@ async fn run(
                 spec.request_body_bytes,
                 spec.chunk_bytes,
                 spec.request_trailers,
+                plan.request_trailers,
             )
             .await?
         {
             return Ok(immediate(stream, status));
-        }
-        if plan.request_trailers {
-            let trailers = HttpTrailers {
-                trailers: Some(header_map(&[("x-trailer", "1")])),
-            };
-            if let Err(status) = stream.round(In::RequestTrailers(trailers)).await? {
-                return Ok(immediate(stream, status));
-            }
         }
     }
     if plan.response_headers {
@@ -509,18 +508,11 @@ async fn run(
                 spec.response_body_bytes,
                 spec.chunk_bytes,
                 spec.response_trailers,
+                plan.response_trailers,
             )
             .await?
         {
             return Ok(immediate(stream, status));
-        }
-        if plan.response_trailers {
-            let trailers = HttpTrailers {
-                trailers: Some(header_map(&[("x-trailer", "1")])),
-            };
-            if let Err(status) = stream.round(In::ResponseTrailers(trailers)).await? {
-                return Ok(immediate(stream, status));
-            }
         }
     }
     let messages = stream.messages;

@@ -101,7 +101,9 @@ impl Tally {
 struct Live {
     ended: AtomicU64,
     failed: AtomicU64,
-    window: Mutex<Histogram<u64>>,
+    /// The last second's latencies; only kept when a progress line reads them, so a
+    /// quiet run takes no lock per exchange.
+    window: Option<Mutex<Histogram<u64>>>,
 }
 
 pub(crate) async fn connect(
@@ -161,10 +163,12 @@ async fn phase(
                 let result = exchange(&client, &exchange_spec).await;
                 let nanos = u64::try_from(intended.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 tally.latency.saturating_record(nanos);
-                live.window
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .saturating_record(nanos);
+                if let Some(window) = &live.window {
+                    window
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .saturating_record(nanos);
+                }
                 live.ended.fetch_add(1, Ordering::Relaxed);
                 match result {
                     Ok(done) => {
@@ -212,14 +216,17 @@ fn progress(live: Arc<Live>, done: Arc<AtomicBool>) -> tokio::task::JoinHandle<(
             tick.tick().await;
             let ended = live.ended.load(Ordering::Relaxed);
             let failed = live.failed.load(Ordering::Relaxed);
-            let (p50, p99) = {
-                let mut window = live.window.lock().unwrap_or_else(PoisonError::into_inner);
-                let p = (
-                    window.value_at_quantile(0.5),
-                    window.value_at_quantile(0.99),
-                );
-                window.reset();
-                p
+            let (p50, p99) = match &live.window {
+                Some(window) => {
+                    let mut window = window.lock().unwrap_or_else(PoisonError::into_inner);
+                    let p = (
+                        window.value_at_quantile(0.5),
+                        window.value_at_quantile(0.99),
+                    );
+                    window.reset();
+                    p
+                }
+                None => (0, 0),
             };
             let line = format!(
                 "{:>4.0} s  {ended:>9} exchanges  {:>8} /s  {failed} errors  p50 {:.3} ms  p99 {:.3} ms",
@@ -256,7 +263,7 @@ pub async fn run(spec: &LoadSpec) -> anyhow::Result<Report> {
     let live = Arc::new(Live {
         ended: AtomicU64::new(0),
         failed: AtomicU64::new(0),
-        window: Mutex::new(Tally::new().latency),
+        window: spec.progress.then(|| Mutex::new(Tally::new().latency)),
     });
     if !spec.warmup.is_zero() {
         phase(&clients, spec, Stop::Duration(spec.warmup), None, &live).await;

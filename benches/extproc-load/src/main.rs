@@ -1,7 +1,6 @@
 //! `extproc-load`: Envoy's side of ext_proc under load, against any server (see the
 //! library's documentation and `--help`).
 
-use std::io::Write;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -173,75 +172,51 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    if let (Some(streams), Some(pid)) = (args.hold, args.server_pid) {
-        return hold(&runtime, &args, &spec, streams, pid);
-    }
-    let report = match runtime.block_on(extproc_load::run(&spec)) {
-        Ok(r) => r,
+    let outcome = match (args.hold, args.server_pid) {
+        (Some(streams), Some(pid)) => {
+            let hold = extproc_load::hold::HoldSpec {
+                target: spec.target.clone(),
+                connections: spec.connections,
+                streams,
+                server_pid: pid,
+                exchange: spec.exchange.clone(),
+            };
+            runtime
+                .block_on(extproc_load::hold::run(&hold))
+                .and_then(|r| show(&r, r.table(), args.json.as_deref(), r.errors.is_empty()))
+        }
+        _ => runtime
+            .block_on(extproc_load::run(&spec))
+            .and_then(|r| show(&r, r.table(), args.json.as_deref(), r.errors == 0)),
+    };
+    match outcome {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        // A run with failed exchanges (or streams not held) fails: its figures
+        // measure errors, not work.
+        Ok(false) => std::process::ExitCode::from(1),
         Err(e) => {
             eprintln!("extproc-load: {e:#}");
-            return std::process::ExitCode::FAILURE;
+            std::process::ExitCode::FAILURE
         }
-    };
-    let json = serde_json::to_string_pretty(&report).unwrap_or_default();
-    match args.json.as_deref() {
-        Some("-") => println!("{json}"),
-        Some(path) => {
-            print!("{}", report.table());
-            if let Err(e) =
-                std::fs::File::create(path).and_then(|mut f| f.write_all(json.as_bytes()))
-            {
-                eprintln!("extproc-load: writing {path}: {e}");
-                return std::process::ExitCode::FAILURE;
-            }
-        }
-        None => print!("{}", report.table()),
-    }
-    // A run with failed exchanges fails: its figures measure errors, not work.
-    if report.errors > 0 {
-        std::process::ExitCode::from(1)
-    } else {
-        std::process::ExitCode::SUCCESS
     }
 }
 
-/// `--hold`: streams held open, the server's memory per stream.
-fn hold(
-    runtime: &tokio::runtime::Runtime,
-    args: &Args,
-    spec: &LoadSpec,
-    streams: usize,
-    pid: u32,
-) -> std::process::ExitCode {
-    let hold = extproc_load::hold::HoldSpec {
-        target: spec.target.clone(),
-        connections: spec.connections,
-        streams,
-        server_pid: pid,
-        exchange: spec.exchange.clone(),
-    };
-    let report = match runtime.block_on(extproc_load::hold::run(&hold)) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("extproc-load: {e:#}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let json = serde_json::to_string_pretty(&report).unwrap_or_default();
-    match args.json.as_deref() {
-        Some("-") => println!("{json}"),
+/// Prints the table, or the JSON with `--json -`, and writes the JSON to a `--json`
+/// file; passes `clean` on.
+fn show(
+    report: &impl serde::Serialize,
+    table: String,
+    json: Option<&str>,
+    clean: bool,
+) -> anyhow::Result<bool> {
+    let text = serde_json::to_string_pretty(report)?;
+    match json {
+        Some("-") => println!("{text}"),
         Some(path) => {
-            print!("{}", report.table());
-            if let Err(e) = std::fs::write(path, json) {
-                eprintln!("extproc-load: writing {path}: {e}");
-                return std::process::ExitCode::FAILURE;
-            }
+            print!("{table}");
+            std::fs::write(path, text).map_err(|e| anyhow::anyhow!("writing {path}: {e}"))?;
         }
-        None => print!("{}", report.table()),
+        None => print!("{table}"),
     }
-    if report.errors.is_empty() {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::from(1)
-    }
+    Ok(clean)
 }

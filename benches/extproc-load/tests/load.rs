@@ -16,9 +16,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    processing_request, processing_response, HeadersResponse, ImmediateResponse, ProcessingRequest,
-    ProcessingResponse,
+    processing_response, HeadersResponse, ImmediateResponse, ProcessingRequest, ProcessingResponse,
 };
+use extproc_load::exchange::kind_in;
 use extproc_load::floor::answer;
 use extproc_load::{BodyMode, ExchangeSpec, LoadSpec, Stop};
 use futures_util::{Stream, StreamExt};
@@ -46,19 +46,6 @@ struct Server {
     seen: Arc<Mutex<(Vec<String>, Vec<&'static str>)>>,
 }
 
-fn kind(r: &ProcessingRequest) -> &'static str {
-    use processing_request::Request as In;
-    match r.request {
-        Some(In::RequestHeaders(_)) => "request_headers",
-        Some(In::RequestBody(_)) => "request_body",
-        Some(In::RequestTrailers(_)) => "request_trailers",
-        Some(In::ResponseHeaders(_)) => "response_headers",
-        Some(In::ResponseBody(_)) => "response_body",
-        Some(In::ResponseTrailers(_)) => "response_trailers",
-        None => "none",
-    }
-}
-
 #[tonic::async_trait]
 impl ExternalProcessor for Server {
     type ProcessStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
@@ -80,7 +67,7 @@ impl ExternalProcessor for Server {
             let seen = seen.clone();
             async move {
                 let message = message?;
-                let k = kind(&message);
+                let k = message.request.as_ref().map_or("none", kind_in);
                 seen.lock().unwrap().1.push(k);
                 use processing_response::Response as Out;
                 match (twist, k) {
