@@ -38,17 +38,16 @@ fn main() {
 }
 
 fn six(n: usize) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let yaml = format!(
         "routes:\n  - name: all-six\n    processors: [trivial, timer, digest, {{jwt_auth: {{jwks_file: '{}'}}}}, context_check, echo]\n",
-        root.join("examples/jwt/jwks.json").display()
+        support::example("jwt/jwks.json").display()
     );
     let metrics = Metrics::new();
     let router = GatewayConfig::parse(&yaml, "six.yaml")
         .unwrap_or_else(|e| panic!("{e}"))
         .build_router_observed(Some(&metrics))
         .unwrap_or_else(|(at, e)| panic!("{at}: {e}"));
-    let auth = format!("Bearer {}", token(root));
+    let auth = format!("Bearer {}", support::token());
     let id = format!("ctx-1-{}", ".".repeat(1018));
     let body = Bytes::from(id.clone());
     let request = [
@@ -88,20 +87,6 @@ fn six(n: usize) {
             }
         }
     });
-}
-
-fn token(root: &std::path::Path) -> String {
-    let pem = std::fs::read(root.join("examples/jwt/signing-rsa.pem")).expect("key");
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).expect("rsa");
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some("example-rsa".into());
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-        + 3600;
-    let claims = serde_json::json!({"sub": "bench", "exp": exp});
-    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
 }
 
 fn streams(observed: bool, n: usize) {

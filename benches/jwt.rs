@@ -4,35 +4,17 @@
 //!
 //! cargo bench --bench jwt
 
-use std::path::PathBuf;
+mod support;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use extproc_gateway::prelude::*;
 use extproc_gateway::processors::{JwtAuth, JwtSettings};
 use extproc_gateway::testing::Driver;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn token() -> String {
-    let pem = std::fs::read(root().join("examples/jwt/signing-rsa.pem")).expect("key");
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).expect("rsa");
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some("example-rsa".into());
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-        + 3600;
-    let claims = serde_json::json!({"sub": "bench", "exp": exp});
-    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
-}
-
 fn chain(cache: usize) -> Chain {
     let mut settings: JwtSettings = serde_saphyr::from_str(&format!(
         "jwks_file: {}",
-        root().join("examples/jwt/jwks.json").display()
+        support::example("jwt/jwks.json").display()
     ))
     .expect("settings");
     settings.verified_cache = cache;
@@ -46,7 +28,7 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let auth = format!("Bearer {}", token());
+    let auth = format!("Bearer {}", support::token());
     let headers = [
         (":method", "GET"),
         (":path", "/"),

@@ -114,25 +114,10 @@ fn phases(c: &mut Criterion) {
     group.finish();
 }
 
-fn token() -> String {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let pem = std::fs::read(root.join("examples/jwt/signing-rsa.pem")).expect("key");
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).expect("rsa");
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some("example-rsa".into());
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-        + 3600;
-    let claims = serde_json::json!({"sub": "bench", "exp": exp});
-    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
-}
-
 fn processors(c: &mut Criterion) {
     let rt = runtime();
-    let jwks = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jwt/jwks.json");
-    let auth = format!("Bearer {}", token());
+    let jwks = support::example("jwt/jwks.json");
+    let auth = format!("Bearer {}", support::token());
     let mut with_token: Vec<(&str, &str)> = POST.to_vec();
     with_token.push(("authorization", &auth));
     let cases = [

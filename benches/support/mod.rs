@@ -1,9 +1,11 @@
 // Each bench uses its part of the shared setup.
 #![allow(dead_code)]
 
-//! The stream both benches drive: a three-processor chain (trivial, timer, digest)
-//! and a typical request/response header set.
+//! What the benches share: the stream the chain benches drive (a three-processor
+//! chain of trivial, timer and digest, and a typical request/response header set),
+//! the example files, and a token the example JWKS verifies.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use extproc_gateway::metrics::Metrics;
@@ -42,4 +44,27 @@ pub fn router(metrics: Option<&Arc<Metrics>>) -> Router {
         chain,
         metrics: metrics.map(|m| m.route("bench")),
     }])
+}
+
+/// A file under `examples/` of the repository.
+pub fn example(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(path)
+}
+
+/// An RS256 token for `sub: bench`, valid for an hour, signed with the example key
+/// that `examples/jwt/jwks.json` holds (kid `example-rsa`).
+pub fn token() -> String {
+    let pem = std::fs::read(example("jwt/signing-rsa.pem")).expect("key");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).expect("rsa");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("example-rsa".into());
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let claims = serde_json::json!({"sub": "bench", "exp": exp});
+    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
 }
