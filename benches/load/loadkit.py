@@ -508,11 +508,7 @@ def cmd_report(a):
     if a.hold:
         hold_report(a.hold)
     if a.grpc:
-        runs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(a.grpc, "*.json")))]
-        byr = {}
-        for path, r in zip(sorted(glob.glob(os.path.join(a.grpc, "*.json"))), runs):
-            rnd, _, target_name = os.path.basename(path)[len("round"):-len(".json")].partition("-")
-            byr.setdefault(int(rnd), {})[target_name] = r
+        byr = by_round(a.grpc)
         if byr:
             print(f"\n### Direct gRPC load, no Envoy: medians of {len(byr)} rounds\n")
             print("extproc-load, 16 exchanges in flight on 2 connections, each the four messages of a 1 KiB POST (headers and BUFFERED bodies), every answer checked.\n")
@@ -537,11 +533,17 @@ def cmd_report(a):
                 print(f"\nTarget: exchanges per server CPU-second, gateway six / floor ≥ 0.9: **{fmt(m)}** ({spread(rel)}), {'met' if m >= 0.9 else '**not met**'}.")
 
 
-def hold_report(directory):
+def by_round(directory):
+    """extproc-load's JSON reports named roundR-NAME.json: {R: {NAME: report}}."""
     byr = {}
     for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
-        rnd, _, server = os.path.basename(path)[len("round"):-len(".json")].partition("-")
-        byr.setdefault(int(rnd), {})[server] = json.load(open(path))
+        rnd, _, name = os.path.basename(path)[len("round"):-len(".json")].partition("-")
+        byr.setdefault(int(rnd), {})[name] = json.load(open(path))
+    return byr
+
+
+def hold_report(directory):
+    byr = by_round(directory)
     if not byr:
         return
     print(f"\n### Idle streams: medians of {len(byr)} rounds\n")
