@@ -234,7 +234,8 @@ pub(crate) mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A policy service on a free port: `acme` may send `quota` bytes, `slow` never
-    /// answers in time, everyone else is unknown. Its URL ends in `/tenants/`.
+    /// answers in time, `broken` gets a 500, everyone else is unknown. Its URL ends
+    /// in `/tenants/`.
     pub(crate) async fn policy_service(quota: u64) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -246,6 +247,8 @@ pub(crate) mod tests {
                     let request = String::from_utf8_lossy(&buf[..n]).to_string();
                     let (status, body) = if request.starts_with("GET /tenants/acme ") {
                         ("200 OK", format!("{{\"max_body_bytes\": {quota}}}"))
+                    } else if request.starts_with("GET /tenants/broken ") {
+                        ("500 Internal Server Error", String::new())
                     } else if request.starts_with("GET /tenants/slow ") {
                         tokio::time::sleep(Duration::from_secs(5)).await;
                         ("200 OK", "{}".to_string())

@@ -183,26 +183,6 @@ async fn the_users_binary_serves_reloads_and_reports_its_processor() {
     assert!(gateway.proc.log_text().contains("config reloaded"));
 }
 
-/// A policy service that is up but broken: every question gets a 500, which
-/// `tenant_quota` turns into `ProcessorError::unavailable`.
-async fn broken_policy_service() -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0; 4096];
-                let _ = socket.read(&mut buf).await;
-                let _ = socket
-                    .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                    .await;
-            });
-        }
-    });
-    format!("http://{addr}/tenants/")
-}
-
 /// The body modes Envoy implements, each with `allow_mode_override` on and off.
 const BODY_MODES: [&str; 5] = [
     "NONE",
@@ -212,57 +192,6 @@ const BODY_MODES: [&str; 5] = [
     "FULL_DUPLEX_STREAMED",
 ];
 
-/// One listener of the failure-policy matrix: a body mode, the override, and the
-/// route (`open` or `closed`) chosen by gRPC initial metadata.
-fn policy_listener(i: usize, mode: &str, allow_override: bool, route: &str) -> String {
-    let trailers = if mode == "FULL_DUPLEX_STREAMED" {
-        "SEND"
-    } else {
-        "SKIP"
-    };
-    format!(
-        r#"  - name: p{i}
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    per_connection_buffer_limit_bytes: 65536
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: p{i}
-          route_config:
-            name: r{i}
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: upstream, timeout: 30s}}
-          http_filters:
-          - name: envoy.filters.http.ext_proc
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
-              grpc_service:
-                envoy_grpc: {{cluster_name: extproc_gateway}}
-                timeout: 5s
-                initial_metadata: [{{key: x-chain, value: {route}}}]
-              failure_mode_allow: false
-              message_timeout: 2s
-              allow_mode_override: {allow_override}
-              processing_mode:
-                request_header_mode: SEND
-                response_header_mode: SEND
-                request_body_mode: {mode}
-                response_body_mode: {mode}
-                request_trailer_mode: {trailers}
-                response_trailer_mode: {trailers}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#
-    )
-}
-
 /// `on_error` through real Envoy in every body mode, override on and off: a
 /// processor whose dependency is broken refuses the request with 503 naming it under
 /// `fail_closed` (the upstream never called), and under `fail_open` is skipped for the
@@ -271,7 +200,9 @@ fn policy_listener(i: usize, mode: &str, allow_override: bool, route: &str) -> S
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_failure_policy_holds_in_every_body_mode_through_envoy() {
     let Some(envoy_bin) = envoy_bin() else { return };
-    let policy = broken_policy_service().await;
+    // Up but broken for this tenant: a 500, which `tenant_quota` turns into
+    // `ProcessorError::unavailable`.
+    let policy = custom_processor::tests::policy_service(16).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gateway.yaml");
     std::fs::write(
@@ -312,13 +243,19 @@ routes:
     let listeners: String = cases
         .iter()
         .enumerate()
-        .map(|(i, (mode, allow_override, route))| policy_listener(i, mode, *allow_override, route))
+        .map(|(i, (mode, allow_override, route))| {
+            matrix_listener_yaml(&MatrixListener {
+                name: &format!("p{i}"),
+                mode,
+                allow_override: *allow_override,
+                observability: false,
+                early: false,
+                chain: route,
+                buffer_limit: 65536,
+            })
+        })
         .collect();
-    let config = format!(
-        "admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}\nstatic_resources:\n  listeners:\n{listeners}  clusters:\n{}{}",
-        gateway_grpc_cluster_yaml(gateway.grpc_port, false),
-        upstream_cluster_yaml(upstream.port)
-    );
+    let config = matrix_envoy_config(&listeners, gateway.grpc_port, upstream.port);
     let envoy = Envoy::start_any_ports(&envoy_bin, config).await;
     let client = client();
     let small = bytes::Bytes::from(vec![b's'; 4096]);
@@ -345,7 +282,7 @@ routes:
         ] {
             let label = format!("{mode} override={allow_override} {route}: {name}");
             let path = format!("/p{i}");
-            let headers = [("x-tenant-id", "acme")];
+            let headers = [("x-tenant-id", "broken")];
             let resp = send(&client, port, method, &path, &headers, full(body.clone())).await;
             sent[usize::from(!closed)] += 1;
             // Envoy buffers a BUFFERED body while the headers' answer is pending, and
@@ -381,7 +318,7 @@ routes:
                 failures.push(format!("{label}: the failed processor ran on"));
             }
             if let Some(d) = resp.header("x-request-digest") {
-                if d != digest("acme", method, &path, &body) {
+                if d != digest("broken", method, &path, &body) {
                     failures.push(format!("{label}: WRONG digest {d}"));
                 }
             }

@@ -117,61 +117,19 @@ routes:
 }
 
 fn listener(i: usize, c: &Case) -> String {
-    let trailers = if c.mode == "FULL_DUPLEX_STREAMED" {
-        "SEND"
-    } else {
-        "SKIP"
-    };
-    let chain = if c.jwt { "jwt" } else { "default" };
     let (mode, early) = match c.mode {
         "STREAMED_EARLY" => ("STREAMED", true),
         other => (other, false),
     };
-    format!(
-        r#"  - name: c{i}
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    per_connection_buffer_limit_bytes: {BUFFER_LIMIT}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: c{i}
-          route_config:
-            name: r{i}
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: upstream, timeout: 30s}}
-          http_filters:
-          - name: envoy.filters.http.ext_proc
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
-              grpc_service:
-                envoy_grpc: {{cluster_name: extproc_gateway}}
-                timeout: 5s
-                initial_metadata: [{{key: x-chain, value: {chain}}}]
-              failure_mode_allow: false
-              message_timeout: 2s
-              allow_mode_override: {ov}
-              send_body_without_waiting_for_header_response: {early}
-              observability_mode: {obs}
-              processing_mode:
-                request_header_mode: SEND
-                response_header_mode: SEND
-                request_body_mode: {mode}
-                response_body_mode: {mode}
-                request_trailer_mode: {trailers}
-                response_trailer_mode: {trailers}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#,
-        ov = c.allow_override,
-        obs = c.observability,
-    )
+    matrix_listener_yaml(&MatrixListener {
+        name: &format!("c{i}"),
+        mode,
+        allow_override: c.allow_override,
+        observability: c.observability,
+        early,
+        chain: if c.jwt { "jwt" } else { "default" },
+        buffer_limit: BUFFER_LIMIT,
+    })
 }
 
 fn envoy_config(cases: &[Case], gateway: u16, upstream: u16) -> String {
@@ -180,16 +138,7 @@ fn envoy_config(cases: &[Case], gateway: u16, upstream: u16) -> String {
         .enumerate()
         .map(|(i, c)| listener(i, c))
         .collect();
-    let gateway_cluster = gateway_grpc_cluster_yaml(gateway, false);
-    let upstream_cluster = upstream_cluster_yaml(upstream);
-    format!(
-        r#"admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-static_resources:
-  listeners:
-{listeners}  clusters:
-{gateway_cluster}{upstream_cluster}"#
-    )
+    matrix_envoy_config(&listeners, gateway, upstream)
 }
 
 /// What a case must give.

@@ -567,6 +567,94 @@ pub fn normalizing_paths(config: &str) -> String {
     config.replace(marker, &format!("{marker}{settings}"))
 }
 
+/// One listener of a body-mode matrix: its own port (0: Envoy picks one), an ext_proc
+/// filter pointed at the `extproc_gateway` cluster with `mode` for both bodies
+/// (trailers sent only in FULL_DUPLEX_STREAMED, which has them in its protocol), and
+/// the gRPC initial metadata `x-chain` that selects the gateway's route.
+pub struct MatrixListener<'a> {
+    /// Listener name, also its stat prefix (`http.NAME.ext_proc.*`).
+    pub name: &'a str,
+    /// The body mode of both directions.
+    pub mode: &'a str,
+    pub allow_override: bool,
+    pub observability: bool,
+    /// `send_body_without_waiting_for_header_response`.
+    pub early: bool,
+    /// The value of the `x-chain` initial metadata.
+    pub chain: &'a str,
+    /// `per_connection_buffer_limit_bytes` of the listener.
+    pub buffer_limit: usize,
+}
+
+/// The YAML of one [`MatrixListener`], an entry of `static_resources.listeners`.
+pub fn matrix_listener_yaml(l: &MatrixListener) -> String {
+    let trailers = if l.mode == "FULL_DUPLEX_STREAMED" {
+        "SEND"
+    } else {
+        "SKIP"
+    };
+    format!(
+        r#"  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    per_connection_buffer_limit_bytes: {limit}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            name: {name}
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: upstream, timeout: 30s}}
+          http_filters:
+          - name: envoy.filters.http.ext_proc
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              grpc_service:
+                envoy_grpc: {{cluster_name: extproc_gateway}}
+                timeout: 5s
+                initial_metadata: [{{key: x-chain, value: {chain}}}]
+              failure_mode_allow: false
+              message_timeout: 2s
+              allow_mode_override: {over}
+              send_body_without_waiting_for_header_response: {early}
+              observability_mode: {obs}
+              processing_mode:
+                request_header_mode: SEND
+                response_header_mode: SEND
+                request_body_mode: {mode}
+                response_body_mode: {mode}
+                request_trailer_mode: {trailers}
+                response_trailer_mode: {trailers}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#,
+        name = l.name,
+        limit = l.buffer_limit,
+        chain = l.chain,
+        over = l.allow_override,
+        early = l.early,
+        obs = l.observability,
+        mode = l.mode,
+    )
+}
+
+/// A whole Envoy config of `listeners` (entries of `static_resources.listeners`), the
+/// gateway's gRPC cluster and the upstream's, admin on a free port.
+pub fn matrix_envoy_config(listeners: &str, gateway: u16, upstream: u16) -> String {
+    format!(
+        "admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}\nstatic_resources:\n  listeners:\n{listeners}  clusters:\n{}{}",
+        gateway_grpc_cluster_yaml(gateway, false),
+        upstream_cluster_yaml(upstream)
+    )
+}
+
 /// The `upstream` cluster of generated Envoy configs: the echo upstream on loopback.
 pub fn upstream_cluster_yaml(port: u16) -> String {
     format!(
