@@ -280,15 +280,16 @@ for r in $(seq 1 "${rounds}"); do
             out="${work}/round${r}-${w}-${c}.txt"
             procs=("envoy=${envoy_pid[$c]}" "upstream=${upstream_pid}")
             [[ -z "${server_pid[$c]}" ]] || procs+=("server=${server_pid[$c]}")
+            # The gateway's own view, for the configurations it serves.
             gw=()
             [[ "${server_pid[$c]}" != "${gateway_pid}" ]] || gw=(--gw "${work}/gw-before.json" "${work}/gw-after.json")
-            kit gw-snap "${work}/gw-before.json" "${p_admin}"
+            (( ${#gw[@]} == 0 )) || kit gw-snap "${work}/gw-before.json" "${p_admin}"
             kit envoy-snap "${work}/envoy-before.json" "${admin[$c]}"
             kit cpu-snap "${work}/cpu-before.json" "${procs[@]}"
             run_wrk "${duration}" "http://127.0.0.1:${listen[$c]}/" "${out}"
             kit cpu-snap "${work}/cpu-after.json" "${procs[@]}"
             kit envoy-snap "${work}/envoy-after.json" "${admin[$c]}"
-            kit gw-snap "${work}/gw-after.json" "${p_admin}"
+            (( ${#gw[@]} == 0 )) || kit gw-snap "${work}/gw-after.json" "${p_admin}"
             kit check "${out}" "${work}/results/round${r}-${w}-${c}.json" --round "$r" \
                 --workload "$w" --config "$c" \
                 --cpu "${work}/cpu-before.json" "${work}/cpu-after.json" \
