@@ -38,6 +38,12 @@ fn main() {
 }
 
 fn six(n: usize) {
+    // Logging as the server installs it (INFO and above, to stderr): the processors'
+    // DEBUG spans are then disabled at their call sites, as when serving.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::stderr)
+        .try_init();
     let yaml = format!(
         "routes:\n  - name: all-six\n    processors: [trivial, timer, digest, {{jwt_auth: {{jwks_file: '{}'}}}}, context_check, echo]\n",
         support::example("jwt/jwks.json").display()

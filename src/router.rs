@@ -444,7 +444,7 @@ impl Router {
         if policy.forward_normalized {
             let wrap = |route: &Arc<Route>| {
                 Arc::new(Route {
-                    chain: route.chain.wrapped(ForwardNormalizedLayer(policy)),
+                    chain: route.chain.wrapped_direct(ForwardNormalizedLayer(policy)),
                     ..Route::clone(route)
                 })
             };

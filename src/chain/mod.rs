@@ -15,7 +15,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tower::Layer;
 
 pub use processor_layer::{ProcessorLayer, ProcessorService};
-pub use service::{PhaseFuture, PhaseOutcome, PhaseRequest, PhaseService};
+pub(crate) use service::PhaseCall;
+pub use service::{
+    boxed_phase, ready_phase, PhaseFuture, PhaseOutcome, PhaseRequest, PhaseService,
+};
 
 use crate::condition::Condition;
 use crate::metrics::Metrics;
@@ -187,7 +190,7 @@ impl ChainBuilder {
             if let Some((metrics, route)) = &chain.metrics {
                 layer = layer.with_metrics(metrics.processor(route, &name));
             }
-            Box::new(move |inner| PhaseService::new(layer.layer(inner)))
+            Box::new(move |inner| PhaseService::direct(layer.layer(inner)))
         });
         self.steps.push(Step::Processor(make));
         self
@@ -305,6 +308,18 @@ impl Chain {
     {
         Chain {
             service: PhaseService::new(layer.layer(self.service.clone())),
+            ..self.clone()
+        }
+    }
+
+    /// Like [`Chain::wrapped`], for the gateway's own layers, which are called in place.
+    pub(crate) fn wrapped_direct<L>(&self, layer: L) -> Chain
+    where
+        L: Layer<PhaseService>,
+        L::Service: PhaseCall,
+    {
+        Chain {
+            service: PhaseService::direct(layer.layer(self.service.clone())),
             ..self.clone()
         }
     }

@@ -16,7 +16,9 @@ use futures_util::FutureExt;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use super::service::{PhaseFuture, PhaseOutcome, PhaseRequest, PhaseService};
+use super::service::{
+    boxed_phase, ready_phase, PhaseCall, PhaseFuture, PhaseOutcome, PhaseRequest, PhaseService,
+};
 use crate::condition::Condition;
 use crate::metrics::{Failure, ProcessorMetrics, Skipped};
 use crate::phase::{Flow, ImmediateResponse, Mutations, Phase, PhaseKind};
@@ -151,7 +153,13 @@ impl<P: Processor> Service<PhaseRequest> for ProcessorService<P> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: PhaseRequest) -> Self::Future {
+    fn call(&mut self, req: PhaseRequest) -> Self::Future {
+        self.call_phase(req)
+    }
+}
+
+impl<P: Processor> PhaseCall for ProcessorService<P> {
+    fn call_phase(&self, mut req: PhaseRequest) -> PhaseFuture {
         let shared = &self.shared;
         if req.ctx.is_skipped(shared.index) {
             return self.inner.run(req);
@@ -160,9 +168,7 @@ impl<P: Processor> Service<PhaseRequest> for ProcessorService<P> {
             match shared.decide(&mut req) {
                 Decided::Run => {}
                 Decided::Skip => return self.inner.run(req),
-                Decided::Respond(flow) => {
-                    return Box::pin(std::future::ready(Ok(req.finish(flow))))
-                }
+                Decided::Respond(flow) => return ready_phase(req.finish(flow)),
             }
         }
         if !shared.needs.wants(req.phase.kind()) {
@@ -174,7 +180,7 @@ impl<P: Processor> Service<PhaseRequest> for ProcessorService<P> {
         }
         let shared = shared.clone();
         let inner = self.inner.clone();
-        Box::pin(async move {
+        boxed_phase(async move {
             let mut req = req;
             let flow = shared.run(&mut req).await;
             match flow {

@@ -7,6 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::future::Either;
+use std::future::Ready;
 use tower::{Service, ServiceExt};
 
 use crate::phase::{Flow, Mutations, Phase};
@@ -59,16 +61,40 @@ pub struct PhaseOutcome {
     pub flow: Flow,
 }
 
-/// A boxed future of a phase service.
-pub type PhaseFuture = Pin<Box<dyn Future<Output = Result<PhaseOutcome, Infallible>> + Send>>;
+/// The future of a phase service: ready at once when no processor on the way does
+/// anything for the phase (the common case for most layers in most phases), boxed only
+/// where a hook really runs. Saves an allocation per layer per phase against boxing
+/// every layer's future.
+pub type PhaseFuture = Either<
+    Ready<Result<PhaseOutcome, Infallible>>,
+    Pin<Box<dyn Future<Output = Result<PhaseOutcome, Infallible>> + Send>>,
+>;
 
-trait ErasedService: Send + Sync {
-    fn call(&self, req: PhaseRequest) -> PhaseFuture;
+/// A phase that is decided already, without a future to allocate.
+pub fn ready_phase(outcome: PhaseOutcome) -> PhaseFuture {
+    Either::Left(std::future::ready(Ok(outcome)))
 }
 
+/// A phase that has work to await.
+pub fn boxed_phase(
+    future: impl Future<Output = Result<PhaseOutcome, Infallible>> + Send + 'static,
+) -> PhaseFuture {
+    Either::Right(Box::pin(future))
+}
+
+/// A service of the chain's own layers: always ready, and already answering with a
+/// [`PhaseFuture`], so it is called in place (no clone of the service, no `oneshot`
+/// state machine and no second box around its future).
+pub(crate) trait PhaseCall: Send + Sync + 'static {
+    /// Runs one phase.
+    fn call_phase(&self, req: PhaseRequest) -> PhaseFuture;
+}
+
+/// Any tower service, driven the tower way: cloned into a `oneshot` that waits for
+/// readiness, and boxed.
 struct Erased<S>(S);
 
-impl<S> ErasedService for Erased<S>
+impl<S> PhaseCall for Erased<S>
 where
     S: Service<PhaseRequest, Response = PhaseOutcome, Error = Infallible>
         + Clone
@@ -77,9 +103,18 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    fn call(&self, req: PhaseRequest) -> PhaseFuture {
+    fn call_phase(&self, req: PhaseRequest) -> PhaseFuture {
         let svc = self.0.clone();
-        Box::pin(svc.oneshot(req))
+        boxed_phase(svc.oneshot(req))
+    }
+}
+
+/// The end of every chain.
+struct Terminal;
+
+impl PhaseCall for Terminal {
+    fn call_phase(&self, req: PhaseRequest) -> PhaseFuture {
+        ready_phase(req.finish(Flow::Continue))
     }
 }
 
@@ -87,7 +122,7 @@ where
 /// Cloning is an `Arc` clone, so a layer can hand its inner service to each call's
 /// future without allocating a new stack.
 #[derive(Clone)]
-pub struct PhaseService(Arc<dyn ErasedService>);
+pub struct PhaseService(Arc<dyn PhaseCall>);
 
 impl PhaseService {
     /// Erases a tower service.
@@ -103,17 +138,20 @@ impl PhaseService {
         Self(Arc::new(Erased(service)))
     }
 
+    /// Erases one of the chain's own layers, which is called in place.
+    pub(crate) fn direct(service: impl PhaseCall) -> Self {
+        Self(Arc::new(service))
+    }
+
     /// The innermost service: the end of the chain, where the phase continues with
     /// whatever the processors wrote.
     pub fn terminal() -> Self {
-        Self::new(tower::service_fn(|req: PhaseRequest| async move {
-            Ok::<_, Infallible>(req.finish(Flow::Continue))
-        }))
+        Self::direct(Terminal)
     }
 
     /// Runs one phase through the stack.
     pub fn run(&self, req: PhaseRequest) -> PhaseFuture {
-        self.0.call(req)
+        self.0.call_phase(req)
     }
 }
 
@@ -133,6 +171,6 @@ impl Service<PhaseRequest> for PhaseService {
     }
 
     fn call(&mut self, req: PhaseRequest) -> Self::Future {
-        self.0.call(req)
+        self.0.call_phase(req)
     }
 }

@@ -2,15 +2,13 @@
 //! refuses a path with 400 before any processor runs, and the layer that sends the
 //! normalised path upstream when `path_policy.forward_normalized` asks for it.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tower::{Layer, Service};
+use tower::Layer;
 
 use super::{Route, RouteMatch, PATH_REFUSED};
-use crate::chain::{Chain, PhaseFuture, PhaseOutcome, PhaseRequest, PhaseService};
+use crate::chain::{ready_phase, Chain, PhaseCall, PhaseFuture, PhaseRequest, PhaseService};
 use crate::metrics::{Metrics, PathRefusalMetrics};
 use crate::path::{PathPolicy, PathRefusal};
 use crate::phase::{Flow, ImmediateResponse, Mutations, Phase};
@@ -33,7 +31,7 @@ impl PathGuard {
             Arc::new(Route {
                 name: Arc::from(PATH_REFUSED),
                 matcher: RouteMatch::default(),
-                chain: Chain::empty().wrapped(RefuseLayer(reason)),
+                chain: Chain::empty().wrapped_direct(RefuseLayer(reason)),
                 metrics: metrics.map(|m| m.route(PATH_REFUSED)),
             })
         });
@@ -95,18 +93,9 @@ impl Layer<PhaseService> for RefuseLayer {
 #[derive(Clone, Copy)]
 struct RefuseService(PathRefusal);
 
-impl Service<PhaseRequest> for RefuseService {
-    type Response = PhaseOutcome;
-    type Error = Infallible;
-    type Future = PhaseFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: PhaseRequest) -> PhaseFuture {
-        let outcome = req.finish(Flow::Respond(refusal(self.0)));
-        Box::pin(async move { Ok(outcome) })
+impl PhaseCall for RefuseService {
+    fn call_phase(&self, req: PhaseRequest) -> PhaseFuture {
+        ready_phase(req.finish(Flow::Respond(refusal(self.0))))
     }
 }
 
@@ -134,16 +123,8 @@ pub(super) struct ForwardNormalizedService {
     inner: PhaseService,
 }
 
-impl Service<PhaseRequest> for ForwardNormalizedService {
-    type Response = PhaseOutcome;
-    type Error = Infallible;
-    type Future = PhaseFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: PhaseRequest) -> PhaseFuture {
+impl PhaseCall for ForwardNormalizedService {
+    fn call_phase(&self, mut req: PhaseRequest) -> PhaseFuture {
         if let Phase::RequestHeaders(h) = &req.phase {
             let rewritten = h
                 .headers
