@@ -158,7 +158,10 @@ fn load_kit_envoy_configs_are_clean() {
     render(
         "benches/load/gateway.yaml.tmpl",
         &gateway,
-        &[("JWKS_FILE", jwks.to_str().unwrap())],
+        &[
+            ("JWKS_FILE", jwks.to_str().unwrap()),
+            ("REQUEST_METRICS", "true"),
+        ],
     );
     let gateway = gateway.to_str().unwrap().to_string();
     let checks = "[{timeout: 1s, interval: 2s, unhealthy_threshold: 2, healthy_threshold: 1, grpc_health_check: {service_name: envoy.service.ext_proc.v3.ExternalProcessor}}]";

@@ -645,3 +645,43 @@ async fn a_message_the_body_budget_cannot_hold_gets_503_and_is_not_kept() {
     let (_, m) = http_get(gw.admin_port, "/metrics").await.expect("metrics");
     assert_eq!(metric(&m, "extproc_buffered_body_bytes"), Some(0.0), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_metrics_off_keeps_only_the_process_wide_series() {
+    for on in [true, false] {
+        let gw = Gateway::start(&format!(
+            "server: {{request_metrics: {on}}}\nroutes: [{{name: r, processors: [trivial]}}]\n"
+        ))
+        .await;
+        let mut client = connect(gw.grpc_port).await;
+        let mut s = Stream::open(&mut client).await;
+        let answer = s.call(request_headers("/a", true)).await.expect("answer");
+        assert!(
+            matches!(
+                answer.and_then(|a| a.response),
+                Some(Resp::RequestHeaders(_))
+            ),
+            "request_metrics: {on}"
+        );
+        drop(s);
+        let (_, m) = http_get(gw.admin_port, "/metrics").await.expect("metrics");
+        // Process-wide counters stay either way.
+        assert_eq!(
+            metric(&m, r#"extproc_limits_hit_total{limit="streams"}"#),
+            Some(0.0),
+            "{m}"
+        );
+        let per_route = m
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains(r#"route="r""#))
+            .count();
+        if on {
+            assert!(per_route > 0, "no series of route r:\n{m}");
+        } else {
+            assert_eq!(
+                per_route, 0,
+                "series of route r with request_metrics off:\n{m}"
+            );
+        }
+    }
+}

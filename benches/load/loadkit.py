@@ -514,8 +514,14 @@ def cmd_report(a):
             print("extproc-load, 16 exchanges in flight on 2 connections, each the four messages of a 1 KiB POST (headers and BUFFERED bodies), every answer checked.\n")
             print("| server | exchanges/s | p50 ms | p99 ms | server µs/exchange | exchanges per server CPU-second | / floor's |")
             print("|---|---:|---:|---:|---:|---:|---:|")
-            label = {"floor": "floor", "empty": "gateway, empty chain", "six": "gateway, six processors"}
-            for t in ("floor", "empty", "six"):
+            label = {
+                "floor": "floor",
+                "empty": "gateway, empty chain",
+                "six": "gateway, six processors",
+                "bare": "six, telemetry off (no request metrics, no traces)",
+                "traced": "six, telemetry on (request metrics, traces to OTLP)",
+            }
+            for t in ("floor", "empty", "six", "bare", "traced"):
                 vals = [byr[n][t] for n in sorted(byr) if t in byr[n]]
                 if not vals:
                     continue
@@ -531,6 +537,32 @@ def cmd_report(a):
             m = med(rel)
             if m is not None:
                 print(f"\nTarget: exchanges per server CPU-second, gateway six / floor ≥ 0.9: **{fmt(m)}** ({spread(rel)}), {'met' if m >= 0.9 else '**not met**'}.")
+            telemetry_report(byr, a.grpc)
+
+
+def telemetry_report(byr, directory):
+    """Telemetry on against off, per round, from the direct runs `bare` and `traced`."""
+    rounds = [n for n in sorted(byr) if "bare" in byr[n] and "traced" in byr[n]]
+    if not rounds:
+        return
+    rate = [byr[n]["traced"]["rate"] / byr[n]["bare"]["rate"] for n in rounds]
+    cpu = [
+        byr[n]["traced"]["exchanges_per_server_cpu_s"] / byr[n]["bare"]["exchanges_per_server_cpu_s"]
+        for n in rounds
+        if byr[n]["traced"].get("exchanges_per_server_cpu_s") and byr[n]["bare"].get("exchanges_per_server_cpu_s")
+    ]
+    m = med(rate)
+    print(f"\nTarget: throughput with telemetry on / off ≥ 0.95: **{fmt(m)}** ({spread(rate)}), {'met' if m >= 0.95 else '**not met**'}.", end="")
+    if cpu:
+        print(f" Exchanges per server CPU-second, on / off: {fmt(med(cpu))} ({spread(cpu)}).", end="")
+    print()
+    sink = os.path.join(directory, "sink.txt")
+    if os.path.exists(sink):
+        words = open(sink).read().split()
+        spans = int(words[1]) if len(words) >= 2 and words[0] == "spans" else 0
+        # Warm-up exchanges are traced too, but not counted in the reports.
+        measured = sum(byr[n]["traced"]["exchanges"] for n in rounds)
+        print(f"The OTLP sink received {spans:,} spans, {spans / measured:.1f} per measured traced exchange (warm-ups add a few).")
 
 
 def by_round(directory):

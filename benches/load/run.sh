@@ -24,7 +24,10 @@
 # every configuration in turn, N rounds interleaved, failing on any non-2xx response,
 # socket error or ext_proc failure counted by Envoy. Then, unless --no-grpc, drives the
 # floor and the gateway directly with extproc-load (no Envoy): full four-message
-# exchanges, interleaved, for the exchanges each server does per CPU-second; and
+# exchanges, interleaved, for the exchanges each server does per CPU-second, and the
+# six processors with telemetry off (request metrics off, no traces) against
+# telemetry on (request metrics, and every trace exported over OTLP to a local
+# collector, extproc-otlp-sink); and
 # holds 10,000 streams between phases on a fresh floor and a fresh gateway, for the
 # memory each idle stream costs. Prints
 # every run, and per workload the medians, the latency added over Envoy alone, its
@@ -102,6 +105,7 @@ cargo build --release --quiet -p extproc-gateway -p extproc-load
 gateway_bin="${root}/target/release/extproc-gateway"
 floor_bin="${root}/target/release/extproc-floor"
 load_bin="${root}/target/release/extproc-load"
+sink_bin="${root}/target/release/extproc-otlp-sink"
 
 # --- processes and cleanup ---------------------------------------------------------
 work="$(mktemp -d -t extproc-load.XXXXXX)"
@@ -157,7 +161,8 @@ upstream_pid="${last_pid}"
 kit wait-http "http://127.0.0.1:${p_up}/ready" --pid "${last_pid}"
 
 log "starting the gateway on 127.0.0.1:${p_grpc} (admin ${p_admin})"
-kit render "${here}/gateway.yaml.tmpl" "${work}/gateway.yaml" "JWKS_FILE=${root}/examples/jwt/jwks.json"
+kit render "${here}/gateway.yaml.tmpl" "${work}/gateway.yaml" "JWKS_FILE=${root}/examples/jwt/jwks.json" \
+    "REQUEST_METRICS=true"
 "${gateway_bin}" check-config "${work}/gateway.yaml" >/dev/null
 start gateway env -u EXTPROC_CONFIG "${gateway_bin}" serve --config "${work}/gateway.yaml" \
     --grpc-addr "127.0.0.1:${p_grpc}" --admin-addr "127.0.0.1:${p_admin}" \
@@ -304,17 +309,41 @@ done
 # --- direct gRPC load, no Envoy ------------------------------------------------------
 if (( grpc )); then
     mkdir -p "${work}/grpc"
-    log "direct gRPC load: ${rounds} rounds x (floor, gateway empty chain, gateway six), ${duration}s each, 16 in flight"
+    # Two more gateways for the telemetry comparison, each serving the six processors:
+    # one with request metrics off and no trace export, one with request metrics on and
+    # every trace exported over OTLP to a local collector (the kit's sink, which counts
+    # what arrives).
+    read -r -a tp <<<"$(kit ports 5)"
+    kit render "${here}/gateway.yaml.tmpl" "${work}/gateway-bare.yaml" \
+        "JWKS_FILE=${root}/examples/jwt/jwks.json" "REQUEST_METRICS=false"
+    start sink "${sink_bin}" --addr "127.0.0.1:${tp[0]}"
+    sink_pid="${last_pid}"
+    kit wait-tcp "127.0.0.1:${tp[0]}" --pid "${sink_pid}"
+    start gateway-bare env -u EXTPROC_CONFIG -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
+        "${gateway_bin}" serve --config "${work}/gateway-bare.yaml" \
+        --grpc-addr "127.0.0.1:${tp[1]}" --admin-addr "127.0.0.1:${tp[2]}" --shutdown-grace 1s --log warn
+    bare_pid="${last_pid}"
+    kit wait-http "http://127.0.0.1:${tp[2]}/readyz" --pid "${bare_pid}"
+    start gateway-traced env -u EXTPROC_CONFIG -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:${tp[0]}" OTEL_TRACES_SAMPLER=always_on \
+        OTEL_SERVICE_NAME=extproc-gateway-load \
+        "${gateway_bin}" serve --config "${work}/gateway.yaml" \
+        --grpc-addr "127.0.0.1:${tp[3]}" --admin-addr "127.0.0.1:${tp[4]}" --shutdown-grace 1s --log warn
+    traced_pid="${last_pid}"
+    kit wait-http "http://127.0.0.1:${tp[4]}/readyz" --pid "${traced_pid}"
+    log "direct gRPC load: ${rounds} rounds x (floor, gateway empty chain, gateway six, six with telemetry off, six traced), ${duration}s each, 16 in flight"
     direct=(-c 16 --connections 2 -d "${duration}s" --warmup 1s --quiet
         --phases request-headers,request-body,response-headers,response-body
         --request-body 1024 --response-body 1024 --body-mode buffered
         -H "authorization:Bearer ${token}" -H "x-tenant-id:acme")
     for r in $(seq 1 "${rounds}"); do
-        for t in floor empty six; do
+        for t in floor empty six bare traced; do
             case "$t" in
                 floor) target="${p_floor}" pid="${floor_pid}" meta=() ;;
                 empty) target="${p_grpc}" pid="${gateway_pid}" meta=(--metadata x-processor=none) ;;
                 six) target="${p_grpc}" pid="${gateway_pid}" meta=(--metadata x-processor=all) ;;
+                bare) target="${tp[1]}" pid="${bare_pid}" meta=(--metadata x-processor=all) ;;
+                traced) target="${tp[3]}" pid="${traced_pid}" meta=(--metadata x-processor=all) ;;
             esac
             "${load_bin}" --target "http://127.0.0.1:${target}" "${direct[@]}" "${meta[@]}" \
                 --server-pid "${pid}" --json "${work}/grpc/round${r}-${t}.json" \
@@ -323,6 +352,14 @@ if (( grpc )); then
             printf '  round %d %-6s %s\n' "$r" "$t" "$(sed -n 3p "${work}/grpc-round${r}-${t}.txt")" >&2
         done
     done
+    # The traced gateway flushes its last batch on SIGTERM; the sink prints its counts
+    # each second they change.
+    kill -TERM "${traced_pid}" 2>/dev/null || true
+    wait "${traced_pid}" 2>/dev/null || true
+    sleep 1.5
+    grep '^spans ' "${work}/sink.log" | tail -1 >"${work}/grpc/sink.txt" || true
+    [[ -s "${work}/grpc/sink.txt" ]] || { echo "run.sh: the OTLP sink received no spans from the traced gateway" >&2; exit 1; }
+    log "OTLP sink: $(cat "${work}/grpc/sink.txt")"
 fi
 
 # --- idle streams --------------------------------------------------------------------

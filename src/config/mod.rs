@@ -180,6 +180,12 @@ impl GatewayConfig {
         self.build_routes(metrics, true)
     }
 
+    /// The routes as the server runs them: observed by `metrics` unless
+    /// `server.request_metrics` is off.
+    pub fn build_router_served(&self, metrics: &Arc<Metrics>) -> Result<Router, (String, String)> {
+        self.build_router_observed(self.server.request_metrics.then_some(metrics))
+    }
+
     /// Builds the routes; `start: false` builds chains that will never serve (a check):
     /// processors load and validate everything but start nothing in the background.
     fn build_routes(

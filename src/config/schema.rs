@@ -113,6 +113,11 @@ pub struct ServerConfig {
     /// 1 MiB by default). A request with a larger `content-length` is asked for as
     /// STREAMED rather than BUFFERED, so Envoy does not refuse it with 413.
     pub envoy_buffer_limit_bytes: usize,
+    /// Per-request metrics: stream, message and processor latency and outcomes, by
+    /// route (what `/metrics`, the dashboard and the Grafana board show per route).
+    /// `false` keeps only the process-wide counters (limits hit, protocol errors,
+    /// JWKS fetches) and saves the clock reads and histogram updates of every message.
+    pub request_metrics: bool,
 }
 
 impl Default for ServerConfig {
@@ -139,6 +144,7 @@ impl Default for ServerConfig {
             max_header_bytes: 96 * 1024,
             max_buffered_bytes: 512 * 1024 * 1024,
             max_buffered_bytes_per_stream: 16 * 1024 * 1024,
+            request_metrics: true,
         }
     }
 }

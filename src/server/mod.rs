@@ -56,7 +56,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let router = config
-        .build_router_observed(Some(&metrics))
+        .build_router_served(&metrics)
         .map_err(|(field, msg)| anyhow::anyhow!("{field}: {msg}"))?;
     run(config, router, metrics, None, shutdown, on_bound).await
 }
@@ -77,7 +77,7 @@ pub async fn serve_with_reload(
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let router = config
-        .build_router_observed(Some(&metrics))
+        .build_router_served(&metrics)
         .map_err(|(field, msg)| anyhow::anyhow!("{field}: {msg}"))?;
     run(config, router, metrics, Some(reload), shutdown, on_bound).await
 }

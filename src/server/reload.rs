@@ -21,7 +21,9 @@ pub fn apply(
             return;
         }
     };
-    let router = match config.build_router_observed(Some(metrics)) {
+    // Server settings, request metrics included, stay as started.
+    let observed = served.current().server.request_metrics.then_some(metrics);
+    let router = match config.build_router_observed(observed) {
         Ok(r) => r,
         Err((field, msg)) => {
             tracing::error!(field = %field, error = %msg, "config reload failed; keeping the running config");

@@ -5,7 +5,8 @@
 //! address: the phases, body sizes, chunking, gRPC initial metadata and
 //! `allow_mode_override` of a filter config; every answer is checked for the kind and
 //! order Envoy would accept. `extproc-floor` is the least a server can do (an empty
-//! CONTINUE of the matching kind), so a real server's cost reads as a ratio to it.
+//! CONTINUE of the matching kind), so a real server's cost reads as a ratio to it. `extproc-otlp-sink` is a local
+//! trace collector, so a server's cost with trace export on can be measured too.
 
 #![warn(missing_docs)]
 
@@ -13,6 +14,7 @@ pub mod exchange;
 pub mod floor;
 pub mod hold;
 pub mod load;
+pub mod otlp_sink;
 pub mod report;
 
 pub use exchange::{BodyMode, ExchangeSpec};
