@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -19,6 +20,10 @@ use tracing_subscriber::Layer;
 use crate::phase::Headers;
 
 static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// The target of the per-processor spans, which `EXTPROC_TRACE_PROCESSORS` turns on
+/// and off separately from the stream and message spans.
+pub const PROCESSOR_SPANS: &str = "extproc_gateway::processor";
 
 /// Flushes pending spans when dropped (at process exit).
 pub struct TelemetryGuard {
@@ -43,6 +48,29 @@ pub fn export_requested() -> bool {
     !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
+/// Whether `EXTPROC_TRACE_PROCESSORS` asks for a span per processor per message.
+pub fn processor_spans_requested() -> bool {
+    std::env::var("EXTPROC_TRACE_PROCESSORS").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
+}
+
+/// What the trace export records: the stream and message spans, and the processors'
+/// own when asked for.
+fn traced_targets(processors: bool) -> Targets {
+    let level = if processors {
+        LevelFilter::DEBUG
+    } else {
+        LevelFilter::OFF
+    };
+    Targets::new()
+        .with_target("extproc_gateway", LevelFilter::DEBUG)
+        .with_target(PROCESSOR_SPANS, level)
+}
+
 /// Installs logging (filtered by `log_filter`) and, when asked for, OTLP trace export.
 /// Must run inside the Tokio runtime (the exporter's gRPC channel lives there).
 pub fn init(log_filter: &str) -> TelemetryGuard {
@@ -54,9 +82,20 @@ pub fn init(log_filter: &str) -> TelemetryGuard {
         match exporter() {
             Ok(provider) => {
                 let tracer = provider.tracer("extproc-gateway");
+                // Only the attributes the gateway sets itself: the defaults add seven
+                // more to every span (source file, module and line, thread name and
+                // id, target, busy and idle time, the last read from the clock at
+                // every poll) and activate an OpenTelemetry context per poll, which
+                // together cost more than the spans themselves (see BENCHMARKS.md,
+                // telemetry).
                 let layer = tracing_opentelemetry::layer()
+                    .with_location(false)
+                    .with_threads(false)
+                    .with_target(false)
+                    .with_tracked_inactivity(false)
+                    .with_context_activation(false)
                     .with_tracer(tracer)
-                    .with_filter(Targets::new().with_target("extproc_gateway", LevelFilter::DEBUG));
+                    .with_filter(traced_targets(processor_spans_requested()));
                 EXPORTING.store(true, Ordering::Relaxed);
                 (Some(layer), Some(provider), None)
             }
@@ -101,6 +140,21 @@ impl Extractor for HeaderExtractor<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.iter().map(|(k, _)| k).collect()
+    }
+}
+
+/// The stream's span when the sampler keeps its trace, else [`tracing::Span::none`], so
+/// that a stream left out of the trace costs no span per message and processor. (The
+/// decision is the SDK's sampler's, `OTEL_TRACES_SAMPLER`, taken when the span starts;
+/// without export the span is returned as it is.)
+pub fn if_sampled(span: tracing::Span) -> tracing::Span {
+    if !EXPORTING.load(Ordering::Relaxed) || span.is_none() {
+        return span;
+    }
+    if span.context().span().span_context().is_sampled() {
+        span
+    } else {
+        tracing::Span::none()
     }
 }
 

@@ -195,74 +195,105 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_join_the_requests_trace_as_stream_phase_processor_tree() {
-    let Some(bin) = envoy_bin() else { return };
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let otlp_port = listener.local_addr().expect("addr").port();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let endpoint = format!("http://127.0.0.1:{otlp_port}");
-    let gateway = Gateway::start_with_env(
-        CONFIG,
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+/// A gateway exporting traces to an in-process OTLP receiver, behind real Envoy.
+struct Traced {
+    receiver: Receiver,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    gateway: Gateway,
+    _upstream: Upstream,
+    envoy: Envoy,
+}
+
+impl Traced {
+    async fn start(bin: &std::path::Path, env: &[(&str, &str)]) -> Traced {
+        let receiver = Receiver::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let otlp_port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(receiver.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let endpoint = format!("http://127.0.0.1:{otlp_port}");
+        let mut vars = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_SERVICE_NAME", "gateway-under-test"),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    )
-    .await;
-    let upstream = Upstream::start().await;
-    let envoy = Envoy::start(
-        &bin,
-        &EnvoySpec::default(),
-        gateway.grpc_port,
-        upstream.port,
-    )
-    .await;
+        ];
+        vars.extend_from_slice(env);
+        let gateway = Gateway::start_with_env(CONFIG, &vars).await;
+        let upstream = Upstream::start().await;
+        let envoy =
+            Envoy::start(bin, &EnvoySpec::default(), gateway.grpc_port, upstream.port).await;
+        Traced {
+            receiver,
+            server,
+            gateway,
+            _upstream: upstream,
+            envoy,
+        }
+    }
 
-    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let parent_id = "00f067aa0ba902b7";
-    let traceparent = format!("00-{trace_id}-{parent_id}-01");
-    let r = send(
-        &client(),
-        envoy.port,
-        "POST",
-        "/api/traced",
-        &[("traceparent", &traceparent), ("tracestate", "vendor=1")],
-        full("body"),
-    )
-    .await;
-    assert_eq!(r.status, 200);
-
-    // Wait for the stream span (exported when the stream ends) and its children.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let spans = loop {
-        let spans: Vec<Span> = receiver
+    /// Spans received so far of one trace (hex id).
+    fn spans_of(&self, trace_id: &str) -> Vec<Span> {
+        self.receiver
             .spans
             .lock()
             .expect("lock")
             .iter()
             .filter(|s| hex(&s.trace_id) == trace_id)
             .cloned()
-            .collect();
-        if spans.iter().any(|s| s.name == "ext_proc stream") && spans.len() >= 8 {
-            break spans;
+            .collect()
+    }
+
+    /// Waits for the stream span of a trace (exported when the stream ends) and at
+    /// least `at_least` spans of it in all.
+    async fn wait_for(&self, trace_id: &str, at_least: usize) -> Vec<Span> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let spans = self.spans_of(trace_id);
+            if spans.iter().any(|s| s.name == "ext_proc stream") && spans.len() >= at_least {
+                return spans;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "spans not received; got {:?}\n{}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>(),
+                self.gateway.proc.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(
-            Instant::now() < deadline,
-            "spans not received; got {:?}\n{}",
-            spans.iter().map(|s| &s.name).collect::<Vec<_>>(),
-            gateway.proc.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+
+    async fn post(&self, path: &str, traceparent: Option<&str>) -> u16 {
+        let headers: Vec<(&str, &str)> = traceparent
+            .map(|t| vec![("traceparent", t), ("tracestate", "vendor=1")])
+            .unwrap_or_default();
+        send(
+            &client(),
+            self.envoy.port,
+            "POST",
+            path,
+            &headers,
+            full("body"),
+        )
+        .await
+        .status
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_join_the_requests_trace_as_stream_phase_processor_tree() {
+    let Some(bin) = envoy_bin() else { return };
+    let traced = Traced::start(&bin, &[("EXTPROC_TRACE_PROCESSORS", "true")]).await;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    let traceparent = format!("00-{trace_id}-{parent_id}-01");
+    assert_eq!(traced.post("/api/traced", Some(&traceparent)).await, 200);
+    let spans = traced.wait_for(trace_id, 8).await;
     let by_id: HashMap<String, &Span> = spans.iter().map(|s| (hex(&s.span_id), s)).collect();
 
     let stream = spans
@@ -319,5 +350,56 @@ async fn spans_join_the_requests_trace_as_stream_phase_processor_tree() {
     for want in ["trivial", "digest", "echo"] {
         assert!(names.iter().any(|n| n == want), "{names:?}");
     }
-    server.abort();
+    traced.server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processor_spans_are_opt_in_and_an_unsampled_stream_exports_nothing() {
+    let Some(bin) = envoy_bin() else { return };
+    for processors in [false, true] {
+        // The default sampler: a stream under an unsampled parent is left out, while a
+        // span with no parent would be sampled (so a message or processor span
+        // wrongly started without its stream's would show as a trace of its own).
+        let env: &[(&str, &str)] = if processors {
+            &[("EXTPROC_TRACE_PROCESSORS", "true")]
+        } else {
+            &[]
+        };
+        let traced = Traced::start(&bin, env).await;
+        let first = "5bf92f3577b34da6a3ce929d0e0e4736";
+        let unsampled = "7bf92f3577b34da6a3ce929d0e0e4736";
+        let last = "6bf92f3577b34da6a3ce929d0e0e4736";
+        for (trace, flags) in [(first, "01"), (unsampled, "00"), (last, "01")] {
+            let parent = format!("00-{trace}-00f067aa0ba902b7-{flags}");
+            assert_eq!(traced.post("/api/a", Some(&parent)).await, 200);
+        }
+        let spans = traced.wait_for(first, 4).await;
+        traced.wait_for(last, 4).await;
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names.iter().filter(|n| **n == "ext_proc stream").count(),
+            1,
+            "{names:?}"
+        );
+        assert!(names.contains(&"phase request_body"), "{names:?}");
+        assert_eq!(
+            names.iter().any(|n| n.starts_with("processor ")),
+            processors,
+            "processor spans with EXTPROC_TRACE_PROCESSORS {processors}: {names:?}"
+        );
+        // Spans are exported in the order they end: whatever the stream in between
+        // gave has arrived by now, and there is none of it.
+        let all = traced.receiver.spans.lock().expect("lock").clone();
+        let traces: std::collections::BTreeSet<String> =
+            all.iter().map(|s| hex(&s.trace_id)).collect();
+        assert_eq!(
+            traces,
+            [first.to_string(), last.to_string()].into_iter().collect(),
+            "spans outside the sampled traces: {:?}",
+            all.iter()
+                .map(|s| (hex(&s.trace_id), &s.name))
+                .collect::<Vec<_>>()
+        );
+        traced.server.abort();
+    }
 }

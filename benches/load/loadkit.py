@@ -519,9 +519,10 @@ def cmd_report(a):
                 "empty": "gateway, empty chain",
                 "six": "gateway, six processors",
                 "bare": "six, telemetry off (no request metrics, no traces)",
-                "traced": "six, telemetry on (request metrics, traces to OTLP)",
+                "traced": "six, telemetry on (request metrics, every trace to OTLP)",
+                "sampled": "six, telemetry on (request metrics, 1 % of traces to OTLP)",
             }
-            for t in ("floor", "empty", "six", "bare", "traced"):
+            for t in ("floor", "empty", "six", "bare", "traced", "sampled"):
                 vals = [byr[n][t] for n in sorted(byr) if t in byr[n]]
                 if not vals:
                     continue
@@ -541,28 +542,30 @@ def cmd_report(a):
 
 
 def telemetry_report(byr, directory):
-    """Telemetry on against off, per round, from the direct runs `bare` and `traced`."""
-    rounds = [n for n in sorted(byr) if "bare" in byr[n] and "traced" in byr[n]]
-    if not rounds:
-        return
-    rate = [byr[n]["traced"]["rate"] / byr[n]["bare"]["rate"] for n in rounds]
-    cpu = [
-        byr[n]["traced"]["exchanges_per_server_cpu_s"] / byr[n]["bare"]["exchanges_per_server_cpu_s"]
-        for n in rounds
-        if byr[n]["traced"].get("exchanges_per_server_cpu_s") and byr[n]["bare"].get("exchanges_per_server_cpu_s")
-    ]
-    m = med(rate)
-    print(f"\nTarget: throughput with telemetry on / off ≥ 0.95: **{fmt(m)}** ({spread(rate)}), {'met' if m >= 0.95 else '**not met**'}.", end="")
-    if cpu:
-        print(f" Exchanges per server CPU-second, on / off: {fmt(med(cpu))} ({spread(cpu)}).", end="")
-    print()
-    sink = os.path.join(directory, "sink.txt")
-    if os.path.exists(sink):
-        words = open(sink).read().split()
-        spans = int(words[1]) if len(words) >= 2 and words[0] == "spans" else 0
-        # Warm-up exchanges are traced too, but not counted in the reports.
-        measured = sum(byr[n]["traced"]["exchanges"] for n in rounds)
-        print(f"The OTLP sink received {spans:,} spans, {spans / measured:.1f} per measured traced exchange (warm-ups add a few).")
+    """Telemetry on against off, per round, from the direct runs `bare`, `traced` and `sampled`."""
+    for t, what in (("traced", "every stream traced"), ("sampled", "1 % of streams traced")):
+        rounds = [n for n in sorted(byr) if "bare" in byr[n] and t in byr[n]]
+        if not rounds:
+            continue
+        rate = [byr[n][t]["rate"] / byr[n]["bare"]["rate"] for n in rounds]
+        cpu = [
+            byr[n][t]["exchanges_per_server_cpu_s"] / byr[n]["bare"]["exchanges_per_server_cpu_s"]
+            for n in rounds
+            if byr[n][t].get("exchanges_per_server_cpu_s") and byr[n]["bare"].get("exchanges_per_server_cpu_s")
+        ]
+        m = med(rate)
+        line = (f"\nTarget: throughput with telemetry on ({what}, request metrics) / off ≥ 0.95: "
+                f"**{fmt(m)}** ({spread(rate)}), {'met' if m >= 0.95 else '**not met**'}.")
+        if cpu:
+            line += f" Exchanges per server CPU-second, on / off: {fmt(med(cpu))} ({spread(cpu)})."
+        sink = os.path.join(directory, f"sink-{t}.txt")
+        if os.path.exists(sink):
+            words = open(sink).read().split()
+            spans = int(words[1]) if len(words) >= 2 and words[0] == "spans" else 0
+            # Warm-up exchanges are traced too, but not counted in the reports.
+            measured = sum(byr[n][t]["exchanges"] for n in rounds)
+            line += f" The OTLP sink received {spans:,} spans, {spans / measured:.2f} per measured exchange (warm-ups add a few)."
+        print(line)
 
 
 def by_round(directory):

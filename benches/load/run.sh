@@ -26,8 +26,8 @@
 # floor and the gateway directly with extproc-load (no Envoy): full four-message
 # exchanges, interleaved, for the exchanges each server does per CPU-second, and the
 # six processors with telemetry off (request metrics off, no traces) against
-# telemetry on (request metrics, and every trace exported over OTLP to a local
-# collector, extproc-otlp-sink); and
+# telemetry on (request metrics, and every stream's trace, or 1 % of them, exported
+# over OTLP to a local collector, extproc-otlp-sink); and
 # holds 10,000 streams between phases on a fresh floor and a fresh gateway, for the
 # memory each idle stream costs. Prints
 # every run, and per workload the medians, the latency added over Envoy alone, its
@@ -309,41 +309,50 @@ done
 # --- direct gRPC load, no Envoy ------------------------------------------------------
 if (( grpc )); then
     mkdir -p "${work}/grpc"
-    # Two more gateways for the telemetry comparison, each serving the six processors:
-    # one with request metrics off and no trace export, one with request metrics on and
-    # every trace exported over OTLP to a local collector (the kit's sink, which counts
-    # what arrives).
-    read -r -a tp <<<"$(kit ports 5)"
+    # Three more gateways for the telemetry comparison, each serving the six
+    # processors: request metrics off and no trace export (`bare`); request metrics on
+    # and every stream traced, exported over OTLP to a local collector (`traced`); the
+    # same with 1 % of streams sampled (`sampled`). Each exports to its own sink, which
+    # counts what arrives.
+    read -r -a tp <<<"$(kit ports 8)"
     kit render "${here}/gateway.yaml.tmpl" "${work}/gateway-bare.yaml" \
         "JWKS_FILE=${root}/examples/jwt/jwks.json" "REQUEST_METRICS=false"
-    start sink "${sink_bin}" --addr "127.0.0.1:${tp[0]}"
-    sink_pid="${last_pid}"
-    kit wait-tcp "127.0.0.1:${tp[0]}" --pid "${sink_pid}"
     start gateway-bare env -u EXTPROC_CONFIG -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
         "${gateway_bin}" serve --config "${work}/gateway-bare.yaml" \
-        --grpc-addr "127.0.0.1:${tp[1]}" --admin-addr "127.0.0.1:${tp[2]}" --shutdown-grace 1s --log warn
+        --grpc-addr "127.0.0.1:${tp[0]}" --admin-addr "127.0.0.1:${tp[1]}" --shutdown-grace 1s --log warn
     bare_pid="${last_pid}"
-    kit wait-http "http://127.0.0.1:${tp[2]}/readyz" --pid "${bare_pid}"
-    start gateway-traced env -u EXTPROC_CONFIG -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
-        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:${tp[0]}" OTEL_TRACES_SAMPLER=always_on \
-        OTEL_SERVICE_NAME=extproc-gateway-load \
-        "${gateway_bin}" serve --config "${work}/gateway.yaml" \
-        --grpc-addr "127.0.0.1:${tp[3]}" --admin-addr "127.0.0.1:${tp[4]}" --shutdown-grace 1s --log warn
-    traced_pid="${last_pid}"
-    kit wait-http "http://127.0.0.1:${tp[4]}/readyz" --pid "${traced_pid}"
-    log "direct gRPC load: ${rounds} rounds x (floor, gateway empty chain, gateway six, six with telemetry off, six traced), ${duration}s each, 16 in flight"
+    kit wait-http "http://127.0.0.1:${tp[1]}/readyz" --pid "${bare_pid}"
+    declare -A traced_pid traced_port
+    i=2
+    for t in traced sampled; do
+        case "$t" in
+            traced) sampler=(OTEL_TRACES_SAMPLER=always_on) ;;
+            sampled) sampler=(OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01) ;;
+        esac
+        start "sink-${t}" "${sink_bin}" --addr "127.0.0.1:${tp[$i]}"
+        kit wait-tcp "127.0.0.1:${tp[$i]}" --pid "${last_pid}"
+        start "gateway-${t}" env -u EXTPROC_CONFIG -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u EXTPROC_TRACE_PROCESSORS \
+            OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:${tp[$i]}" OTEL_SERVICE_NAME=extproc-gateway-load "${sampler[@]}" \
+            "${gateway_bin}" serve --config "${work}/gateway.yaml" \
+            --grpc-addr "127.0.0.1:${tp[$((i + 1))]}" --admin-addr "127.0.0.1:${tp[$((i + 2))]}" --shutdown-grace 1s --log warn
+        traced_pid[$t]="${last_pid}"
+        traced_port[$t]="${tp[$((i + 1))]}"
+        kit wait-http "http://127.0.0.1:${tp[$((i + 2))]}/readyz" --pid "${last_pid}"
+        i=$(( i + 3 ))
+    done
+    log "direct gRPC load: ${rounds} rounds x (floor, gateway empty chain, gateway six, six with telemetry off, six traced, six sampled), ${duration}s each, 16 in flight"
     direct=(-c 16 --connections 2 -d "${duration}s" --warmup 1s --quiet
         --phases request-headers,request-body,response-headers,response-body
         --request-body 1024 --response-body 1024 --body-mode buffered
         -H "authorization:Bearer ${token}" -H "x-tenant-id:acme")
     for r in $(seq 1 "${rounds}"); do
-        for t in floor empty six bare traced; do
+        for t in floor empty six bare traced sampled; do
             case "$t" in
                 floor) target="${p_floor}" pid="${floor_pid}" meta=() ;;
                 empty) target="${p_grpc}" pid="${gateway_pid}" meta=(--metadata x-processor=none) ;;
                 six) target="${p_grpc}" pid="${gateway_pid}" meta=(--metadata x-processor=all) ;;
-                bare) target="${tp[1]}" pid="${bare_pid}" meta=(--metadata x-processor=all) ;;
-                traced) target="${tp[3]}" pid="${traced_pid}" meta=(--metadata x-processor=all) ;;
+                bare) target="${tp[0]}" pid="${bare_pid}" meta=(--metadata x-processor=all) ;;
+                traced|sampled) target="${traced_port[$t]}" pid="${traced_pid[$t]}" meta=(--metadata x-processor=all) ;;
             esac
             "${load_bin}" --target "http://127.0.0.1:${target}" "${direct[@]}" "${meta[@]}" \
                 --server-pid "${pid}" --json "${work}/grpc/round${r}-${t}.json" \
@@ -352,14 +361,18 @@ if (( grpc )); then
             printf '  round %d %-6s %s\n' "$r" "$t" "$(sed -n 3p "${work}/grpc-round${r}-${t}.txt")" >&2
         done
     done
-    # The traced gateway flushes its last batch on SIGTERM; the sink prints its counts
+    # A traced gateway flushes its last batch on SIGTERM; each sink prints its counts
     # each second they change.
-    kill -TERM "${traced_pid}" 2>/dev/null || true
-    wait "${traced_pid}" 2>/dev/null || true
+    for t in traced sampled; do
+        kill -TERM "${traced_pid[$t]}" 2>/dev/null || true
+        wait "${traced_pid[$t]}" 2>/dev/null || true
+    done
     sleep 1.5
-    grep '^spans ' "${work}/sink.log" | tail -1 >"${work}/grpc/sink.txt" || true
-    [[ -s "${work}/grpc/sink.txt" ]] || { echo "run.sh: the OTLP sink received no spans from the traced gateway" >&2; exit 1; }
-    log "OTLP sink: $(cat "${work}/grpc/sink.txt")"
+    for t in traced sampled; do
+        grep '^spans ' "${work}/sink-${t}.log" | tail -1 >"${work}/grpc/sink-${t}.txt" || true
+        [[ -s "${work}/grpc/sink-${t}.txt" ]] || { echo "run.sh: the OTLP sink received no spans from the ${t} gateway" >&2; exit 1; }
+        log "OTLP sink of '${t}': $(cat "${work}/grpc/sink-${t}.txt")"
+    done
 fi
 
 # --- idle streams --------------------------------------------------------------------

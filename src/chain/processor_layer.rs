@@ -245,7 +245,15 @@ impl<P: Processor> Shared<P> {
 
     /// The processor's span for one phase; `outcome` and `error` are recorded later.
     fn span(&self, kind: PhaseKind) -> tracing::Span {
+        // Inside a message's span only: a message with none (its stream was not
+        // sampled) must not start a trace of each processor.
+        if !tracing::enabled!(target: crate::telemetry::PROCESSOR_SPANS, tracing::Level::DEBUG)
+            || tracing::Span::current().is_none()
+        {
+            return tracing::Span::none();
+        }
         tracing::debug_span!(
+            target: crate::telemetry::PROCESSOR_SPANS,
             "ext_proc.processor",
             otel.name = %format_args!("processor {}", self.name),
             processor = &*self.name,

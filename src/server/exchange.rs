@@ -316,12 +316,18 @@ impl Exchange {
         }
         active.flows.fill_receipts(&mut ctx);
         let kind = phase.kind();
-        let phase_span = tracing::debug_span!(
-            parent: &active.span,
-            "ext_proc.phase",
-            otel.name = %format_args!("phase {kind}"),
-            phase = kind.as_str(),
-        );
+        // An unsampled stream has no span: its messages get none either (they would
+        // otherwise start traces of their own).
+        let phase_span = if active.span.is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::debug_span!(
+                parent: &active.span,
+                "ext_proc.phase",
+                otel.name = %format_args!("phase {kind}"),
+                phase = kind.as_str(),
+            )
+        };
         let mut outcome = active
             .route
             .chain
@@ -407,6 +413,9 @@ impl Exchange {
             // trace Envoy (or the client) started.
             crate::telemetry::set_parent(&span, h);
         }
+        // The sampler decides once per stream, here: a stream it leaves out costs no
+        // further span.
+        let span = crate::telemetry::if_sampled(span);
         if let Some(m) = &route.metrics {
             m.stream_started();
         }
