@@ -5,7 +5,7 @@
 //! mismatch means data of another request leaked into this one: it answers 500 and
 //! never forwards the mixed-up data.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use crate::prelude::*;
 
@@ -23,7 +23,8 @@ pub struct ContextCheck;
 /// Per-request state.
 #[derive(Default)]
 pub struct ContextState {
-    id: Option<String>,
+    /// The id as sent: shares the request header's bytes (no copy, however long).
+    id: Option<Bytes>,
     path: String,
     request_body: BytesMut,
     /// The request body ended and was compared.
@@ -42,7 +43,7 @@ fn mismatch(reason: &str) -> Flow {
 impl ContextCheck {
     fn check_request_body(state: &ContextState) -> Option<Flow> {
         let id = state.id.as_deref()?;
-        (state.request_body.as_ref() != id.as_bytes())
+        (state.request_body.as_ref() != id)
             .then(|| mismatch("request body does not equal x-context-id"))
     }
 }
@@ -100,14 +101,8 @@ impl Processor for ContextCheck {
         h: &HeadersPhase,
         out: &mut Mutations,
     ) -> HookResult {
-        let id = h
-            .headers
-            .get(HEADER)
-            // UTF-8 checked the fast way first; the lossy copy only for the odd id.
-            .map(|v| match std::str::from_utf8(v) {
-                Ok(id) => id.to_owned(),
-                Err(_) => String::from_utf8_lossy(v).into_owned(),
-            });
+        // The body must repeat the id byte for byte.
+        let id = h.headers.get(HEADER).cloned();
         out.set(HEADER, id.clone().unwrap_or_default());
         state.path = ctx.path.clone();
         state.id = id;
@@ -151,7 +146,7 @@ impl Processor for ContextCheck {
         if state.id.is_some() && ctx.request_body() == BodyReceipt::Partial && !state.checked {
             // Only a prefix of the request body arrived. One already longer than the
             // id proves the body differs; a shorter one proves nothing.
-            if state.request_body.len() > state.id.as_deref().map_or(0, str::len) {
+            if state.request_body.len() > state.id.as_ref().map_or(0, Bytes::len) {
                 return Ok(mismatch("request body does not equal x-context-id"));
             }
             ctx.withhold(Withheld::BodyPartial);

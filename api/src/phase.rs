@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::Arc;
 
 use hashbrown::hash_table::{Entry, HashTable};
 
@@ -665,8 +666,9 @@ pub struct MetadataWrite {
     pub namespace: String,
     /// The key inside the namespace.
     pub key: String,
-    /// Any JSON value (objects become nested structs).
-    pub value: serde_json::Value,
+    /// Any JSON value (objects become nested structs); shared, so a value a
+    /// processor keeps (e.g. a cached token's claims) is written without a copy.
+    pub value: Arc<serde_json::Value>,
 }
 
 impl Mutations {
@@ -997,6 +999,17 @@ impl Mutations {
         key: impl Into<String>,
         value: serde_json::Value,
     ) {
+        self.set_metadata_shared(namespace, key, Arc::new(value));
+    }
+
+    /// Like [`Mutations::set_metadata`], for a value the processor keeps across
+    /// requests: written without copying it.
+    pub fn set_metadata_shared(
+        &mut self,
+        namespace: impl Into<String>,
+        key: impl Into<String>,
+        value: Arc<serde_json::Value>,
+    ) {
         let (namespace, key) = (namespace.into(), key.into());
         self.metadata
             .retain(|m| m.namespace != namespace || m.key != key);
@@ -1108,7 +1121,7 @@ impl Mutations {
             self.body = later.body;
         }
         for m in later.metadata {
-            self.set_metadata(m.namespace, m.key, m.value);
+            self.set_metadata_shared(m.namespace, m.key, m.value);
         }
         self.clear_route_cache |= later.clear_route_cache;
     }

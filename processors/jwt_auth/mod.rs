@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use std::sync::Weak;
 
+use bytes::Bytes;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::{Deserialize, Serialize};
@@ -300,9 +301,19 @@ pub struct JwtAuth {
 /// verified it (a refreshed key set invalidates it).
 #[derive(Clone)]
 struct Verified {
-    claims: Arc<serde_json::Map<String, serde_json::Value>>,
+    claims: Arc<Forwarded>,
     exp: Option<u64>,
     keys: Weak<KeySet>,
+}
+
+/// What a verified token forwards, worked out once per token: the cache keeps it, so
+/// a cached token costs no claim formatting and no copy of its payload.
+struct Forwarded {
+    /// Claim headers, names and values valid and each pair within
+    /// [`MAX_CLAIM_HEADER`].
+    headers: Vec<(String, Bytes)>,
+    /// The payload written as metadata (`payload_in_metadata`), when asked for.
+    payload: Option<Arc<serde_json::Value>>,
 }
 
 fn now_secs() -> u64 {
@@ -348,14 +359,32 @@ impl JwtAuth {
 
     /// Verifies a token, from the cache of verified tokens when it is there, still
     /// unexpired (with leeway) and verified by the key set in force.
-    fn verify_cached(
-        &self,
-        token: &str,
-    ) -> Result<Arc<serde_json::Map<String, serde_json::Value>>, Refusal> {
+    /// The claim headers and metadata of a token's claims.
+    fn forwarded(&self, claims: serde_json::Map<String, serde_json::Value>) -> Forwarded {
+        let prefix = &self.settings.claim_header_prefix;
+        let mut headers = Vec::with_capacity(claims.len());
+        for (claim, value) in claims.iter() {
+            let name = claim_header(prefix, claim);
+            let value = claim_value(value);
+            if name.len() + value.len() > MAX_CLAIM_HEADER {
+                tracing::debug!(
+                    bytes = name.len() + value.len(),
+                    "claim too large to forward"
+                );
+                continue;
+            }
+            headers.push((name, Bytes::from(value)));
+        }
+        let payload = (!self.settings.payload_in_metadata.is_empty())
+            .then(|| Arc::new(serde_json::Value::Object(claims)));
+        Forwarded { headers, payload }
+    }
+
+    fn verify_cached(&self, token: &str) -> Result<Arc<Forwarded>, Refusal> {
         let Some(cache) = &self.verified else {
             return self
                 .verify(token, self.store.get())
-                .map(|(claims, _)| Arc::new(claims));
+                .map(|(claims, _)| Arc::new(self.forwarded(claims)));
         };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let keys = self.store.get();
@@ -375,12 +404,12 @@ impl JwtAuth {
         }
         // The key set read for the cache check is the one verified against.
         let (claims, keys) = self.verify(token, keys)?;
-        let claims = Arc::new(claims);
         // Cached only with an expiry the cache can check itself (or none at all).
         let exp = match claims.get("exp") {
             None => Some(None),
             Some(e) => e.as_u64().map(Some),
         };
+        let claims = Arc::new(self.forwarded(claims));
         let Some(exp) = exp else {
             return Ok(claims);
         };
@@ -468,7 +497,7 @@ impl JwtAuth {
         &self,
         ctx: &mut RequestCtx,
         token: &str,
-    ) -> Result<Arc<serde_json::Map<String, serde_json::Value>>, Refusal> {
+    ) -> Result<Arc<Forwarded>, Refusal> {
         let first = self.verify_cached(token);
         let (Err(Refusal::UnknownKid), Some(remote)) = (&first, self.store.remote()) else {
             return first;
@@ -631,7 +660,7 @@ impl Processor for JwtAuth {
             None => Err(Refusal::Missing),
             Some(token) => self.authenticate(ctx, token).await,
         };
-        let claims = match claims {
+        let forwarded = match claims {
             Ok(c) => c,
             Err(refusal) => return Ok(Flow::Respond(refusal.response())),
         };
@@ -643,26 +672,17 @@ impl Processor for JwtAuth {
                 out.remove(name);
             }
         }
-        for (claim, value) in claims.iter() {
-            let name = claim_header(prefix, claim);
-            let value = claim_value(value);
-            if name.len() + value.len() > MAX_CLAIM_HEADER {
-                tracing::debug!(
-                    bytes = name.len() + value.len(),
-                    "claim too large to forward"
-                );
-                continue;
-            }
-            if let Err(e) = out.try_set(name, value) {
+        for (name, value) in &forwarded.headers {
+            if let Err(e) = out.try_set(name.clone(), value.clone()) {
                 // Not reachable (both are built valid); never forward it half-checked.
                 tracing::debug!(error = %e, "claim left out");
             }
         }
-        if !self.settings.payload_in_metadata.is_empty() {
-            out.set_metadata(
+        if let Some(payload) = &forwarded.payload {
+            out.set_metadata_shared(
                 self.settings.metadata_namespace.clone(),
                 self.settings.payload_in_metadata.clone(),
-                serde_json::Value::Object((*claims).clone()),
+                payload.clone(),
             );
         }
         out.clear_route_cache();
