@@ -99,7 +99,7 @@ measure() {
     dump="$(ls "${work}/${name}."*.1)"
     local total sha
     total="$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')"
-    sha="$(callgrind_annotate --inclusive=no --threshold=100 "$dump" 2>/dev/null | awk '/sha2::sha256::compress256/ {gsub(",", "", $1); print $1; exit}')"
+    sha="$(callgrind_annotate --inclusive=no --threshold=100 "$dump" 2>/dev/null | awk '/sha2::sha256::compress256/ && !done {gsub(",", "", $1); print $1; done = 1}')"
     printf '%s %s %s\n' "$name" "$total" "${sha:-0}" >>"${work}/counts.txt"
     log "${name}: $(( total / exchanges )) instructions per exchange"
 }
