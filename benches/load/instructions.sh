@@ -54,6 +54,7 @@ cleanup() {
     local status=$?
     local pid
     for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     if (( keep || status != 0 )); then
         echo "instructions.sh: callgrind files and logs kept in ${work}" >&2
     else
