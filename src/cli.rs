@@ -28,6 +28,8 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// Parsed once at start-up: the size of the serve variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway (the default).
@@ -95,6 +97,10 @@ pub struct ServeArgs {
     /// Drain time after SIGTERM, e.g. `10s` (overrides server.shutdown_grace).
     #[arg(long, env = "EXTPROC_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_grace: Option<Duration>,
+    /// Time between SIGTERM and the drain, serving while reported not ready, e.g. `5s`
+    /// (overrides server.drain_delay).
+    #[arg(long, env = "EXTPROC_DRAIN_DELAY", value_parser = humantime::parse_duration, global = true)]
+    pub drain_delay: Option<Duration>,
     /// Once listening, write the bound addresses here as JSON (`{"grpc": ..., "admin":
     /// ..., "http": ...}`), so a supervisor or a test can bind port 0 and learn the port.
     #[arg(long, env = "EXTPROC_ADDRESSES_FILE", global = true)]
@@ -140,6 +146,9 @@ impl ServeArgs {
         }
         if let Some(g) = self.shutdown_grace {
             config.server.shutdown_grace = g;
+        }
+        if let Some(d) = self.drain_delay {
+            config.server.drain_delay = d;
         }
         Ok(config)
     }

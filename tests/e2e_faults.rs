@@ -500,7 +500,8 @@ async fn upload(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_at_random_moments_drains_in_flight_uploads_within_the_grace() {
     let grace = format!("{}s", GRACE.as_secs());
-    let mut s = Stack::start(false, &["--shutdown-grace", &grace]).await;
+    // The drain starts at the signal: no delay serving while reported not ready.
+    let mut s = Stack::start(false, &["--shutdown-grace", &grace, "--drain-delay", "0s"]).await;
     let mut rng = Rng::seeded("FAULTS_SEED");
     let client = client();
     let mut exits = Vec::new();

@@ -1,6 +1,7 @@
 //! The gateway binary spoken to directly over gRPC: bad input ends only its own stream
 //! with a clear status, health is served on the ext_proc port, large messages fit, and
-//! SIGTERM drains in-flight streams.
+//! SIGTERM reports not ready, serves through the drain delay, then drains in-flight
+//! streams.
 
 mod common;
 
@@ -307,15 +308,40 @@ async fn buffered_bodies_far_above_four_mib_are_accepted_when_the_limit_is_raise
     ));
 }
 
+async fn health_status(port: u16) -> Option<i32> {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let reply = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "envoy.service.ext_proc.v3.ExternalProcessor".into(),
+        })
+        .await
+        .ok()?;
+    Some(reply.into_inner().status)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_in_flight_streams_then_exits() {
-    let mut gw = Gateway::start_with(CONFIG, &["--shutdown-grace", "20s"]).await;
+async fn sigterm_reports_not_ready_serves_through_the_drain_delay_then_drains() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    const DELAY: Duration = Duration::from_secs(2);
+    let mut gw =
+        Gateway::start_with(CONFIG, &["--shutdown-grace", "20s", "--drain-delay", "2s"]).await;
+    assert_eq!(
+        health_status(gw.grpc_port).await,
+        Some(ServingStatus::Serving as i32)
+    );
     let mut client = connect(gw.grpc_port).await;
     let mut s = Stream::open(&mut client).await;
     s.call(request_headers("/x", true)).await.expect("ok");
 
     gw.signal("TERM");
-    // Not ready while draining; the admin server still answers.
+    let signalled = Instant::now();
+    // Not ready at once, through both the admin server and gRPC health.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         if let Some((503, _)) = http_get(gw.admin_port, "/readyz").await {
@@ -324,28 +350,51 @@ async fn sigterm_drains_in_flight_streams_then_exits() {
         assert!(Instant::now() < deadline, "readyz never turned 503");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The listener closes (right after readiness turns; poll, it is asynchronous):
-    // new connections are refused.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    assert_eq!(
+        health_status(gw.grpc_port).await,
+        Some(ServingStatus::NotServing as i32)
+    );
+    // While the delay runs, a new connection and a new stream are still served:
+    // whoever has not seen the health check yet loses nothing.
+    assert!(
+        signalled.elapsed() < DELAY,
+        "the checks took the whole delay"
+    );
+    let mut late = connect(gw.grpc_port).await;
+    let mut fresh = Stream::open(&mut late).await;
+    let answer = fresh
+        .call(request_headers("/late", true))
+        .await
+        .expect("served during the delay")
+        .expect("answer");
+    assert!(matches!(answer.response, Some(Resp::RequestHeaders(_))));
+    // Then the listener closes (poll, it is asynchronous), not before the delay.
+    let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(("127.0.0.1", gw.grpc_port))
         .await
         .is_ok()
     {
         assert!(
             Instant::now() < deadline,
-            "listener still accepting while draining"
+            "listener still accepting after the drain delay"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The in-flight stream finishes its exchange.
-    let answer = s
-        .call(response_headers())
-        .await
-        .expect("ok")
-        .expect("answer");
-    assert!(matches!(answer.response, Some(Resp::ResponseHeaders(_))));
-    drop(s);
-    drop(client);
+    assert!(
+        signalled.elapsed() >= DELAY,
+        "the listener closed {:?} after the signal, before the drain delay",
+        signalled.elapsed()
+    );
+    // Streams in flight, old and new, finish their exchanges.
+    for stream in [&mut s, &mut fresh] {
+        let answer = stream
+            .call(response_headers())
+            .await
+            .expect("ok")
+            .expect("answer");
+        assert!(matches!(answer.response, Some(Resp::ResponseHeaders(_))));
+    }
+    drop((s, fresh, client, late));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = gw.proc.child.try_wait().expect("wait") {
@@ -362,7 +411,11 @@ async fn sigterm_drains_in_flight_streams_then_exits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grace_period_bounds_the_drain() {
-    let mut gw = Gateway::start_with(CONFIG, &["--shutdown-grace", "300ms"]).await;
+    let mut gw = Gateway::start_with(
+        CONFIG,
+        &["--shutdown-grace", "300ms", "--drain-delay", "0s"],
+    )
+    .await;
     let mut client = connect(gw.grpc_port).await;
     let mut s = Stream::open(&mut client).await;
     s.call(request_headers("/x", true)).await.expect("ok");

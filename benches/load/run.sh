@@ -166,7 +166,7 @@ kit render "${here}/gateway.yaml.tmpl" "${work}/gateway.yaml" "JWKS_FILE=${root}
 "${gateway_bin}" check-config "${work}/gateway.yaml" >/dev/null
 start gateway env -u EXTPROC_CONFIG "${gateway_bin}" serve --config "${work}/gateway.yaml" \
     --grpc-addr "127.0.0.1:${p_grpc}" --admin-addr "127.0.0.1:${p_admin}" \
-    --shutdown-grace 1s --log warn
+    --shutdown-grace 1s --drain-delay 0s --log warn
 gateway_pid="${last_pid}"
 kit wait-http "http://127.0.0.1:${p_admin}/readyz" --pid "${gateway_pid}"
 
@@ -319,7 +319,7 @@ if (( grpc )); then
         "JWKS_FILE=${root}/examples/jwt/jwks.json" "REQUEST_METRICS=false"
     start gateway-bare env -u EXTPROC_CONFIG -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
         "${gateway_bin}" serve --config "${work}/gateway-bare.yaml" \
-        --grpc-addr "127.0.0.1:${tp[0]}" --admin-addr "127.0.0.1:${tp[1]}" --shutdown-grace 1s --log warn
+        --grpc-addr "127.0.0.1:${tp[0]}" --admin-addr "127.0.0.1:${tp[1]}" --shutdown-grace 1s --drain-delay 0s --log warn
     bare_pid="${last_pid}"
     kit wait-http "http://127.0.0.1:${tp[1]}/readyz" --pid "${bare_pid}"
     declare -A traced_pid traced_port
@@ -334,7 +334,7 @@ if (( grpc )); then
         start "gateway-${t}" env -u EXTPROC_CONFIG -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u EXTPROC_TRACE_PROCESSORS \
             OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:${tp[$i]}" OTEL_SERVICE_NAME=extproc-gateway-load "${sampler[@]}" \
             "${gateway_bin}" serve --config "${work}/gateway.yaml" \
-            --grpc-addr "127.0.0.1:${tp[$((i + 1))]}" --admin-addr "127.0.0.1:${tp[$((i + 2))]}" --shutdown-grace 1s --log warn
+            --grpc-addr "127.0.0.1:${tp[$((i + 1))]}" --admin-addr "127.0.0.1:${tp[$((i + 2))]}" --shutdown-grace 1s --drain-delay 0s --log warn
         traced_pid[$t]="${last_pid}"
         traced_port[$t]="${tp[$((i + 1))]}"
         kit wait-http "http://127.0.0.1:${tp[$((i + 2))]}/readyz" --pid "${last_pid}"
@@ -389,7 +389,7 @@ if (( grpc )); then
             else
                 start "hold-gateway-${r}" env -u EXTPROC_CONFIG "${gateway_bin}" serve \
                     --config "${work}/gateway.yaml" --grpc-addr "127.0.0.1:${hp[1]}" \
-                    --admin-addr "127.0.0.1:${hp[2]}" --shutdown-grace 1s --log warn
+                    --admin-addr "127.0.0.1:${hp[2]}" --shutdown-grace 1s --drain-delay 0s --log warn
                 pid="${last_pid}" target="${hp[1]}"
                 kit wait-http "http://127.0.0.1:${hp[2]}/readyz" --pid "${pid}"
             fi

@@ -76,9 +76,16 @@ pub struct ServerConfig {
     /// Largest gRPC message accepted or sent; buffered bodies must fit. Also the
     /// largest JSON body the HTTP listener reads.
     pub max_message_bytes: usize,
-    /// How long in-flight streams may run after SIGTERM/SIGINT.
+    /// How long in-flight streams may run once the drain starts.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long the gateway keeps accepting new streams while it reports
+    /// not ready (gRPC health NOT_SERVING, `/readyz` 503), before it drains: long
+    /// enough for Envoy's active health checks (interval x unhealthy_threshold) or a
+    /// Kubernetes readiness probe to take it out of rotation, so no request is sent to
+    /// a closed port. SIGINT (Ctrl-C) drains at once.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
     /// Longest one processor hook may take before the request gets 504; unset means
     /// no limit of the gateway's own (Envoy's `message_timeout` still applies).
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
@@ -135,6 +142,7 @@ impl Default for ServerConfig {
             // Envoy's default buffer (1 MiB) plus headers, with room to spare.
             max_message_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            drain_delay: Duration::from_secs(5),
             processor_timeout: None,
             envoy_buffer_limit_bytes: crate::router::ENVOY_DEFAULT_BUFFER_LIMIT,
             max_streams: 10_000,

@@ -47,7 +47,9 @@ pub struct Bound {
 }
 
 /// Runs the gateway until `shutdown` resolves, then drains: readiness and gRPC health
-/// turn to not-serving, the listener stops accepting, and in-flight streams get
+/// turn to not-serving, new streams are still served for `server.drain_delay` (so
+/// health checks take the gateway out of rotation first), then the listener stops
+/// accepting (HTTP/2 GOAWAY on open connections) and in-flight streams get
 /// `server.shutdown_grace` to finish. `on_bound` is told the bound addresses.
 pub async fn serve(
     config: GatewayConfig,
@@ -168,6 +170,7 @@ async fn run(
 
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let grace = config.server.shutdown_grace;
+    let drain_delay = config.server.drain_delay;
     let http = match http_listener {
         Some(listener) => {
             let service = HttpService::new(
@@ -231,9 +234,15 @@ async fn run(
     on_bound(bound);
 
     shutdown.await;
-    tracing::info!(grace = ?grace, "draining: no new streams, waiting for in-flight ones");
     readiness.set(false);
     health.set_not_serving::<ExtProcGrpc>().await;
+    if !drain_delay.is_zero() {
+        // Health checks see NOT_SERVING and take the gateway out of rotation while it
+        // still serves whatever is sent meanwhile: no request meets a closed port.
+        tracing::info!(delay = ?drain_delay, "not ready; still serving new streams until the drain");
+        tokio::time::sleep(drain_delay).await;
+    }
+    tracing::info!(grace = ?grace, "draining: no new streams, waiting for in-flight ones");
     let _ = drain_tx.send(true);
     let deadline = tokio::time::Instant::now() + grace;
     // The accept task stops at once: the port closes and a socket file goes.
