@@ -215,29 +215,41 @@ async fn restart(
 }
 
 #[test]
-fn the_recipe_as_written_passes_envoys_validation() {
+fn the_recipes_as_written_pass_envoys_validation() {
     let Some(bin) = envoy_bin() else { return };
-    let cluster: String = recipe()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| format!("  {l}\n"))
-        .collect();
-    let config = envoy_config_with_cluster(&EnvoySpec::default(), 10000, 9901, &cluster, 8080);
-    assert!(config.contains("type: STRICT_DNS") && config.contains("svc.cluster.local"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("envoy.yaml");
-    std::fs::write(&file, &config).expect("write");
-    let out = std::process::Command::new(&bin)
-        .args(["--mode", "validate", "-c"])
-        .arg(&file)
-        .output()
-        .expect("run envoy");
-    assert!(
-        out.status.success(),
-        "envoy rejects the recipe:\n{}{}\n{config}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for (file, must) in [
+        ("extproc-cluster.yaml", "type: STRICT_DNS"),
+        (
+            "extproc-sidecar-uds.yaml",
+            "pipe: {path: /var/run/extproc/extproc.sock}",
+        ),
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/envoy")
+            .join(file);
+        let cluster: String = std::fs::read_to_string(&path)
+            .expect("the recipe")
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("  {l}\n"))
+            .collect();
+        let config = envoy_config_with_cluster(&EnvoySpec::default(), 10000, 9901, &cluster, 8080);
+        assert!(config.contains(must), "{file}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out_file = dir.path().join("envoy.yaml");
+        std::fs::write(&out_file, &config).expect("write");
+        let out = std::process::Command::new(&bin)
+            .args(["--mode", "validate", "-c"])
+            .arg(&out_file)
+            .output()
+            .expect("run envoy");
+        assert!(
+            out.status.success(),
+            "envoy rejects {file}:\n{}{}\n{config}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
