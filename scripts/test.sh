@@ -11,13 +11,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ENVOY_BIN="$(bash scripts/install-envoy.sh)"
 export ENVOY_BIN
 
-if ! command -v chromium >/dev/null 2>&1; then
-    sudo=""
-    [[ "$(id -u)" == 0 ]] || sudo="sudo"
-    echo "test.sh: installing chromium (Debian package) for the dashboard test" >&2
-    ${sudo} apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive ${sudo} apt-get install -y -qq chromium >/dev/null
-fi
+# The dashboard test drives headless Chromium.
+bash scripts/install-debian-package.sh chromium
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -37,13 +37,7 @@ cd "${root}"
 kit() { python3 "${here}/loadkit.py" "$@"; }
 log() { printf '== %s\n' "$*" >&2; }
 
-if ! command -v valgrind >/dev/null 2>&1; then
-    log "installing valgrind (Debian package)"
-    sudo=""
-    [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
-    install_vg() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
-    install_vg || { $sudo apt-get update -qq >/dev/null && install_vg; }
-fi
+bash scripts/install-debian-package.sh valgrind
 log "building the gateway, the floor, the sink and the load generator (cargo build --release)"
 cargo build --release --quiet -p extproc-gateway -p extproc-load
 bin="${root}/target/release"

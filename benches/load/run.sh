@@ -84,13 +84,7 @@ kit() { python3 "${here}/loadkit.py" "$@"; }
 log() { printf '== %s\n' "$*" >&2; }
 
 # --- tools -------------------------------------------------------------------------
-if ! command -v wrk >/dev/null 2>&1; then
-    log "installing wrk (Debian package)"
-    sudo=""
-    [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
-    install_wrk() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-    install_wrk || { $sudo apt-get update -qq >/dev/null && install_wrk; }
-fi
+bash scripts/install-debian-package.sh wrk
 for tool in python3 openssl; do
     command -v "$tool" >/dev/null 2>&1 || { echo "run.sh: needs $tool" >&2; exit 1; }
 done
