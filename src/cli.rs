@@ -101,6 +101,10 @@ pub struct ServeArgs {
     /// (overrides server.drain_delay).
     #[arg(long, env = "EXTPROC_DRAIN_DELAY", value_parser = humantime::parse_duration, global = true)]
     pub drain_delay: Option<Duration>,
+    /// Read the config file again this often and reload it when it changed, e.g. `10s`
+    /// (overrides server.config_reload_interval; `0s`: on SIGHUP only).
+    #[arg(long, env = "EXTPROC_CONFIG_RELOAD_INTERVAL", value_parser = humantime::parse_duration, global = true)]
+    pub config_reload_interval: Option<Duration>,
     /// Once listening, write the bound addresses here as JSON (`{"grpc": ..., "admin":
     /// ..., "http": ...}`), so a supervisor or a test can bind port 0 and learn the port.
     #[arg(long, env = "EXTPROC_ADDRESSES_FILE", global = true)]
@@ -149,6 +153,9 @@ impl ServeArgs {
         }
         if let Some(d) = self.drain_delay {
             config.server.drain_delay = d;
+        }
+        if let Some(i) = self.config_reload_interval {
+            config.server.config_reload_interval = i;
         }
         Ok(config)
     }

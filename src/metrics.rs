@@ -79,6 +79,7 @@ pub struct Metrics {
     http: HttpMetrics,
     tls_handshake_failures: IntCounter,
     tls_reloads: IntCounterVec,
+    config_reloads: IntCounterVec,
 }
 
 /// gRPC status codes the gateway ends streams with (label values of
@@ -194,6 +195,11 @@ impl Metrics {
                 "Reloads of changed TLS files of the gRPC listener, by result (loaded, failed: the running certificate was kept)",
                 &["result"],
             ),
+            config_reloads: counter(
+                "extproc_config_reloads_total",
+                "Config reloads (SIGHUP or a changed file seen by server.config_reload_interval), by result (loaded, failed: the running config was kept)",
+                &["result"],
+            ),
             families: MetricFamilies::new(registry.clone()),
             registry,
         };
@@ -211,6 +217,7 @@ impl Metrics {
         }
         for result in ["loaded", "failed"] {
             m.tls_reloads.with_label_values(&[result]);
+            m.config_reloads.with_label_values(&[result]);
         }
         for limit in crate::limits::Limit::ALL {
             m.limits.with_label_values(&[limit.as_str()]);
@@ -218,8 +225,9 @@ impl Metrics {
         for reason in PathRefusal::ALL {
             m.paths_refused.with_label_values(&[reason.as_str()]);
         }
-        let collectors: [Box<dyn prometheus::core::Collector>; 21] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
             Box::new(m.buffered.clone()),
+            Box::new(m.config_reloads.clone()),
             Box::new(m.tls_handshake_failures.clone()),
             Box::new(m.tls_reloads.clone()),
             Box::new(m.http.requests_vec.clone()),
@@ -335,6 +343,13 @@ impl Metrics {
     pub fn tls_reload(&self, loaded: bool) {
         let result = if loaded { "loaded" } else { "failed" };
         self.tls_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Counts a config reload: `loaded`, or `failed` (the running config kept), so an
+    /// alert can fire on a ConfigMap edit that never took effect.
+    pub fn config_reload(&self, loaded: bool) {
+        let result = if loaded { "loaded" } else { "failed" };
+        self.config_reloads.with_label_values(&[result]).inc();
     }
 
     /// Counts a stream ended because of what Envoy sent.

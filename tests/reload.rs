@@ -1,6 +1,7 @@
 //! SIGHUP reloads the config file: new streams get the new chains, a stream opened
 //! before keeps its route, a bad file leaves the running config in place, and a
-//! reload fetches a `jwt_auth` JWKS URL once.
+//! reload fetches a `jwt_auth` JWKS URL once. With `server.config_reload_interval` a
+//! changed file is reloaded with no signal, as a Kubernetes ConfigMap is updated.
 
 mod common;
 
@@ -156,6 +157,119 @@ async fn sighup_swaps_routes_for_new_streams_only() {
         http_get(gw.admin_port, "/readyz").await,
         Some((200, _))
     ));
+}
+
+/// `extproc_config_reloads_total{result}` from `/metrics`.
+async fn reloads(admin: u16, result: &str) -> u64 {
+    let (_, text) = http_get(admin, "/metrics").await.expect("metrics");
+    let series = format!("extproc_config_reloads_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+}
+
+/// Polls until `check` holds, failing with the gateway's log after 10 s.
+async fn until<F: AsyncFn() -> bool>(gw: &Gateway, what: &str, check: F) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what} never happened:\n{}",
+            gw.proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Checks, over `watch` (several reload intervals), that the count of reloads with
+/// `result` stays `count`: what must not trigger a reload has had its chances.
+async fn stays(admin: u16, result: &str, count: u64, watch: Duration, why: &str) {
+    let end = Instant::now() + watch;
+    while Instant::now() < end {
+        assert_eq!(reloads(admin, result).await, count, "{why}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes `content` the way the kubelet updates a mounted ConfigMap: into a new
+/// timestamped directory, then `..data` is swapped to it with a rename, and the file
+/// the gateway reads is a symlink through `..data`.
+fn configmap_update(dir: &std::path::Path, version: u32, content: &str) {
+    let data = dir.join(format!("..2026_11_26_{version:02}"));
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("gateway.yaml"), content).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(data.file_name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    let link = dir.join("gateway.yaml");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/gateway.yaml", &link).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_configmap_is_reloaded_without_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = |chain: &str| format!("routes:\n  - name: main\n    processors: [{chain}]\n");
+    configmap_update(dir.path(), 1, &main("trivial"));
+    let path = dir
+        .path()
+        .join("gateway.yaml")
+        .to_string_lossy()
+        .into_owned();
+    let gw = Gateway::start_args(&["--config", &path, "--config-reload-interval", "100ms"]).await;
+    let admin = gw.admin_port;
+    let watch = Duration::from_millis(600);
+    stays(
+        admin,
+        "loaded",
+        0,
+        watch,
+        "the same file read again reloaded",
+    )
+    .await;
+
+    // The same config in other words (a comment, flow style) is not a change; a new
+    // chain is.
+    configmap_update(
+        dir.path(),
+        2,
+        "# edited\nroutes:\n- {name: main, processors: [trivial]}\n",
+    );
+    stays(admin, "loaded", 0, watch, "a comment reloaded the config").await;
+    configmap_update(dir.path(), 3, &main("timer, trivial"));
+    until(&gw, "the reload of the new chain", async || {
+        routes_json(admin).await.contains("timer")
+    })
+    .await;
+    assert_eq!(reloads(admin, "loaded").await, 1);
+    let mut after = Stream::open(gw.grpc_port).await;
+    after.request().await;
+    assert_eq!(after.applied().await, "timer,trivial");
+
+    // A broken file is refused once, logged, and the running config served; it is not
+    // tried again every tick while it stays the same.
+    configmap_update(dir.path(), 4, &main("nonsense"));
+    until(&gw, "the failed reload", async || {
+        reloads(admin, "failed").await == 1
+    })
+    .await;
+    assert!(gw.proc.log_text().contains("unknown processor `nonsense`"));
+    stays(admin, "failed", 1, watch, "a bad file counted twice").await;
+    let mut still = Stream::open(gw.grpc_port).await;
+    still.request().await;
+    assert_eq!(still.applied().await, "timer,trivial");
+
+    // Mended, it loads.
+    configmap_update(dir.path(), 5, &main("timer"));
+    until(&gw, "the reload of the mended file", async || {
+        reloads(admin, "loaded").await == 2
+    })
+    .await;
+    let mut mended = Stream::open(gw.grpc_port).await;
+    mended.request().await;
+    assert_eq!(mended.applied().await, "timer");
 }
 
 /// A JWKS endpoint on loopback serving the example keys, counting the fetches that

@@ -86,6 +86,12 @@ pub struct ServerConfig {
     /// a closed port. SIGINT (Ctrl-C) drains at once.
     #[serde(with = "humantime_serde")]
     pub drain_delay: Duration,
+    /// How often the config file is read again and, when what it says changed,
+    /// reloaded as on SIGHUP; `0s` (the default) reloads on SIGHUP only. A mounted
+    /// Kubernetes ConfigMap is updated in place with no signal to send, so this is how
+    /// an edit reaches running pods without a rollout.
+    #[serde(with = "humantime_serde")]
+    pub config_reload_interval: Duration,
     /// Longest one processor hook may take before the request gets 504; unset means
     /// no limit of the gateway's own (Envoy's `message_timeout` still applies).
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
@@ -143,6 +149,7 @@ impl Default for ServerConfig {
             max_message_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             drain_delay: Duration::from_secs(5),
+            config_reload_interval: Duration::ZERO,
             processor_timeout: None,
             envoy_buffer_limit_bytes: crate::router::ENVOY_DEFAULT_BUFFER_LIMIT,
             max_streams: 10_000,

@@ -195,13 +195,18 @@ async fn run(
     let served = ConfigHandle::new(config);
     let tls_handle = tls.as_ref().map(|t| t.handle.clone());
     let tls_watch = tls.map(|t| tokio::spawn(t.watch(metrics.clone())));
-    let reloader = reload.map(|reload| {
-        tokio::spawn(reload::on_sighup(
-            reload,
-            served.clone(),
-            routes.clone(),
-            metrics.clone(),
-        ))
+    let reload_interval = served.current().server.config_reload_interval;
+    let reloaders = reload.map(|reload| {
+        let reloader = reload::Reloader {
+            reload: Arc::new(reload),
+            served: served.clone(),
+            routes: routes.clone(),
+            metrics: metrics.clone(),
+        };
+        [
+            tokio::spawn(reloader.clone().on_sighup()),
+            tokio::spawn(reloader.on_change(reload_interval)),
+        ]
     });
     let admin_state =
         crate::admin::AdminState::new(served, routes, readiness.clone(), metrics.clone())
@@ -270,8 +275,8 @@ async fn run(
         }
     }
     admin.abort();
-    if let Some(r) = reloader {
-        r.abort();
+    for task in reloaders.into_iter().flatten() {
+        task.abort();
     }
     if let Some(w) = tls_watch {
         w.abort();
