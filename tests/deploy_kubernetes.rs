@@ -521,6 +521,18 @@ fn grpc_health_check(
     }])
 }
 
+/// Outlier detection on local-origin failures (a refused connection ejects at once),
+/// from Istio's and Envoy Gateway's fields, which share their names.
+fn local_origin_outlier_detection(od: &Value) -> Value {
+    json!({
+        "split_external_local_origin_errors": od["splitExternalLocalOriginErrors"],
+        "consecutive_local_origin_failure": od["consecutiveLocalOriginFailures"],
+        "interval": duration(&od["interval"]),
+        "base_ejection_time": duration(&od["baseEjectionTime"]),
+        "max_ejection_percent": od["maxEjectionPercent"]
+    })
+}
+
 /// Istio: the EnvoyFilter's patch value is the filter, verbatim; the cluster is the
 /// Service's outbound cluster, tuned by the DestinationRule.
 fn istio(objs: &[Value]) -> Translated {
@@ -558,13 +570,7 @@ fn istio(objs: &[Value]) -> Translated {
         "max_requests": tp["connectionPool"]["http"]["http2MaxRequests"],
         "max_pending_requests": tp["connectionPool"]["http"]["http2MaxRequests"]
     }]});
-    cluster["outlier_detection"] = json!({
-        "split_external_local_origin_errors": od["splitExternalLocalOriginErrors"],
-        "consecutive_local_origin_failure": od["consecutiveLocalOriginFailures"],
-        "interval": duration(&od["interval"]),
-        "base_ejection_time": duration(&od["baseEjectionTime"]),
-        "max_ejection_percent": od["maxEjectionPercent"]
-    });
+    cluster["outlier_detection"] = local_origin_outlier_detection(od);
     Translated {
         filter,
         cluster,
@@ -710,13 +716,7 @@ fn envoy_gateway(objs: &[Value]) -> Translated {
         &active["unhealthyThreshold"],
         &active["healthyThreshold"],
     );
-    cluster["outlier_detection"] = json!({
-        "split_external_local_origin_errors": passive["splitExternalLocalOriginErrors"],
-        "consecutive_local_origin_failure": passive["consecutiveLocalOriginFailures"],
-        "interval": duration(&passive["interval"]),
-        "base_ejection_time": duration(&passive["baseEjectionTime"]),
-        "max_ejection_percent": passive["maxEjectionPercent"]
-    });
+    cluster["outlier_detection"] = local_origin_outlier_detection(passive);
     cluster["circuit_breakers"] = json!({"thresholds": [{
         "max_requests": cb["maxParallelRequests"],
         "max_pending_requests": cb["maxPendingRequests"],
