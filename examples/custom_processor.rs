@@ -31,9 +31,12 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 
-/// The settings under `- tenant_quota:` in YAML.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The settings under `- tenant_quota:` in YAML. `JsonSchema` puts them in the schema
+/// `tenant-gateway schema` prints, so editors check them too (the `crate` path spares
+/// this binary its own schemars dependency).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(crate = "extproc_gateway::schemars")]
 pub struct TenantQuotaSettings {
     /// The request header naming the tenant.
     #[serde(default = "default_header")]
@@ -42,6 +45,7 @@ pub struct TenantQuotaSettings {
     pub policy_url: String,
     /// How long the policy service may take.
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(schema_with = "extproc_gateway::registry::duration_schema")]
     pub timeout: Duration,
 }
 

@@ -49,7 +49,9 @@ impl ContextCheck {
 }
 
 /// Settings of `context_check`: none (`- context_check` or `- context_check: {}`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct ContextCheckSettings {}
 

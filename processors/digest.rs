@@ -20,7 +20,9 @@ use crate::prelude::*;
 pub const HEADER: &str = "x-request-digest";
 
 /// How the digest reads the request body.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DigestBodyMode {
     /// Ask Envoy for the whole body, so the digest reaches the upstream as a header.
@@ -32,7 +34,7 @@ pub enum DigestBodyMode {
 }
 
 /// Settings of `digest`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DigestSettings {
     /// See [`DigestBodyMode`].

@@ -58,7 +58,9 @@ fn reply(headers: &Headers, body: Bytes) -> Flow {
 }
 
 /// Settings of `echo`: none (`- echo` or `- echo: {}`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct EchoSettings {}
 

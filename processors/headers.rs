@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::prelude::*;
 
 /// Changes for one direction.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderEdits {
     /// Replace or add.
@@ -62,7 +62,7 @@ impl HeaderEdits {
 }
 
 /// Settings of `headers`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeadersSettings {
     /// Changes to the upstream request.

@@ -226,7 +226,9 @@ fn bad(reason: String) -> Flow {
 }
 
 /// Settings of `instructions`: none (`- instructions` or `- instructions: {}`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct InstructionsSettings {}
 

@@ -20,7 +20,9 @@ pub struct TimerState {
 }
 
 /// Settings of `timer`: none (`- timer` or `- timer: {}`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct TimerSettings {}
 

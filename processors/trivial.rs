@@ -11,7 +11,9 @@ pub struct Trivial;
 pub const HEADER: &str = "x-extra-request-id";
 
 /// Settings of `trivial`: none (`- trivial` or `- trivial: {}`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct TrivialSettings {}
 

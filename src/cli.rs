@@ -51,6 +51,9 @@ pub enum Command {
     },
     /// Print the embedded default config.
     PrintConfig,
+    /// Print the config file's JSON Schema (every registered processor's settings
+    /// included), for editors: `# yaml-language-server: $schema=gateway.schema.json`.
+    Schema,
     /// Run a small HTTP upstream that answers every request with a JSON echo of its
     /// method, path, headers and body (for trying the gateway and for load tests).
     EchoUpstream {
@@ -174,6 +177,19 @@ pub fn run(registry: Registry) -> ExitCode {
         Some(Command::PrintConfig) => {
             print!("{}", crate::config::DEFAULT_YAML);
             ExitCode::SUCCESS
+        }
+        Some(Command::Schema) => {
+            let schema = crate::config::GatewayConfig::json_schema(&registry);
+            match serde_json::to_string_pretty(&schema) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cannot write the schema: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Some(Command::CheckEnvoy { envoy, config }) => {
             crate::check_envoy::main(&registry, &envoy, config.as_deref())

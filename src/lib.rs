@@ -10,6 +10,8 @@
 
 // The processor API's modules: `extproc_gateway::phase` and `extproc_gateway_api::phase`
 // name the same items.
+/// schemars, at the version processor settings derive `JsonSchema` with.
+pub use extproc_gateway_api::schemars;
 pub use extproc_gateway_api::{budget, phase, processor};
 /// The built-in processors (the `extproc-gateway-processors` crate).
 pub use extproc_gateway_processors as processors;

@@ -109,7 +109,9 @@ impl PathRefusal {
 
 /// What a path with `%2F` or `%5C` gets: the names of Envoy's
 /// `path_with_escaped_slashes_action` that the gateway can carry out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum EscapedSlashesAction {
     /// 400 (the default): an upstream that decodes `%2F` would see other segments than
@@ -122,7 +124,7 @@ pub enum EscapedSlashesAction {
 }
 
 /// How the gateway reads `:path` to pick a route (the config's `path_policy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PathPolicy {
     /// Match routes on the normalised path (the default). `false` matches the path as

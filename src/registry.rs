@@ -11,7 +11,7 @@
 //! use serde::{Deserialize, Serialize};
 //!
 //! /// `- require_tenant: {header: x-tenant-id}`
-//! #[derive(Debug, Clone, Serialize, Deserialize)]
+//! #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 //! #[serde(deny_unknown_fields)]
 //! struct RequireTenant {
 //!     header: String,
@@ -49,6 +49,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::value::MapDeserializer;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -57,7 +58,8 @@ use crate::chain::{ChainBuilder, ProcessorOptions};
 use crate::condition::Condition;
 use crate::processor::OnError;
 pub use extproc_gateway_api::settings::{
-    BuildContext, ProcessorSettings, Registrar, RequestHeaderWrites,
+    duration_schema, optional_duration_schema, BuildContext, ProcessorSettings, Registrar,
+    RequestHeaderWrites, DURATION_PATTERN,
 };
 
 /// A registration the registry refused.
@@ -173,6 +175,8 @@ trait Kind: Send + Sync {
         &self,
         settings: &mut dyn erased_serde::Deserializer<'_>,
     ) -> Result<Arc<dyn Configured>, erased_serde::Error>;
+    /// The JSON Schema of the settings (a reference into `generator`'s definitions).
+    fn schema(&self, generator: &mut SchemaGenerator) -> Schema;
 }
 
 struct KindOf<S>(PhantomData<fn() -> S>);
@@ -185,6 +189,10 @@ impl<S: ProcessorSettings> Kind for KindOf<S> {
         let s: S = erased_serde::deserialize(settings)?;
         s.validate().map_err(de::Error::custom)?;
         Ok(Arc::new(s))
+    }
+
+    fn schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        generator.subschema_for::<S>()
     }
 }
 
@@ -374,6 +382,56 @@ impl<'de> Deserialize<'de> for ProcessorSpec {
             )
         })?;
         deserializer.deserialize_any(EntryVisitor(registry))
+    }
+}
+
+/// The schema of one `processors:` entry, for the registry in scope: a bare name (of
+/// the processors whose settings all have defaults, as the reader accepts), or a map
+/// of exactly one registered name to its settings, with `when:` and `on_error:`.
+impl JsonSchema for ProcessorSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ProcessorEntry".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let Some(registry) = in_scope() else {
+            return json_schema!({
+                "description": "a processor name, or a map of one name to its settings (no registry was in scope: names unchecked)",
+                "type": ["string", "object"]
+            });
+        };
+        let when = json_schema!({
+            "type": "string",
+            "description": "CEL over Envoy's attribute names (request.method, request.path, request.headers[...]); false: the processor is skipped and its phases not asked for"
+        });
+        let on_error = generator.subschema_for::<OnError>();
+        let mut bare = Vec::new();
+        let mut entries = Vec::new();
+        for (name, kind) in &registry.kinds {
+            let takes_none = no_settings(&**kind).is_ok();
+            if takes_none {
+                bare.push(name.clone());
+            }
+            let settings = kind.schema(generator);
+            let value = if takes_none {
+                json_schema!({"anyOf": [settings, {"type": "null"}]})
+            } else {
+                settings
+            };
+            entries.push(json_schema!({
+                "type": "object",
+                "properties": {name.as_str(): value, "when": when.clone(), "on_error": on_error.clone()},
+                "required": [name],
+                "additionalProperties": false
+            }));
+        }
+        let mut one_of = vec![json_schema!({
+            "type": "string",
+            "enum": bare,
+            "description": "a processor whose settings all have defaults"
+        })];
+        one_of.extend(entries);
+        json_schema!({"oneOf": one_of})
     }
 }
 

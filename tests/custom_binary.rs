@@ -11,7 +11,7 @@ mod common;
 #[allow(dead_code)]
 mod custom_processor;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,42 @@ fn config(policy_url: &str) -> String {
     format!(
         "routes:\n  - name: uploads\n    processors:\n      - tenant_quota: {{policy_url: '{policy_url}'}}\n      - trivial\n"
     )
+}
+
+/// The user's binary prints a schema with its own processor's settings in it, which
+/// the example's config validates against and a misspelt setting does not.
+#[test]
+fn the_users_schema_includes_its_processor() {
+    let out = Command::new(example_bin()).arg("schema").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let settings = &schema["definitions"]["TenantQuotaSettings"];
+    assert_eq!(
+        settings["required"],
+        serde_json::json!(["policy_url"]),
+        "{settings}"
+    );
+    assert_eq!(
+        settings["properties"]["timeout"]["pattern"],
+        extproc_gateway::registry::DURATION_PATTERN
+    );
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/custom_processor/gateway.yaml"),
+    )
+    .unwrap();
+    let good = config("http://127.0.0.1:9/");
+    let bad = good.replace("policy_url", "policy_uri");
+    let errors = schema_errors(&schema, &[shipped, good, bad]);
+    assert!(errors[0].is_empty(), "{:#?}", errors[0]);
+    assert!(errors[1].is_empty(), "{:#?}", errors[1]);
+    assert!(
+        !errors[2].is_empty(),
+        "a misspelt tenant_quota setting validates"
+    );
 }
 
 #[test]

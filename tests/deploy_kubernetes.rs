@@ -11,7 +11,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
@@ -22,26 +21,6 @@ const RECIPES: [&str; 3] = ["istio", "kgateway", "envoy-gateway"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// kubectl and the Python path of kubernetes-validate, installed once per test binary
-/// by the project's script (a missing tool fails the test, never skips it).
-fn kube_tools() -> &'static (PathBuf, PathBuf) {
-    static TOOLS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    TOOLS.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(root().join("scripts/install-kube-tools.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/install-kube-tools.sh");
-        assert!(out.status.success(), "scripts/install-kube-tools.sh failed");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut lines = text.lines().map(PathBuf::from);
-        match (lines.next(), lines.next()) {
-            (Some(kubectl), Some(python)) => (kubectl, python),
-            _ => panic!("install-kube-tools.sh printed {text:?}"),
-        }
-    })
 }
 
 /// `kubectl kustomize deploy/kubernetes/<dir>`.

@@ -321,7 +321,7 @@ fn a_hook_needs_leaves_out_is_refused_when_the_chain_is_built() {
 // A user's processor in the registry
 
 /// `- require_tenant: {header: x-tenant-id}`: refuses requests without the header.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RequireTenant {
     header: String,

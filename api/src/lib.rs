@@ -18,6 +18,10 @@ pub mod settings;
 /// Prometheus, at the version [`metrics::MetricFamilies`] hands out.
 pub use prometheus;
 
+/// schemars, at the version [`settings::ProcessorSettings`] requires: derive
+/// `JsonSchema` on your settings with it.
+pub use schemars;
+
 /// The names a processor author needs, in one import.
 pub mod prelude {
     pub use crate::budget::OverBudget;
@@ -30,4 +34,5 @@ pub mod prelude {
         ProcessorError, RequestCtx, Withheld,
     };
     pub use crate::settings::{BuildContext, ProcessorSettings, RequestHeaderWrites};
+    pub use schemars::JsonSchema;
 }

@@ -552,7 +552,16 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for ProcessorError {
 /// overruns `server.processor_timeout`), or its `when:` condition cannot be
 /// evaluated. Set per processor entry (`on_error:`).
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -13,9 +14,11 @@ use crate::processor::Processor;
 /// A processor's settings as written in config, and how to build the processor from
 /// them. The settings type is what YAML holds under the processor's name; `serde`
 /// reads it (prefer `#[serde(deny_unknown_fields)]`, so a typo is a config error with
-/// its line) and writes it back for `/config`.
+/// its line) and writes it back for `/config`; its `JsonSchema` (derive it, from the
+/// re-exported [`schemars`](crate::schemars)) is what editors check that YAML against
+/// (`extproc-gateway schema`), so keep both derives on the same type.
 pub trait ProcessorSettings:
-    Serialize + DeserializeOwned + Clone + fmt::Debug + Send + Sync + 'static
+    Serialize + DeserializeOwned + JsonSchema + Clone + fmt::Debug + Send + Sync + 'static
 {
     /// The processor these settings build.
     type Processor: Processor;
@@ -118,4 +121,27 @@ pub trait Registrar {
     /// Adds a processor type: config entries named `name` are read as `S` and build
     /// `S::Processor`.
     fn add<S: ProcessorSettings>(&mut self, name: &str) -> Result<(), Self::Error>;
+}
+
+/// The JSON Schema of a duration as the config writes it (`humantime`: `1s`, `250ms`,
+/// `1m 30s`): `#[schemars(schema_with = "duration_schema")]` on a field read with
+/// `#[serde(with = "humantime_serde")]`, so an editor flags `5 seconds` or `5` before
+/// the gateway does.
+pub fn duration_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "pattern": DURATION_PATTERN,
+        "examples": ["1s", "250ms", "1m 30s"]
+    })
+}
+
+/// What `humantime` reads: numbers each followed by a unit, e.g. `1h 30m`.
+pub const DURATION_PATTERN: &str = r"^\s*([0-9]+\s*(nsec|ns|usec|us|msec|ms|seconds|second|sec|s|minutes|minute|min|m|hours|hour|hr|h|days|day|d|weeks|week|w|months|month|M|years|year|y)\s*)+$";
+
+/// The same for an optional duration (`Option<Duration>` read with
+/// `humantime_serde`).
+pub fn optional_duration_schema(g: &mut SchemaGenerator) -> Schema {
+    let mut schema = duration_schema(g);
+    schema.insert("type".into(), serde_json::json!(["string", "null"]));
+    schema
 }

@@ -57,7 +57,7 @@ pub fn is_claim_header(name: &str, prefix: &str) -> bool {
 }
 
 /// Settings of `jwt_auth`. Exactly one of `jwks_file`, `pem_file`, `jwks_url`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtSettings {
     /// JWKS document on disk (read at start).
@@ -74,6 +74,7 @@ pub struct JwtSettings {
     /// looking, and the interval when the server's `Cache-Control` sets no `max-age`
     /// (a `max-age` may shorten it, down to `min_refetch_interval`).
     #[serde(default = "default_refresh", with = "humantime_serde")]
+    #[schemars(schema_with = "extproc_gateway_api::settings::duration_schema")]
     pub refresh_interval: Duration,
     /// Extra CA certificates (PEM) to trust for `jwks_url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,6 +84,7 @@ pub struct JwtSettings {
     /// request with an unknown `kid` waits for its refetch: Envoy must be allowed to
     /// wait that long and a second more (`max_message_timeout` on the ext_proc filter).
     #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
+    #[schemars(schema_with = "extproc_gateway_api::settings::duration_schema")]
     pub fetch_timeout: Duration,
     /// Largest JWKS document read from `jwks_url`; a larger one is a failed fetch and
     /// the last good keys stay.
@@ -92,6 +94,7 @@ pub struct JwtSettings {
     /// `kid` the keys lack (anyone can send such tokens), and the shortest refresh a
     /// server's `Cache-Control: max-age` can ask for.
     #[serde(default = "default_min_refetch", with = "humantime_serde")]
+    #[schemars(schema_with = "extproc_gateway_api::settings::duration_schema")]
     pub min_refetch_interval: Duration,
     /// Accepted algorithms. Default: the asymmetric ones. `HS256`/`HS384`/`HS512` must
     /// be listed explicitly and then verify only with `oct` keys of a JWKS.
@@ -105,6 +108,7 @@ pub struct JwtSettings {
     pub audiences: Vec<String>,
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(default = "default_leeway", with = "humantime_serde")]
+    #[schemars(schema_with = "extproc_gateway_api::settings::duration_schema")]
     pub leeway: Duration,
     /// Reject tokens without `exp`.
     #[serde(default = "yes")]

@@ -293,6 +293,20 @@ impl GatewayConfig {
         )
     }
 
+    /// The JSON Schema (draft 7, what YAML editors read) of a config file naming the
+    /// processors of `registry`, each with its settings: `extproc-gateway schema`
+    /// prints it, and a `# yaml-language-server: $schema=...` line in `gateway.yaml`
+    /// lets an editor complete and check the file as it is typed.
+    pub fn json_schema(registry: &Registry) -> serde_json::Value {
+        let generator = schemars::generate::SchemaSettings::draft07().into_generator();
+        let schema = registry.scope(|| generator.into_root_schema_for::<GatewayConfig>());
+        let mut value = schema.to_value();
+        if let Some(root) = value.as_object_mut() {
+            root.insert("title".into(), "extproc-gateway config".into());
+        }
+        value
+    }
+
     /// The applied-processors header, or `None` when turned off (empty string).
     pub fn applied_header_name(&self) -> Option<String> {
         let name = self.applied_header.trim();

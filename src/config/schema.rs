@@ -13,7 +13,7 @@ use crate::path::PathPolicy;
 use crate::registry::ProcessorSpec;
 
 /// The whole config file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// Listeners and limits.
@@ -36,7 +36,7 @@ fn default_applied_header() -> String {
 }
 
 /// Listeners and limits.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Where Envoy connects (ext_proc and gRPC health): `ip:port`, or
@@ -69,6 +69,7 @@ pub struct ServerConfig {
     /// Envoy's next POST, e.g. response headers after request headers. Longer than the
     /// slowest upstream response the routes should still see whole.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "extproc_gateway_api::settings::duration_schema")]
     pub http_exchange_ttl: Duration,
     /// Most request states the HTTP listener holds at once; past it the oldest is
     /// dropped (counted in `extproc_http_exchanges_total{event="evicted"}`).
@@ -78,6 +79,7 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// How long in-flight streams may run once the drain starts.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "extproc_gateway_api::settings::duration_schema")]
     pub shutdown_grace: Duration,
     /// After SIGTERM, how long the gateway keeps accepting new streams while it reports
     /// not ready (gRPC health NOT_SERVING, `/readyz` 503), before it drains: long
@@ -85,16 +87,19 @@ pub struct ServerConfig {
     /// Kubernetes readiness probe to take it out of rotation, so no request is sent to
     /// a closed port. SIGINT (Ctrl-C) drains at once.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "extproc_gateway_api::settings::duration_schema")]
     pub drain_delay: Duration,
     /// How often the config file is read again and, when what it says changed,
     /// reloaded as on SIGHUP; `0s` (the default) reloads on SIGHUP only. A mounted
     /// Kubernetes ConfigMap is updated in place with no signal to send, so this is how
     /// an edit reaches running pods without a rollout.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "extproc_gateway_api::settings::duration_schema")]
     pub config_reload_interval: Duration,
     /// Longest one processor hook may take before the request gets 504; unset means
     /// no limit of the gateway's own (Envoy's `message_timeout` still applies).
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "extproc_gateway_api::settings::optional_duration_schema")]
     pub processor_timeout: Option<Duration>,
     /// ext_proc streams open at once, over all connections; past it a new stream is
     /// refused with RESOURCE_EXHAUSTED (Envoy then fails or skips the request as its
@@ -107,6 +112,7 @@ pub struct ServerConfig {
     /// DEADLINE_EXCEEDED (it waits across the upstream's response time, so keep it
     /// above your route timeouts); `0s` turns it off.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "extproc_gateway_api::settings::duration_schema")]
     pub stream_idle_timeout: Duration,
     /// Body bytes all streams together may hold in memory (gathered by `echo`,
     /// `context_check`, a held full-duplex body); past it new buffering gets 503. A
@@ -169,7 +175,7 @@ fn is_default_mode(m: &SocketMode) -> bool {
 }
 
 /// One route.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Unique name (logs, metrics, `/routes`).
@@ -190,7 +196,7 @@ pub struct RouteConfig {
 }
 
 /// Route conditions; all that are set must hold.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     /// Path equals (query string excluded).
@@ -224,7 +230,7 @@ pub struct MatchConfig {
 }
 
 /// `namespace.key == value` in Envoy's dynamic metadata.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetadataMatchConfig {
     /// Metadata namespace.
@@ -236,7 +242,7 @@ pub struct MetadataMatchConfig {
 }
 
 /// One header condition: exactly one of `exact`, `prefix`, `regex`, `present`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatchConfig {
     /// Header name.

@@ -90,6 +90,21 @@ impl Serialize for ListenAddr {
     }
 }
 
+impl schemars::JsonSchema for ListenAddr {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ListenAddr".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "`ip:port` (port 0 picks a free port), or `unix:/path/to.sock` for a Unix-domain socket",
+            "pattern": r"^(unix:.+|.+:[0-9]{1,5})$",
+            "examples": ["0.0.0.0:50051", "unix:/run/extproc/gateway.sock"]
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for ListenAddr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
@@ -136,6 +151,23 @@ impl Serialize for SocketMode {
     }
 }
 
+impl schemars::JsonSchema for SocketMode {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SocketMode".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // Quoted octal text, or the digits unquoted (which YAML reads as a number).
+        schemars::json_schema!({
+            "description": "octal permission digits, e.g. \"0660\"",
+            "anyOf": [
+                {"type": "string", "pattern": "^(0o)?[0-7]{1,4}$"},
+                {"type": "integer", "minimum": 0}
+            ]
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for SocketMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
@@ -147,7 +179,7 @@ impl<'de> Deserialize<'de> for SocketMode {
 /// naming it) and polled for changes every `reload_interval` while serving, so a
 /// rotated certificate (cert-manager, a Kubernetes secret) is picked up without a
 /// restart and without touching established connections.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// The server certificate chain (PEM), leaf first.
@@ -161,6 +193,7 @@ pub struct TlsConfig {
     pub client_ca_file: Option<PathBuf>,
     /// How often the files are checked for new content; `0s` turns reloading off.
     #[serde(default = "default_tls_reload", with = "humantime_serde")]
+    #[schemars(schema_with = "extproc_gateway_api::settings::duration_schema")]
     pub reload_interval: Duration,
 }
 
@@ -198,6 +231,16 @@ impl fmt::Debug for Secret {
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(REDACTED)
+    }
+}
+
+impl schemars::JsonSchema for Secret {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Secret".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "minLength": 1})
     }
 }
 

@@ -1162,3 +1162,65 @@ impl Rng {
         out
     }
 }
+
+/// kubectl and the Python path of kubernetes-validate, installed once per test binary
+/// by the project's script (a missing tool fails the test, never skips it).
+pub fn kube_tools() -> &'static (PathBuf, PathBuf) {
+    static TOOLS: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/install-kube-tools.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/install-kube-tools.sh");
+        assert!(out.status.success(), "scripts/install-kube-tools.sh failed");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines().map(PathBuf::from);
+        match (lines.next(), lines.next()) {
+            (Some(kubectl), Some(python)) => (kubectl, python),
+            _ => panic!("install-kube-tools.sh printed {text:?}"),
+        }
+    })
+}
+
+/// Validates each YAML text against a JSON Schema (draft 7) with Python's jsonschema
+/// (installed beside kubernetes-validate by `kube_tools`), reading the YAML as an
+/// editor's language server would: the errors of each, as `path: message` lines.
+pub fn schema_errors(schema: &serde_json::Value, yamls: &[String]) -> Vec<Vec<String>> {
+    let (_, python_path) = kube_tools();
+    const CHECK: &str = r#"
+import json, sys, yaml, jsonschema
+job = json.load(sys.stdin)
+jsonschema.Draft7Validator.check_schema(job["schema"])
+validator = jsonschema.Draft7Validator(job["schema"])
+out = []
+for text in job["yamls"]:
+    doc = yaml.safe_load(text)
+    out.append(["/".join(str(p) for p in e.absolute_path) + ": " + e.message
+                for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))])
+json.dump(out, sys.stdout)
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", CHECK])
+        .env("PYTHONPATH", python_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    {
+        use std::io::Write;
+        let job = serde_json::json!({"schema": schema, "yamls": yamls});
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(job.to_string().as_bytes())
+            .expect("write the job");
+    }
+    let out = child.wait_with_output().expect("python3 output");
+    assert!(
+        out.status.success(),
+        "schema check failed to run:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the checker's JSON")
+}
