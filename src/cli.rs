@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{ConfigError, GatewayConfig, ListenAddr, Secret};
 use crate::registry::Registry;
 use crate::server;
+use crate::telemetry::LogFormat;
 
 /// One ext_proc server for Envoy that runs a chain of processors per route.
 #[derive(Debug, Parser)]
@@ -115,6 +116,10 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `extproc_gateway=debug`.
     #[arg(long, env = "EXTPROC_LOG", default_value = "info", global = true)]
     pub log: String,
+    /// Log lines as `text` or `json` (one object per line, with `trace_id` and
+    /// `span_id` when the stream's trace is exported).
+    #[arg(long, env = "EXTPROC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
 }
 
 impl ServeArgs {
@@ -230,15 +235,17 @@ pub fn run(registry: Registry) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Command::EchoUpstream { addr }) => run_async(&serve_args.log, async move {
-            let listener = tokio::net::TcpListener::bind(addr).await?;
-            tracing::info!(%addr, "echo upstream serving");
-            tokio::select! {
-                r = crate::upstream::serve(listener) => r?,
-                _ = server::shutdown_signal() => {}
-            }
-            Ok(())
-        }),
+        Some(Command::EchoUpstream { addr }) => {
+            run_async(&serve_args.log, serve_args.log_format, async move {
+                let listener = tokio::net::TcpListener::bind(addr).await?;
+                tracing::info!(%addr, "echo upstream serving");
+                tokio::select! {
+                    r = crate::upstream::serve(listener) => r?,
+                    _ = server::shutdown_signal() => {}
+                }
+                Ok(())
+            })
+        }
         None | Some(Command::Serve(_)) => {
             let config = match serve_args.resolve_with(&registry) {
                 Ok(c) => c,
@@ -254,6 +261,7 @@ pub fn run(registry: Registry) -> ExitCode {
             let addresses_file = serve_args.addresses_file.clone();
             run_async(
                 &serve_args.log,
+                serve_args.log_format,
                 server::serve_with_reload(config, reload, server::shutdown_signal(), move |b| {
                     if let Some(path) = addresses_file {
                         write_addresses(&path, &b);
@@ -266,7 +274,11 @@ pub fn run(registry: Registry) -> ExitCode {
 
 /// Runs `fut` on a multi-threaded runtime with logging and (when the OTEL variables
 /// ask for it) trace export, flushed before returning.
-fn run_async(log: &str, fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+fn run_async(
+    log: &str,
+    format: LogFormat,
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -278,7 +290,7 @@ fn run_async(log: &str, fut: impl std::future::Future<Output = anyhow::Result<()
         }
     };
     let result = runtime.block_on(async {
-        let guard = crate::telemetry::init(log);
+        let guard = crate::telemetry::init(log, format);
         let result = fut.await;
         // Flush spans while the runtime (and the exporter's channel) still runs.
         let _ = tokio::task::spawn_blocking(move || drop(guard)).await;

@@ -405,6 +405,7 @@ pub struct Router {
     unmatched: Arc<Route>,
     buffer_limit: usize,
     paths: PathGuard,
+    access_log: bool,
 }
 
 /// Envoy's default `per_connection_buffer_limit_bytes` (1 MiB): a BUFFERED body over it
@@ -432,6 +433,7 @@ impl Router {
             }),
             buffer_limit: ENVOY_DEFAULT_BUFFER_LIMIT,
             paths: PathGuard::new(PathPolicy::default(), None),
+            access_log: false,
         }
     }
 
@@ -471,6 +473,18 @@ impl Router {
     /// See [`Router::with_buffer_limit`].
     pub fn buffer_limit(&self) -> usize {
         self.buffer_limit
+    }
+
+    /// Logs one line per stream of these routes (target `extproc_gateway::access`):
+    /// carried by the router so a reload turns it on or off for new streams.
+    pub fn with_access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
+        self
+    }
+
+    /// See [`Router::with_access_log`].
+    pub fn access_log(&self) -> bool {
+        self.access_log
     }
 
     /// The first route whose conditions hold, on the path as the [`PathPolicy`] reads

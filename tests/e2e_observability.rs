@@ -206,6 +206,10 @@ struct Traced {
 
 impl Traced {
     async fn start(bin: &std::path::Path, env: &[(&str, &str)]) -> Traced {
+        Self::start_with(bin, CONFIG, env).await
+    }
+
+    async fn start_with(bin: &std::path::Path, config: &str, env: &[(&str, &str)]) -> Traced {
         let receiver = Receiver::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -223,7 +227,7 @@ impl Traced {
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ];
         vars.extend_from_slice(env);
-        let gateway = Gateway::start_with_env(CONFIG, &vars).await;
+        let gateway = Gateway::start_with_env(config, &vars).await;
         let upstream = Upstream::start().await;
         let envoy =
             Envoy::start(bin, &EnvoySpec::default(), gateway.grpc_port, upstream.port).await;
@@ -402,4 +406,64 @@ async fn processor_spans_are_opt_in_and_an_unsampled_stream_exports_nothing() {
         );
         traced.server.abort();
     }
+}
+
+/// With `--log-format json`, a stream's access line carries the trace and span ids of
+/// its exported stream span (under the request's traceparent), so a log line leads to
+/// its trace; a stream the sampler leaves out claims no trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_log_line_names_the_trace_and_span_of_its_stream() {
+    let bin = envoy_bin().expect("envoy");
+    let config = format!("access_log: true\n{CONFIG}");
+    let traced = Traced::start_with(
+        &bin,
+        &config,
+        &[
+            ("EXTPROC_LOG_FORMAT", "json"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
+        ],
+    )
+    .await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let sampled = format!("00-{trace_id}-b7ad6b7169203331-01");
+    assert_eq!(traced.post("/api/logged", Some(&sampled)).await, 200);
+    let spans = traced.wait_for(trace_id, 1).await;
+    let stream = spans
+        .iter()
+        .find(|s| s.name == "ext_proc stream")
+        .expect("stream span");
+    // The parent says "not sampled": that stream is neither exported nor claimed.
+    let unsampled = "00-11111111111111111111111111111111-2222222222222222-00";
+    assert_eq!(traced.post("/api/quiet", Some(unsampled)).await, 200);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let access = loop {
+        let lines: Vec<serde_json::Value> = traced
+            .gateway
+            .proc
+            .log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|l: &serde_json::Value| l["target"] == "extproc_gateway::access")
+            .collect();
+        if lines.len() >= 2 {
+            break lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            traced.gateway.proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let logged = &access[0];
+    assert_eq!(logged["trace_id"], trace_id, "{logged}");
+    assert_eq!(logged["span_id"], hex(&stream.span_id), "{logged}");
+    assert_eq!(logged["fields"]["route"], "api", "{logged}");
+    let quiet = &access[1];
+    assert_eq!(quiet["fields"]["route"], "api");
+    assert!(
+        quiet.get("trace_id").is_none(),
+        "an unsampled stream claims a trace: {quiet}"
+    );
 }

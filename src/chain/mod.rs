@@ -421,6 +421,12 @@ impl Chain {
         }
     }
 
+    /// The processors that have run on this request so far, comma-separated in chain
+    /// order (what `x-ext-procs-applied` carries).
+    pub fn ran(&self, ctx: &RequestCtx) -> String {
+        String::from_utf8_lossy(&self.ran_list(ctx)).into_owned()
+    }
+
     fn ran_list(&self, ctx: &RequestCtx) -> Bytes {
         let mut out = BytesMut::new();
         for (i, name) in self.names().enumerate() {

@@ -289,7 +289,8 @@ impl GatewayConfig {
         Ok(
             Router::with_unmatched(routes, metrics.map(|m| m.route(crate::router::UNMATCHED)))
                 .with_buffer_limit(self.server.envoy_buffer_limit_bytes)
-                .with_path_policy(self.path_policy, metrics),
+                .with_path_policy(self.path_policy, metrics)
+                .with_access_log(self.access_log),
         )
     }
 

@@ -26,6 +26,12 @@ pub struct GatewayConfig {
     /// with the routes, so a reload applies it too.
     #[serde(default)]
     pub path_policy: PathPolicy,
+    /// One log line per ext_proc stream (target `extproc_gateway::access`, level
+    /// INFO, JSON with `--log-format json`): route, outcome, duration, the processors
+    /// that ran, an immediate response's status, and why a body was incomplete. Off by
+    /// default; applied with the routes, so a reload turns it on or off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub access_log: bool,
     /// Routes in match order.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,

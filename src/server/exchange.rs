@@ -74,6 +74,20 @@ struct Active {
     ctx: Option<Box<crate::processor::RequestCtx>>,
     flows: Flows,
     held: Option<Held>,
+    /// The status of the immediate response sent, if one was.
+    immediate: Option<u16>,
+    /// Mode mismatches seen on this stream, for the access log.
+    mismatches: Vec<&'static str>,
+}
+
+impl Active {
+    /// Counts and logs (once per route) a mismatch, and keeps it for the access log.
+    fn mismatch(&mut self, reason: ModeMismatch) {
+        record_mismatch(&self.route, reason);
+        if !self.mismatches.contains(&reason.as_str()) {
+            self.mismatches.push(reason.as_str());
+        }
+    }
 }
 
 /// How to answer one message beyond what the chain decided.
@@ -195,13 +209,16 @@ impl Exchange {
         };
         if outcome == StreamOutcome::Completed {
             for reason in active.flows.at_stream_end() {
-                record_mismatch(&active.route, reason);
+                active.mismatch(reason);
             }
         }
         if let Some(m) = &active.route.metrics {
             m.stream_ended(outcome, active.started.elapsed());
         }
         active.span.record("outcome", outcome.as_str());
+        if self.router.access_log() {
+            access_log(active, outcome);
+        }
     }
 
     /// Answers a message the gateway had no memory to receive (its bytes are being
@@ -218,6 +235,9 @@ impl Exchange {
     /// Ends the exchange with an immediate response of `status` and a JSON `reason`,
     /// for a refusal by the server itself (a limit, the budget), before any processor.
     fn refuse(&mut self, status: u16, reason: &str) -> Handled {
+        if let Some(active) = self.active.as_mut() {
+            active.immediate = Some(status);
+        }
         self.finished = true;
         self.stopped = true;
         self.end(StreamOutcome::ImmediateResponse);
@@ -277,7 +297,7 @@ impl Exchange {
             .map_err(ExchangeError::OutOfOrder)?;
         let mismatches = active.flows.take_mismatches();
         for reason in mismatches {
-            record_mismatch(&active.route, reason);
+            active.mismatch(reason);
         }
         match step {
             Step::Run => {}
@@ -352,9 +372,15 @@ impl Exchange {
             plan.mode_override = Some(mode);
             plan.modes = active.flows.modes();
         }
-        let responded = matches!(outcome.flow, Flow::Respond(_));
+        let responded = match &outcome.flow {
+            Flow::Respond(r) => {
+                active.immediate = Some(r.status);
+                true
+            }
+            _ => false,
+        };
         if responded && observability {
-            record_mismatch(&active.route, ModeMismatch::ObservabilityCannotBlock);
+            active.mismatch(ModeMismatch::ObservabilityCannotBlock);
         }
         let handled = if observability {
             Handled::Silent
@@ -436,6 +462,8 @@ impl Exchange {
             ctx: Some(ctx),
             flows,
             held: None,
+            immediate: None,
+            mismatches: Vec::new(),
         });
     }
 }
@@ -447,6 +475,43 @@ impl Drop for Exchange {
 }
 
 /// Counts a mismatch on the route and logs its first occurrence.
+/// The stream's access-log line (target `extproc_gateway::access`).
+fn access_log(active: &Active, outcome: StreamOutcome) {
+    let ctx = active.ctx.as_deref();
+    let processors = ctx.map(|c| active.route.chain.ran(c)).unwrap_or_default();
+    // Why a body was incomplete: only bodies that exist and did not arrive whole.
+    let incomplete = |r: crate::processor::BodyReceipt| match r {
+        crate::processor::BodyReceipt::Partial => Some("partial"),
+        crate::processor::BodyReceipt::NotSent => Some("not_sent"),
+        crate::processor::BodyReceipt::Pending => Some("pending"),
+        _ => None,
+    };
+    // Only bodies a processor of the chain asked for.
+    let needs = ctx.map(|c| c.needs()).unwrap_or_default();
+    let none = crate::processor::BodyNeed::None;
+    let request_body = ctx
+        .filter(|_| needs.request_body != none)
+        .and_then(|c| incomplete(c.request_body()));
+    let response_body = ctx
+        .filter(|_| needs.response_body != none)
+        .and_then(|c| incomplete(c.response_body()));
+    let mismatches = (!active.mismatches.is_empty()).then(|| active.mismatches.join(","));
+    // In the stream's span: a JSON line then carries its trace and span ids.
+    tracing::info!(
+        target: "extproc_gateway::access",
+        parent: &active.span,
+        route = %active.route.name,
+        outcome = outcome.as_str(),
+        duration_ms = active.started.elapsed().as_secs_f64() * 1000.0,
+        processors = %processors,
+        status = active.immediate,
+        request_body,
+        response_body,
+        mismatches,
+        "stream"
+    );
+}
+
 fn record_mismatch(route: &Route, reason: ModeMismatch) {
     let first = route.metrics.as_ref().is_none_or(|m| m.mismatch(reason));
     if first {

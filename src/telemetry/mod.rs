@@ -19,6 +19,8 @@ use tracing_subscriber::Layer;
 
 use crate::phase::Headers;
 
+mod json_lines;
+
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// The target of the per-processor spans, which `EXTPROC_TRACE_PROCESSORS` turns on
@@ -39,6 +41,25 @@ impl Drop for TelemetryGuard {
         }
     }
 }
+
+/// Whether trace export is running (set once by [`init`]).
+fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// How log lines are written on stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable text, one event per line.
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, target, message, fields, the spans
+    /// it happened in, and `trace_id`/`span_id` when the stream's trace is exported.
+    Json,
+}
+
+/// The target of the per-stream access log (`access_log: true` in the config).
+pub const ACCESS_LOG: &str = "extproc_gateway::access";
 
 /// Whether the standard OTEL variables ask for trace export.
 pub fn export_requested() -> bool {
@@ -71,13 +92,29 @@ fn traced_targets(processors: bool) -> Targets {
         .with_target(PROCESSOR_SPANS, level)
 }
 
-/// Installs logging (filtered by `log_filter`) and, when asked for, OTLP trace export.
-/// Must run inside the Tokio runtime (the exporter's gRPC channel lives there).
-pub fn init(log_filter: &str) -> TelemetryGuard {
-    let filter = EnvFilter::try_new(log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(filter);
+/// Installs logging (filtered by `log_filter`, written as `format`) and, when asked
+/// for, OTLP trace export. The access log's target is let through at INFO unless the
+/// filter names it. Must run inside the Tokio runtime (the exporter's gRPC channel
+/// lives there).
+pub fn init(log_filter: &str, format: LogFormat) -> TelemetryGuard {
+    let mut filter = EnvFilter::try_new(log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    if !log_filter.contains(ACCESS_LOG) {
+        if let Ok(directive) = format!("{ACCESS_LOG}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    let fmt = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .event_format(json_lines::JsonLines)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .with_filter(filter)
+            .boxed(),
+    };
     let (otel, provider, error) = if export_requested() {
         match exporter() {
             Ok(provider) => {
