@@ -426,6 +426,11 @@ impl Metrics {
                         key: label("reason"),
                         value: m.get_counter().get_value() as u64,
                     }),
+                    "extproc_protocol_violations_total" => s.violations.push(Count {
+                        route: String::new(),
+                        key: label("kind"),
+                        value: m.get_counter().get_value() as u64,
+                    }),
                     "extproc_processor_errors_total" => s.errors.push(Count {
                         route: label("route"),
                         key: format!("{} {}", label("processor"), label("kind")),
@@ -484,6 +489,8 @@ pub struct Snapshot {
     pub errors: Vec<Count>,
     /// Mode mismatches by route and reason.
     pub mismatches: Vec<Count>,
+    /// Streams ended for what Envoy sent, by kind (process-wide: `route` is empty).
+    pub violations: Vec<Count>,
 }
 
 /// Pre-resolved handles of one route.

@@ -323,6 +323,34 @@ pub struct EntrySummary {
     pub when: Option<String>,
     /// `fail_closed` or `fail_open`.
     pub on_error: &'static str,
+    /// The phases it hooks, as `phases` of the route names them.
+    pub phases: Vec<String>,
+}
+
+/// Phases as `/routes` names them, in message order: a body with the mode it is
+/// wanted in (`request_body (buffered)`).
+fn phase_names(needs: crate::processor::PhaseNeeds, request_headers: bool) -> Vec<String> {
+    let none = crate::processor::BodyNeed::None;
+    let mut phases = Vec::new();
+    if needs.request_headers || request_headers {
+        phases.push("request_headers".to_string());
+    }
+    if needs.request_body != none {
+        phases.push(format!("request_body ({:?})", needs.request_body).to_lowercase());
+    }
+    if needs.request_trailers {
+        phases.push("request_trailers".into());
+    }
+    if needs.response_headers {
+        phases.push("response_headers".into());
+    }
+    if needs.response_body != none {
+        phases.push(format!("response_body ({:?})", needs.response_body).to_lowercase());
+    }
+    if needs.response_trailers {
+        phases.push("response_trailers".into());
+    }
+    phases
 }
 
 impl EntrySummary {
@@ -347,26 +375,8 @@ impl EntrySummary {
 impl Route {
     /// The route in words.
     pub fn summary(&self) -> RouteSummary {
-        let needs = self.chain.needs();
-        let mut phases = Vec::new();
-        if needs.request_headers || !self.chain.entries().is_empty() {
-            phases.push("request_headers".to_string());
-        }
-        if needs.request_body != crate::processor::BodyNeed::None {
-            phases.push(format!("request_body ({:?})", needs.request_body).to_lowercase());
-        }
-        if needs.request_trailers {
-            phases.push("request_trailers".into());
-        }
-        if needs.response_headers {
-            phases.push("response_headers".into());
-        }
-        if needs.response_body != crate::processor::BodyNeed::None {
-            phases.push(format!("response_body ({:?})", needs.response_body).to_lowercase());
-        }
-        if needs.response_trailers {
-            phases.push("response_trailers".into());
-        }
+        // Request headers always come for a chain with processors (routing needs them).
+        let phases = phase_names(self.chain.needs(), !self.chain.entries().is_empty());
         RouteSummary {
             name: self.name.to_string(),
             matcher: self.matcher.describe(),
@@ -379,6 +389,7 @@ impl Route {
                     processor: e.name.to_string(),
                     when: e.when.as_ref().map(|w| w.to_string()),
                     on_error: e.on_error.as_str(),
+                    phases: phase_names(e.needs, false),
                 })
                 .collect(),
             phases,

@@ -199,6 +199,9 @@ fn problems(dom: &str) -> Vec<String> {
         "error banner".into()
     });
     let cells = cells(dom);
+    for problem in chart_problems(dom).into_iter().chain(chain_problems(dom)) {
+        p.0.push(problem);
+    }
 
     // Per route: rate, stream percentiles, counts and outcomes.
     for route in ["api", "default", "echo"] {
@@ -287,6 +290,174 @@ fn problems(dom: &str) -> Vec<String> {
     p.0
 }
 
+/// The charts' own data: the summary the page writes (`#chart-data`) of the arrays it
+/// hands uPlot, per chart: points in the window, and per series its points, how many
+/// are above zero and the largest.
+fn chart_data(dom: &str) -> Option<serde_json::Value> {
+    let start = dom.find(r#"id="chart-data">"#)? + r#"id="chart-data">"#.len();
+    let end = start + dom[start..].find("</script>")?;
+    serde_json::from_str(&dom[start..end]).ok()
+}
+
+/// Every chart holds points for the traffic the test sent, drawn by uPlot.
+fn chart_problems(dom: &str) -> Vec<String> {
+    let Some(data) = chart_data(dom) else {
+        return vec!["no #chart-data on the page".into()];
+    };
+    let mut problems = Vec::new();
+    let processor_series: Vec<String> = [
+        (
+            "api",
+            "trivial",
+            &["request headers", "response headers"][..],
+        ),
+        (
+            "api",
+            "digest",
+            &["request headers", "request body", "response headers"][..],
+        ),
+        (
+            "default",
+            "trivial",
+            &["request headers", "response headers"][..],
+        ),
+        (
+            "default",
+            "timer",
+            &["request headers", "response headers"][..],
+        ),
+        ("echo", "echo", &["request headers", "request body"][..]),
+    ]
+    .iter()
+    .flat_map(|(r, p, phases)| phases.iter().map(move |ph| format!("{r} {p} {ph}")))
+    .collect();
+    let want: Vec<(&str, Vec<String>)> = vec![
+        (
+            "requests",
+            vec![
+                "api completed".into(),
+                "default completed".into(),
+                "echo immediate_response".into(),
+            ],
+        ),
+        (
+            "latency",
+            ["api", "default", "echo"]
+                .iter()
+                .flat_map(|r| ["p50", "p90", "p99"].map(|q| format!("{r} {q}")))
+                .collect(),
+        ),
+        (
+            "phases",
+            vec![
+                "request headers p90".into(),
+                "request body p90".into(),
+                "response headers p90".into(),
+            ],
+        ),
+        ("processors", processor_series),
+        ("immediate", vec!["echo echo 200".into()]),
+        ("active", vec!["active streams".into()]),
+    ];
+    for (chart, labels) in want {
+        let c = &data[chart];
+        let points = c["points"].as_u64().unwrap_or(0);
+        if points < 2 {
+            problems.push(format!("chart {chart}: {points} points"));
+        }
+        for label in labels {
+            let series = c["series"]
+                .as_array()
+                .and_then(|s| s.iter().find(|x| x["label"] == label.as_str()));
+            match series {
+                None => problems.push(format!("chart {chart}: no series `{label}`")),
+                Some(s) if s["nonzero"].as_u64().unwrap_or(0) == 0 && chart != "active" => problems
+                    .push(format!(
+                        "chart {chart}: series `{label}` has no point above zero: {s}"
+                    )),
+                Some(s) if s["points"].as_u64().unwrap_or(0) == 0 => {
+                    problems.push(format!("chart {chart}: series `{label}` has no point: {s}"))
+                }
+                _ => {}
+            }
+        }
+        // uPlot drew it: its canvas is in the chart's figure.
+        let fig = format!(r#"data-chart="{chart}""#);
+        let drawn = dom.find(&fig).is_some_and(|i| {
+            dom[i..]
+                .split("</figure>")
+                .next()
+                .is_some_and(|f| f.contains("<canvas"))
+        });
+        if !drawn {
+            problems.push(format!("chart {chart} has no canvas"));
+        }
+    }
+    // No errors were sent: the errors chart is there, with no series.
+    if data["errors"]["series"]
+        .as_array()
+        .is_none_or(|s| !s.is_empty())
+    {
+        problems.push(format!("errors chart: {}", data["errors"]));
+    }
+    problems
+}
+
+/// Each route's chain picture names its processors in order, with the phases Envoy
+/// is asked for.
+fn chain_problems(dom: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let routes: [(&str, &[&str], &[&str]); 3] = [
+        (
+            "api",
+            &["trivial", "digest"],
+            &["request_headers", "request_body", "response_headers"],
+        ),
+        (
+            "echo",
+            &["trivial", "echo"],
+            &["request_headers", "request_body"],
+        ),
+        (
+            "default",
+            &["trivial", "timer"],
+            &["request_headers", "response_headers"],
+        ),
+    ];
+    for (route, chain, asked) in routes {
+        let marker = format!(r#"data-chain="{route}""#);
+        let Some(start) = dom.find(&marker) else {
+            problems.push(format!("no chain picture for {route}"));
+            continue;
+        };
+        let picture = &dom[start..start + dom[start..].find("</ol>").unwrap_or(0)];
+        let mut at = 0;
+        for (i, processor) in chain.iter().enumerate() {
+            let entry = format!(
+                r#"data-route="{route}" data-processor="{processor}" data-position="{}""#,
+                i + 1
+            );
+            match picture[at..].find(&entry) {
+                Some(j) => at += j,
+                None => problems.push(format!(
+                    "chain picture of {route}: no {processor} at {}",
+                    i + 1
+                )),
+            }
+        }
+        let rest = &dom[start..];
+        let rest = &rest[..rest.find("</section>").unwrap_or(rest.len())];
+        for phase in asked {
+            if !rest.contains(&format!(r#"data-route="{route}" data-asked="{phase}""#)) {
+                problems.push(format!(
+                    "chain picture of {route}: {phase} not shown as asked for"
+                ));
+            }
+        }
+    }
+    problems
+}
+
 /// One request of the traffic mix, by number.
 async fn one_request(client: &HttpClient, port: u16, i: usize) {
     let body = format!("{{\"item\":{i},\"note\":\"{}\"}}", "x".repeat(i % 700));
@@ -339,6 +510,9 @@ async fn dashboard_shows_live_figures_in_headless_chromium() {
     .await;
     assert!(dom.contains("data-empty=\"true\""), "{dom}");
     assert!(dom.contains(">no traffic yet<"), "{dom}");
+    // The chain pictures come from the running config, traffic or not.
+    let chains = chain_problems(&dom);
+    assert!(chains.is_empty(), "{chains:?}\n{dom}");
     assert!(!dom.contains(">never<"), "the page never polled:\n{dom}");
 
     // Real traffic: 50 requests on each route, with and without bodies...
@@ -399,7 +573,7 @@ async fn dashboard_shows_live_figures_in_headless_chromium() {
         url,
         vec![
             format!("--screenshot={}", shot.display()),
-            "--window-size=1400,1000".into(),
+            "--window-size=1400,1900".into(),
         ],
     )
     .await;
@@ -461,4 +635,68 @@ async fn dashboard_with_an_admin_token_asks_for_it_and_uses_it() {
     );
     assert!(!page.contains(">never<"), "the page never polled:\n{page}");
     assert!(page.contains(">no traffic yet<"), "{page}");
+}
+
+/// An Envoy filter that withholds what a chain needs (`allow_mode_override: false`,
+/// no request body) shows on the route's chain picture: the mismatch named with its
+/// count, and the request body Envoy was asked for marked short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_picture_highlights_a_mode_mismatch() {
+    let chrome = chromium_bin().expect("chromium");
+    let envoy_bin = envoy_bin().expect("envoy");
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(
+        "routes:\n  - name: signed\n    processors: [trivial, {digest: {}, when: 'request.method == \"POST\"'}]\n",
+    )
+    .await;
+    let config = envoy_config(
+        &EnvoySpec::default(),
+        0,
+        0,
+        gateway.grpc_port,
+        upstream.port,
+    )
+    .replace("allow_mode_override: true", "allow_mode_override: false");
+    let envoy = Envoy::start_ingress(&envoy_bin, config).await;
+    let client = client();
+    for i in 0..3 {
+        let r = send(
+            &client,
+            envoy.port,
+            "POST",
+            &format!("/p/{i}"),
+            &[],
+            full("body"),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    let profile = tempfile::tempdir().expect("tempdir");
+    let dom = chromium(
+        &chrome,
+        profile.path(),
+        format!("http://127.0.0.1:{}/dashboard", gateway.admin_port),
+        vec!["--dump-dom".into()],
+    )
+    .await;
+    let start = dom
+        .find(r#"data-chain="signed""#)
+        .unwrap_or_else(|| panic!("no chain picture:\n{dom}"));
+    let picture = &dom[start..];
+    let picture = &picture[..picture.find("</section>").unwrap_or(picture.len())];
+    assert!(
+        picture.contains(r#"class="mismatch" data-route="signed""#)
+            && picture.contains("request_body_not_sent"),
+        "no mismatch shown:\n{picture}"
+    );
+    assert!(
+        picture.contains(r#"class="phase short" data-route="signed" data-asked="request_body""#),
+        "the request body is not marked short:\n{picture}"
+    );
+    // The `when:` of digest is on the picture.
+    assert!(
+        picture.contains(r#"when request.method == "POST""#),
+        "{picture}"
+    );
+    drop(envoy);
 }

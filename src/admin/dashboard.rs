@@ -11,9 +11,13 @@ use axum::Router;
 const INDEX_HTML: &str = include_str!("dashboard/index.html");
 const APP_JS: &str = include_str!("dashboard/app.js");
 const STYLE_CSS: &str = include_str!("dashboard/style.css");
+// uPlot (MIT), vendored from npm: see dashboard/vendor/README.md.
+const UPLOT_JS: &str = include_str!("dashboard/vendor/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("dashboard/vendor/uPlot.min.css");
+const UPLOT_LICENSE: &str = include_str!("dashboard/vendor/uPlot.LICENSE");
 
 /// The dashboard's assets: path, content type, body.
-const ASSETS: [(&str, &str, &str); 3] = [
+const ASSETS: [(&str, &str, &str); 6] = [
     ("/dashboard", "text/html; charset=utf-8", INDEX_HTML),
     (
         "/dashboard/app.js",
@@ -21,6 +25,21 @@ const ASSETS: [(&str, &str, &str); 3] = [
         APP_JS,
     ),
     ("/dashboard/style.css", "text/css; charset=utf-8", STYLE_CSS),
+    (
+        "/dashboard/vendor/uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        UPLOT_JS,
+    ),
+    (
+        "/dashboard/vendor/uPlot.min.css",
+        "text/css; charset=utf-8",
+        UPLOT_CSS,
+    ),
+    (
+        "/dashboard/vendor/uPlot.LICENSE",
+        "text/plain; charset=utf-8",
+        UPLOT_LICENSE,
+    ),
 ];
 
 fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
@@ -80,6 +99,17 @@ mod tests {
             ("/dashboard/", "text/html", INDEX_HTML),
             ("/dashboard/app.js", "text/javascript", APP_JS),
             ("/dashboard/style.css", "text/css", STYLE_CSS),
+            (
+                "/dashboard/vendor/uPlot.iife.min.js",
+                "text/javascript",
+                UPLOT_JS,
+            ),
+            ("/dashboard/vendor/uPlot.min.css", "text/css", UPLOT_CSS),
+            (
+                "/dashboard/vendor/uPlot.LICENSE",
+                "text/plain",
+                UPLOT_LICENSE,
+            ),
         ] {
             let (status, content_type, cache, served) = get(path).await;
             assert_eq!(status, StatusCode::OK, "{path}");
@@ -90,14 +120,30 @@ mod tests {
         let (_, _, _, html) = get("/dashboard").await;
         assert!(html.contains(r#"src="/dashboard/app.js""#));
         assert!(html.contains(r#"href="/dashboard/style.css""#));
+        assert!(html.contains(r#"src="/dashboard/vendor/uPlot.iife.min.js""#));
+        assert!(html.contains(r#"href="/dashboard/vendor/uPlot.min.css""#));
+        assert!(UPLOT_LICENSE.starts_with("The MIT License"));
     }
 
     #[test]
     fn assets_reference_no_outside_host() {
         for (path, _, body) in ASSETS {
+            // uPlot's build names its home page in a banner comment, and nothing else.
+            let body = body
+                .strip_prefix("/*! https://github.com/leeoniya/uPlot (v1.6.32) */")
+                .unwrap_or(body);
             for bad in ["http://", "https://", "\"//", "'//", "(//", "@import"] {
                 assert!(!body.contains(bad), "{path} contains {bad:?}");
             }
+        }
+        for bad in [
+            "fetch(",
+            "XMLHttpRequest",
+            "import(",
+            "WebSocket",
+            "sendBeacon",
+        ] {
+            assert!(!UPLOT_JS.contains(bad), "uPlot calls {bad}");
         }
         // The page fetches only the gateway's own endpoints.
         for (i, _) in APP_JS.match_indices("fetch(") {

@@ -92,6 +92,9 @@ pub struct EntryInfo {
     pub when: Option<Arc<str>>,
     /// Its failure policy.
     pub on_error: OnError,
+    /// The phases it hooks (its `needs()`), what the chain asks Envoy for on its
+    /// behalf.
+    pub needs: PhaseNeeds,
 }
 
 /// A chain that cannot be built.
@@ -173,6 +176,7 @@ impl ChainBuilder {
             name: name.clone(),
             when: options.when.as_ref().map(|w| Arc::from(w.source())),
             on_error: options.on_error,
+            needs: processor.needs(),
         });
         self.needs = self.needs.union(processor.needs());
         let processor = Arc::new(processor);

@@ -324,6 +324,272 @@
     return { latest, base, dt, routes: shown, immediate, errors, active: snap.active_streams };
   }
 
+
+  // ---- time series ---------------------------------------------------------------
+  // One point per poll within the window, from each pair of consecutive snapshots:
+  // rates are the counters' growth over the interval, latencies the percentiles (or
+  // means) of what the histograms gained in it.
+
+  function seriesModel() {
+    const latest = history[history.length - 1];
+    const from = windowSec > 0 ? latest.t - windowSec * 1000 - POLL_MS / 4 : -Infinity;
+    let start = history.findIndex((h) => h.t >= from);
+    if (start < 1) start = 1;
+    const xs = [];
+    const maps = {
+      requests: new Map(),
+      latency: new Map(),
+      phases: new Map(),
+      processors: new Map(),
+      immediate: new Map(),
+      errors: new Map(),
+      active: new Map(),
+    };
+    const put = (map, label, k, v) => {
+      let arr = map.get(label);
+      if (!arr) {
+        arr = [];
+        map.set(label, arr);
+      }
+      arr[k] = v;
+    };
+    const ms = (q) => (q && q.v != null ? q.v * 1000 : null);
+    for (let i = start; i < history.length; i++) {
+      const a = history[i - 1].snap;
+      const b = history[i].snap;
+      const dt = (history[i].t - history[i - 1].t) / 1000;
+      if (dt <= 0) continue;
+      const k = xs.length;
+      xs.push(history[i].t / 1000);
+      const bounds = b.buckets;
+
+      const before = indexCounts(a.outcomes);
+      for (const c of b.outcomes || []) {
+        const d = deltaCount(c.value, before.get(`${c.route}\u0001${c.key}`));
+        if (d > 0 || maps.requests.has(`${c.route} ${c.key}`)) {
+          put(maps.requests, `${c.route} ${c.key}`, k, d / dt);
+        }
+      }
+
+      const prevStreams = indexSeries(a.streams, ["route"]);
+      for (const st of b.streams || []) {
+        const d = deltaSeries(st, prevStreams.get(key(st.labels, ["route"])));
+        if (!d.count && !maps.latency.has(`${st.labels.route} p50`)) continue;
+        const pct = percentiles(bounds, d);
+        for (const q of ["p50", "p90", "p99"]) {
+          put(maps.latency, `${st.labels.route} ${q}`, k, d.count ? ms(pct[q]) : null);
+        }
+      }
+
+      // Message latency per phase, over all routes.
+      const prevMessages = indexSeries(a.messages, ["route", "phase"]);
+      const byPhase = new Map();
+      for (const st of b.messages || []) {
+        const d = deltaSeries(st, prevMessages.get(key(st.labels, ["route", "phase"])));
+        if (!d.count) continue;
+        const acc = byPhase.get(st.labels.phase);
+        if (!acc) byPhase.set(st.labels.phase, d);
+        else {
+          acc.count += d.count;
+          acc.cumulative = acc.cumulative.map((c, j) => c + (d.cumulative[j] || 0));
+        }
+      }
+      for (const phase of PHASES) {
+        const d = byPhase.get(phase);
+        if (!d && !maps.phases.has(`${phaseLabel(phase)} p90`)) continue;
+        put(maps.phases, `${phaseLabel(phase)} p90`, k, d ? ms(quantile(0.9, bounds, d.cumulative, d.count)) : null);
+      }
+
+      // Mean time per processor and phase (the histogram's sum over its count).
+      const pk = ["route", "processor", "phase"];
+      const prevProcs = indexSeries(a.processors, pk);
+      for (const st of b.processors || []) {
+        const p = prevProcs.get(key(st.labels, pk));
+        const reset = !p || st.count < p.count;
+        const n = reset ? st.count : st.count - p.count;
+        const sum = reset ? st.sum : st.sum - p.sum;
+        const label = `${st.labels.route} ${st.labels.processor} ${phaseLabel(st.labels.phase)}`;
+        if (!n && !maps.processors.has(label)) continue;
+        put(maps.processors, label, k, n ? (sum / n) * 1000 : null);
+      }
+
+      const counted = (list, prevList, map, name) => {
+        const was = indexCounts(prevList);
+        for (const c of list || []) {
+          const d = deltaCount(c.value, was.get(`${c.route}\u0001${c.key}`));
+          const label = name(c);
+          if (d > 0 || map.has(label)) put(map, label, k, d / dt);
+        }
+      };
+      counted(b.immediate, a.immediate, maps.immediate, (c) => `${c.route} ${c.key}`);
+      counted(b.errors, a.errors, maps.errors, (c) => `error ${c.route} ${c.key}`);
+      counted(b.violations, a.violations, maps.errors, (c) => `violation ${c.key}`);
+      counted(b.mismatches, a.mismatches, maps.errors, (c) => `mismatch ${c.route} ${c.key}`);
+      put(maps.active, "active streams", k, b.active_streams);
+    }
+    // Series first seen mid-window: zero rates (or no latency) before.
+    const zeroBefore = new Set(["requests", "immediate", "errors", "active"]);
+    const out = {};
+    for (const [name, map] of Object.entries(maps)) {
+      const fill = zeroBefore.has(name) ? 0 : null;
+      const series = [...map.entries()]
+        .sort((x, y) => x[0].localeCompare(y[0], "en", { numeric: true }))
+        .map(([label, arr]) => ({
+          label,
+          values: Array.from({ length: xs.length }, (_, j) => (arr[j] === undefined ? fill : arr[j])),
+        }));
+      out[name] = { xs, series };
+    }
+    return out;
+  }
+
+  const CHARTS = [
+    { id: "requests", title: "Requests/s by route and outcome (stacked)", unit: "req/s", stacked: true },
+    { id: "latency", title: "Stream latency by route (p50, p90, p99)", unit: "ms" },
+    { id: "phases", title: "Gateway time per message, by phase (p90, all routes)", unit: "ms" },
+    { id: "processors", title: "Mean time in each processor, by route and phase", unit: "ms" },
+    { id: "immediate", title: "Immediate responses/s by route, processor and status", unit: "/s" },
+    { id: "errors", title: "Processor errors, protocol violations and mode mismatches /s", unit: "/s" },
+    { id: "active", title: "Active streams", unit: "" },
+  ];
+  const plots = new Map(); // id -> {u, labels, hidden:Set}
+
+  function color(i) {
+    return `hsl(${(i * 137.508) % 360}, 62%, 48%)`;
+  }
+
+  function fmtValue(v, unit) {
+    if (v == null) return "–";
+    if (v === 0) return "0";
+    if (unit === "ms") return v >= 1000 ? `${sig3(v / 1000)} s` : v >= 1 ? `${sig3(v)} ms` : `${sig3(v * 1000)} µs`;
+    if (unit === "") return fmtCount(Math.round(v));
+    return `${fmtRate(v)}${unit}`;
+  }
+
+  // uPlot draws stacks as cumulative sums filled down to the series below; the
+  // legend and hover show each series' own value.
+  function stack(series) {
+    const acc = [];
+    return series.map((s) => {
+      const values = s.values.map((v, j) => {
+        acc[j] = (acc[j] || 0) + (v || 0);
+        return acc[j];
+      });
+      return { ...s, raw: s.values, values };
+    });
+  }
+
+  function chartOpts(def, series, width) {
+    const raws = series.map((s) => s.raw || s.values);
+    const opts = {
+      title: def.title,
+      width,
+      height: 200,
+      cursor: { drag: { x: false, y: false } },
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.05 : 1] } },
+      axes: [
+        { space: 70, values: (u, vals) => vals.map((v) => clock(new Date(v * 1000))) },
+        {
+          size: 70,
+          values: (u, vals) =>
+            vals.map((v) =>
+              def.unit === "ms" ? fmtValue(v, "ms") : def.unit === "" ? fmtCount(v) : fmtRate(v),
+            ),
+        },
+      ],
+      legend: { live: true },
+      series: [
+        {},
+        ...series.map((s, i) => ({
+          label: s.label,
+          stroke: color(i),
+          width: 1.5,
+          fill: def.stacked ? color(i).replace("48%)", "48%, 0.35)").replace("hsl", "hsla") : undefined,
+          spanGaps: false,
+          points: { show: false },
+          value: (u, v, si, idx) => fmtValue(idx == null ? null : raws[si - 1][idx], def.unit),
+        })),
+      ],
+    };
+    if (def.stacked && series.length > 1) {
+      // Each series fills down to the one below it (the lowest down to zero).
+      opts.bands = series.slice(1).map((_, i) => ({ series: [i + 2, i + 1] }));
+    }
+    return opts;
+  }
+
+  function renderCharts() {
+    if (typeof window.uPlot !== "function") return;
+    const data = seriesModel();
+    const host = $("charts");
+    const summary = {};
+    for (const def of CHARTS) {
+      let { xs, series } = data[def.id];
+      if (def.stacked) series = stack(series);
+      const labels = series.map((s) => s.label).join("\u0001");
+      let fig = host.querySelector(`[data-chart="${def.id}"]`);
+      if (!fig) {
+        fig = document.createElement("figure");
+        fig.className = "chart";
+        fig.dataset.chart = def.id;
+        host.appendChild(fig);
+      }
+      fig.dataset.points = String(xs.length);
+      fig.dataset.series = String(series.length);
+      const plotData = [xs, ...series.map((s) => s.values)];
+      let plot = plots.get(def.id);
+      if (plot && plot.labels === labels && plot.stacked === !!def.stacked) {
+        plot.u.setData(plotData);
+      } else {
+        // New series (or first draw): rebuilt, keeping the series the user hid.
+        const hidden = new Set();
+        if (plot) {
+          plot.u.series.forEach((s, i) => {
+            if (i > 0 && !s.show) hidden.add(s.label);
+          });
+          plot.u.destroy();
+        }
+        fig.textContent = "";
+        const opts = chartOpts(def, series, chartWidth(fig));
+        opts.series.forEach((s, i) => {
+          if (i > 0 && hidden.has(s.label)) s.show = false;
+        });
+        plot = { u: new window.uPlot(opts, plotData, fig), labels, stacked: !!def.stacked };
+        plots.set(def.id, plot);
+      }
+      if (!series.length) fig.dataset.nodata = "true";
+      else delete fig.dataset.nodata;
+      // What the chart holds, from the arrays handed to uPlot (for tests and for
+      // anyone reading the page's source).
+      summary[def.id] = {
+        points: xs.length,
+        series: series.map((s) => {
+          const own = s.raw || s.values;
+          const present = own.filter((v) => v != null);
+          return {
+            label: s.label,
+            points: present.length,
+            nonzero: present.filter((v) => v > 0).length,
+            max: present.length ? Math.max(...present) : null,
+          };
+        }),
+      };
+    }
+    $("chart-data").textContent = JSON.stringify(summary);
+  }
+
+  // The width the grid gives a chart's figure, inside its padding.
+  function chartWidth(fig) {
+    return Math.max(280, (fig.clientWidth || 420) - 18);
+  }
+
+  window.addEventListener("resize", () => {
+    for (const [id, plot] of plots) {
+      const fig = $("charts").querySelector(`[data-chart="${id}"]`);
+      if (fig) plot.u.setSize({ width: chartWidth(fig), height: 200 });
+    }
+  });
+
   // ---- rendering -----------------------------------------------------------------
 
   function attrs(a) {
@@ -429,11 +695,82 @@
     return `<table data-table="processors" data-route="${esc(r.name)}"><thead><tr><th>processor</th><th>phase</th><th class="num">calls/s</th><th class="num">calls</th><th class="num">p50</th><th class="num">p90</th><th class="num">p99</th></tr></thead><tbody>${rows}</tbody></table>`;
   }
 
+
+  // ---- the chain picture -----------------------------------------------------------
+  // Envoy -> each processor in order (the phases it hooks, its `when:`, its failure
+  // policy, its figures in the window) -> the upstream; below, the phases the gateway
+  // asks Envoy for, and what Envoy's filter config withheld (mode mismatches).
+
+  const PHASE_SHORT = {
+    request_headers: "req headers",
+    request_body: "req body",
+    request_trailers: "req trailers",
+    response_headers: "resp headers",
+    response_body: "resp body",
+    response_trailers: "resp trailers",
+  };
+  // Which asked-for phase each mismatch reason leaves short.
+  const MISMATCH_PHASE = {
+    request_body_not_sent: "request_body",
+    response_body_not_sent: "response_body",
+    request_body_partial: "request_body",
+    response_body_partial: "response_body",
+    request_headers_skipped: "request_headers",
+    response_headers_skipped: "response_headers",
+  };
+
+  function phaseBadge(label, cls, a) {
+    const base = label.split(" ")[0];
+    const mode = label.includes("(") ? label.slice(label.indexOf("(")) : "";
+    return `<span class="phase ${cls || ""}"${attrs(a || {})}>${esc(PHASE_SHORT[base] || base)}${
+      mode ? ` <small>${esc(mode)}</small>` : ""
+    }</span>`;
+  }
+
+  function chainPicture(r) {
+    const info = routeInfo.find((x) => x.name === r.name);
+    if (!info) return "";
+    const mismatches = Object.entries(info.mode_mismatches || {});
+    const short = new Set(mismatches.map(([reason]) => MISMATCH_PHASE[reason]).filter(Boolean));
+    const figures = (processor) => {
+      const calls = r.procs.filter((p) => p.processor === processor);
+      if (!calls.length) return `<div class="figs muted">no calls in window</div>`;
+      const rate = calls.reduce((n, p) => Math.max(n, p.rate || 0), 0);
+      const worst = calls.reduce((w, p) => (p.pct.p90 && (!w || p.pct.p90.v > w.v) ? p.pct.p90 : w), null);
+      return `<div class="figs"><span data-route="${esc(r.name)}" data-processor="${esc(processor)}" data-metric="chain_rate" data-value="${rate}">${esc(fmtRate(rate))}/s</span> · <span data-route="${esc(r.name)}" data-processor="${esc(processor)}" data-metric="chain_p90" data-value="${worst ? worst.v : 0}">p90 ${esc(fmtDur(worst))}</span></div>`;
+    };
+    const arrow = '<li class="arrow" aria-hidden="true">→</li>';
+    const boxes = (info.chain || [])
+      .map((e, i) => {
+        const phases = (e.phases || []).map((ph) => phaseBadge(ph)).join("");
+        const when = e.when ? `<div class="when" title="runs only when this holds">when ${esc(e.when)}</div>` : "";
+        const policy = e.on_error === "fail_open" ? `<div class="policy">fail open</div>` : "";
+        return `<li class="proc" data-route="${esc(r.name)}" data-processor="${esc(e.processor)}" data-position="${i + 1}"><div class="name">${i + 1}. ${esc(
+          e.processor,
+        )}</div><div class="phases">${phases || '<span class="muted">no phase</span>'}</div>${when}${policy}${figures(e.processor)}</li>`;
+      })
+      .join(arrow);
+    const asked = (info.phases || [])
+      .map((ph) => phaseBadge(ph, short.has(ph.split(" ")[0]) ? "short" : "asked", { route: r.name, asked: ph.split(" ")[0] }))
+      .join("");
+    const warn = mismatches.length
+      ? `<div class="mismatch" data-route="${esc(r.name)}" data-mismatches="${esc(mismatches.map(([k]) => k).join(","))}">Envoy's filter config gives this route less than its chain needs: ${mismatches
+          .map(([reason, n]) => `<b>${esc(reason)}</b> ×${esc(fmtCount(n))}`)
+          .join(", ")} (run <code>extproc-gateway check-envoy</code> on the Envoy config)</div>`
+      : "";
+    return `<div class="chainpic" data-chain="${esc(r.name)}"><ol class="flow"><li class="end">Envoy</li>${arrow}${
+      boxes || '<li class="proc empty muted">no processors: passes through</li>'
+    }${arrow}<li class="end">upstream</li></ol><div class="asked">Envoy is asked for: ${asked || '<span class="muted">request headers only</span>'}</div>${warn}</div>`;
+  }
+
   function routeCard(r) {
     const info = routeInfo.find((x) => x.name === r.name);
     const match = info ? info.match : "";
+    const tables = r.total
+      ? `<div class="pair"><div><h4>Gateway time per message, by phase</h4>${phaseTable(r)}</div><div><h4>Time in each processor, by phase</h4>${procTable(r)}</div></div>`
+      : `<p class="muted">no traffic yet</p>`;
     return `<section class="card" data-card="${esc(r.name)}"><h3>${esc(r.name)} <span class="muted">${esc(match)}</span></h3>
-<div class="pair"><div><h4>Gateway time per message, by phase</h4>${phaseTable(r)}</div><div><h4>Time in each processor, by phase</h4>${procTable(r)}</div></div></section>`;
+${chainPicture(r)}${tables}</section>`;
   }
 
   function countsTable(title, rows, field, table) {
@@ -469,12 +806,8 @@
       html += `<p class="empty" data-empty="true">no traffic yet</p>`;
     }
     html += routesTable(m);
-    if (traffic) {
-      html += m.routes
-        .filter((r) => r.total > 0)
-        .map(routeCard)
-        .join("");
-    }
+    // Every route's card, its chain picture first; the tables once it has traffic.
+    html += m.routes.map(routeCard).join("");
     html += `<section class="pair">${countsTable("Immediate responses", m.immediate, "status", "immediate")}${countsTable(
       "Processor errors",
       m.errors,
@@ -482,6 +815,7 @@
       "errors",
     )}</section>`;
     $("main").innerHTML = html;
+    renderCharts();
   }
 
   // ---- polling -------------------------------------------------------------------
