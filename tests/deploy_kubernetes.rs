@@ -466,9 +466,11 @@ struct Translated {
     route_name: &'static str,
 }
 
-/// `"1s"` as Envoy's duration string (both take Go/humantime durations like `1s`).
+/// A Kubernetes duration (`1s`, `250ms`) as Envoy's JSON duration (seconds, `0.250s`).
 fn duration(v: &Value) -> Value {
-    json!(v.as_str().expect("duration"))
+    let text = v.as_str().expect("duration");
+    let d = humantime::parse_duration(text).unwrap_or_else(|e| panic!("duration {text}: {e}"));
+    json!(format!("{}.{:09}s", d.as_secs(), d.subsec_nanos()))
 }
 
 fn http2_cluster(name: &str) -> Value {
@@ -678,6 +680,24 @@ fn envoy_gateway(objs: &[Value]) -> Translated {
     if let Some(a) = pm["request"].get("attributes") {
         config["request_attributes"] = a.clone();
     }
+    // backendSettings.retry becomes the gRPC service's retry policy
+    // (buildNonRouteRetryPolicy): triggers joined as retry_on, the back-off, the count.
+    let retry = &ext["backendSettings"]["retry"];
+    let triggers: Vec<&str> = retry["retryOn"]["triggers"]
+        .as_array()
+        .expect("retry triggers")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let back_off = &retry["perRetry"]["backOff"];
+    config["grpc_service"]["retry_policy"] = json!({
+        "retry_on": triggers.join(","),
+        "num_retries": retry["numRetries"],
+        "retry_back_off": {
+            "base_interval": duration(&back_off["baseInterval"]),
+            "max_interval": duration(&back_off["maxInterval"])
+        }
+    });
     let filter = json!({"name": "envoy.filters.http.ext_proc", "typed_config": config});
     let bs = &ext["backendSettings"];
     let active = &bs["healthCheck"]["active"];
