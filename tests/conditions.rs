@@ -214,8 +214,10 @@ fn routes_and_check_config_show_each_entrys_condition_and_policy() {
     assert_eq!(
         json["chain"],
         serde_json::json!([
-            {"processor": "trivial", "on_error": "fail_closed"},
-            {"processor": "digest", "when": "request.method == \"POST\"", "on_error": "fail_open"},
+            {"processor": "trivial", "on_error": "fail_closed",
+             "phases": ["request_headers", "response_headers"]},
+            {"processor": "digest", "when": "request.method == \"POST\"", "on_error": "fail_open",
+             "phases": ["request_headers", "request_body (buffered)", "response_headers"]},
         ])
     );
 
