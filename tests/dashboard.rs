@@ -77,29 +77,43 @@ async fn chromium(bin: &Path, profile: &Path, url: String, extra: Vec<String>) -
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        // Both pipes are read while it runs: a page larger than a pipe's buffer
+        // (64 KiB) would otherwise block Chromium on its write, and this wait forever.
+        fn drain(
+            pipe: Option<impl std::io::Read + Send + 'static>,
+        ) -> std::thread::JoinHandle<String> {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut out);
+                }
+                String::from_utf8_lossy(&out).into_owned()
+            })
+        }
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
         let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
+        let status = loop {
             match child.try_wait().expect("chromium wait") {
-                Some(_) => break,
+                Some(status) => break status,
                 None if Instant::now() > deadline => {
                     let _ = child.kill();
-                    let out = child.wait_with_output().expect("chromium output");
+                    let _ = child.wait();
                     panic!(
                         "chromium timed out on {url}:\n{}",
-                        String::from_utf8_lossy(&out.stderr)
+                        stderr.join().unwrap_or_default()
                     );
                 }
                 None => std::thread::sleep(Duration::from_millis(50)),
             }
-        }
-        let out = child.wait_with_output().expect("chromium output");
+        };
+        let stdout = stdout.join().unwrap_or_default();
         assert!(
-            out.status.success(),
-            "chromium failed ({}) on {url}:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+            status.success(),
+            "chromium failed ({status}) on {url}:\n{}",
+            stderr.join().unwrap_or_default()
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout
     })
     .await
     .expect("chromium task")
@@ -699,4 +713,99 @@ async fn the_chain_picture_highlights_a_mode_mismatch() {
         "{picture}"
     );
     drop(envoy);
+}
+
+/// Many routes: 80 of them, each with two processors, give the latency chart 240
+/// series and the processor chart 320. Every series reaches the page's charts, and each
+/// chart stays the same height (its legend scrolls), so the page stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hundreds_of_series_keep_the_charts_bounded() {
+    const ROUTES: usize = 80;
+    let chrome = chromium_bin().expect("chromium");
+    let envoy_bin = envoy_bin().expect("envoy");
+    let mut config = String::from("routes:\n");
+    for i in 0..ROUTES {
+        config.push_str(&format!(
+            "  - name: r{i}\n    match: {{path_prefix: /r{i}/}}\n    processors: [trivial, timer]\n"
+        ));
+    }
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&config).await;
+    let envoy = Envoy::start(
+        &envoy_bin,
+        &EnvoySpec::default(),
+        gateway.grpc_port,
+        upstream.port,
+    )
+    .await;
+    let port = envoy.port;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for w in 0..4 {
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let client = client();
+            let mut i = w;
+            while !stop.load(Ordering::Relaxed) {
+                let r = send(
+                    &client,
+                    port,
+                    "GET",
+                    &format!("/r{}/x", i % ROUTES),
+                    &[],
+                    empty(),
+                )
+                .await;
+                assert_eq!(r.status, 200);
+                i += 4;
+            }
+        }));
+    }
+    // Every route has traffic before the page opens.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while upstream.hits() < (ROUTES * 2) as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the load stalled at {}",
+            upstream.hits()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let profile = tempfile::tempdir().expect("tempdir");
+    let url = format!("http://127.0.0.1:{}/dashboard", gateway.admin_port);
+    let mut attempt = 0;
+    let data = loop {
+        attempt += 1;
+        let dom = chromium(
+            &chrome,
+            profile.path(),
+            url.clone(),
+            vec!["--dump-dom".into()],
+        )
+        .await;
+        let data = chart_data(&dom).expect("#chart-data");
+        let series = data["latency"]["series"].as_array().map_or(0, Vec::len);
+        if series == ROUTES * 3 || attempt == 3 {
+            break data;
+        }
+        eprintln!("attempt {attempt}: {series} latency series");
+    };
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.expect("load");
+    }
+    let count = |chart: &str| data[chart]["series"].as_array().map_or(0, Vec::len);
+    assert_eq!(count("latency"), ROUTES * 3, "{}", data["latency"]);
+    assert_eq!(count("processors"), ROUTES * 4, "{}", data["processors"]);
+    assert!(count("requests") >= ROUTES, "{}", data["requests"]);
+    // Bounded height: the two-series active-streams chart and the 320-series
+    // processor chart are about as tall.
+    let height = |chart: &str| data[chart]["height"].as_f64().unwrap_or(0.0);
+    assert!(height("active") > 100.0, "{data}");
+    assert!(
+        height("processors") <= height("active") + 120.0,
+        "the processor chart grows with its series: {} px against {} px",
+        height("processors"),
+        height("active")
+    );
 }

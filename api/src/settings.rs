@@ -15,7 +15,7 @@ use crate::processor::Processor;
 /// them. The settings type is what YAML holds under the processor's name; `serde`
 /// reads it (prefer `#[serde(deny_unknown_fields)]`, so a typo is a config error with
 /// its line) and writes it back for `/config`; its `JsonSchema` (derive it, from the
-/// re-exported [`schemars`](crate::schemars)) is what editors check that YAML against
+/// re-exported [`schemars`]) is what editors check that YAML against
 /// (`extproc-gateway schema`), so keep both derives on the same type.
 pub trait ProcessorSettings:
     Serialize + DeserializeOwned + JsonSchema + Clone + fmt::Debug + Send + Sync + 'static

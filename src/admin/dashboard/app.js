@@ -563,6 +563,9 @@
       // anyone reading the page's source).
       summary[def.id] = {
         points: xs.length,
+        // The figure's height on the page: bounded whatever the number of series
+        // (the legend scrolls), so many routes do not push everything else away.
+        height: fig.offsetHeight,
         series: series.map((s) => {
           const own = s.raw || s.values;
           const present = own.filter((v) => v != null);
