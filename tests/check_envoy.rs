@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::envoy_bin;
+use common::{envoy_bin, repo_files};
 
 const FIXTURES: &str = "tests/fixtures/check_envoy";
 const JWT: &str = "examples/jwt/gateway.yaml";
@@ -235,29 +235,13 @@ fn load_kit_envoy_configs_are_clean() {
 #[test]
 fn every_shipped_envoy_config_is_checked() {
     let mut found = Vec::new();
-    let mut stack = vec![root()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            let rel = path
-                .strip_prefix(root())
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            if path.is_dir() {
-                let skip = ["target", ".git", ".tools", "tests/fixtures/check_envoy"];
-                if !skip.contains(&rel.as_str()) {
-                    stack.push(path);
-                }
-                continue;
-            }
-            let is_config = [".yaml", ".yml", ".yaml.tmpl", ".json"]
-                .iter()
-                .any(|e| rel.ends_with(e));
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            if is_config && text.contains("envoy.filters.http.ext_proc") {
-                found.push(rel);
-            }
+    for rel in repo_files(&["tests/fixtures/check_envoy"]) {
+        let is_config = [".yaml", ".yml", ".yaml.tmpl", ".json"]
+            .iter()
+            .any(|e| rel.ends_with(e));
+        let text = std::fs::read_to_string(root().join(&rel)).unwrap_or_default();
+        if is_config && text.contains("envoy.filters.http.ext_proc") {
+            found.push(rel);
         }
     }
     found.sort();

@@ -59,39 +59,18 @@ fn the_shipped_schema_is_what_the_binary_prints() {
 /// `server`, not an Envoy bootstrap), but the custom binary's (its own schema:
 /// tests/custom_binary.rs).
 fn shipped_configs() -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![root()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            let rel = path
-                .strip_prefix(root())
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            if path.is_dir() {
-                if !["target", ".git", ".tools", "examples/custom_processor"]
-                    .contains(&rel.as_str())
-                {
-                    stack.push(path);
-                }
-                continue;
-            }
-            if !(rel.ends_with(".yaml") || rel.ends_with(".yml")) {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let Ok(doc) = serde_saphyr::from_str::<Value>(&text) else {
-                continue;
-            };
-            let is_gateway = doc.get("routes").is_some() || doc.get("server").is_some();
-            if is_gateway && doc.get("static_resources").is_none() {
-                found.push(path);
-            }
-        }
-    }
-    found.sort();
-    found
+    repo_files(&["examples/custom_processor"])
+        .into_iter()
+        .filter(|rel| rel.ends_with(".yaml") || rel.ends_with(".yml"))
+        .map(|rel| root().join(rel))
+        .filter(|path| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            serde_saphyr::from_str::<Value>(&text).is_ok_and(|doc| {
+                (doc.get("routes").is_some() || doc.get("server").is_some())
+                    && doc.get("static_resources").is_none()
+            })
+        })
+        .collect()
 }
 
 #[test]

@@ -1224,3 +1224,33 @@ json.dump(out, sys.stdout)
     );
     serde_json::from_slice(&out.stdout).expect("the checker's JSON")
 }
+
+/// The repository's files (paths relative to its root, sorted), skipping `target`,
+/// `.git`, `.tools` and the directories in `skip`: for tests that must find every
+/// shipped file of a kind, so a new one cannot go unchecked.
+pub fn repo_files(skip: &[&str]) -> Vec<String> {
+    let root = repo_root();
+    let mut found = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir").flatten() {
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(&root)
+                .expect("under the root")
+                .to_string_lossy()
+                .into_owned();
+            if path.is_dir() {
+                if !["target", ".git", ".tools"].contains(&rel.as_str())
+                    && !skip.contains(&rel.as_str())
+                {
+                    stack.push(path);
+                }
+            } else {
+                found.push(rel);
+            }
+        }
+    }
+    found.sort();
+    found
+}
