@@ -474,8 +474,7 @@ impl Drop for Exchange {
     }
 }
 
-/// Counts a mismatch on the route and logs its first occurrence.
-/// The stream's access-log line (target `extproc_gateway::access`).
+/// The stream's access-log line (target [`ACCESS_LOG`](crate::telemetry::ACCESS_LOG)).
 fn access_log(active: &Active, outcome: StreamOutcome) {
     let ctx = active.ctx.as_deref();
     let processors = ctx.map(|c| active.route.chain.ran(c)).unwrap_or_default();
@@ -498,7 +497,7 @@ fn access_log(active: &Active, outcome: StreamOutcome) {
     let mismatches = (!active.mismatches.is_empty()).then(|| active.mismatches.join(","));
     // In the stream's span: a JSON line then carries its trace and span ids.
     tracing::info!(
-        target: "extproc_gateway::access",
+        target: crate::telemetry::ACCESS_LOG,
         parent: &active.span,
         route = %active.route.name,
         outcome = outcome.as_str(),
@@ -512,6 +511,7 @@ fn access_log(active: &Active, outcome: StreamOutcome) {
     );
 }
 
+/// Counts a mismatch on the route and logs its first occurrence.
 fn record_mismatch(route: &Route, reason: ModeMismatch) {
     let first = route.metrics.as_ref().is_none_or(|m| m.mismatch(reason));
     if first {
